@@ -1,0 +1,33 @@
+# The two newcomer commands: `make run` and `make test`. Each creates/updates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mailsvc dev
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check mailsvc tests migrations
+	$(BIN)/ruff format --check mailsvc tests migrations
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix mailsvc tests migrations
+	$(BIN)/ruff format mailsvc tests migrations
+
+bench: $(STAMP)
+	$(BIN)/mailsvc bench

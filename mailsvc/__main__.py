@@ -1,0 +1,5 @@
+import sys
+
+from mailsvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""PostgreSQL engines (primary and replicas) with the configured pool settings."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mailsvc.settings import PostgresSettings
+
+
+def async_url(dsn: str) -> str:
+    """`postgres://…` / `postgresql://…` → the SQLAlchemy asyncpg URL.
+
+    libpq's `sslmode=` becomes asyncpg's `ssl=` (same values), so operators can paste the DSN
+    they use with psql.
+    """
+    url = re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql+asyncpg://", dsn)
+    return re.sub(r"([?&])sslmode=", r"\1ssl=", url)
+
+
+def create_engine(
+    dsn: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 0,
+    pool_recycle_s: float = 1800,
+    operation_timeout_s: float | None = None,
+    application_name: str = "mailsvc",
+) -> AsyncEngine:
+    server_settings = {"application_name": application_name}
+    if operation_timeout_s is not None:
+        # a statement that outlives the operation timeout is cancelled by the server itself
+        server_settings["statement_timeout"] = str(int(operation_timeout_s * 1000))
+    return create_async_engine(
+        async_url(dsn),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=pool_recycle_s,
+        pool_pre_ping=False,
+        pool_timeout=operation_timeout_s or 30,
+        connect_args={
+            "server_settings": server_settings,
+            "timeout": operation_timeout_s or 10,
+            "command_timeout": None,
+        },
+    )
+
+
+def engines_from_settings(settings: PostgresSettings) -> tuple[AsyncEngine, list[AsyncEngine]]:
+    """The primary engine and one engine per replica DSN.
+
+    `MAX_IDLE_CONNS` becomes the kept pool, the rest up to `MAX_OPEN_CONNS` are overflow
+    connections closed when returned.
+    """
+    idle = max(1, settings.max_idle_conns)
+    overflow = max(0, settings.max_open_conns - idle)
+    kwargs = {
+        "pool_size": idle,
+        "max_overflow": overflow,
+        "pool_recycle_s": settings.conn_max_lifetime.total_seconds(),
+        "operation_timeout_s": settings.operation_timeout.total_seconds(),
+    }
+    primary = create_engine(settings.primary_dsn.reveal(), **kwargs)  # type: ignore[arg-type]
+    replicas = [create_engine(dsn.reveal(), **kwargs) for dsn in settings.replica_dsns]  # type: ignore[arg-type]
+    return primary, replicas

@@ -1,0 +1,116 @@
+"""The delivery model: value objects shared by services, loops and adapters (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Literal
+from uuid import UUID
+
+Source = Literal["notification", "auth", "resend"]
+Status = Literal["queued", "sending", "sent", "dead_lettered", "suppressed"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"sent", "dead_lettered", "suppressed"})
+RecipientKind = Literal["to", "cc", "bcc"]
+AttemptOutcome = Literal["sent", "transient_failure", "permanent_failure", "abandoned", "expired"]
+DeadLetterReason = Literal["permanent_failure", "attempts_exhausted", "expired"]
+ProviderName = Literal["smtp", "stub"]
+
+
+class Priority(IntEnum):
+    """Stored as a small integer so the scheduler's index orders it: lower is claimed first."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> Priority:
+        return cls[label.upper()]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    email: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    kind: RecipientKind
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedContent:
+    """What a delivery says: rendered once at acceptance, never again."""
+
+    subject: str
+    text: str
+    html: str | None = None
+    locale: str | None = None
+    template_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """Everything a provider needs for one attempt: the envelope and the prebuilt MIME bytes."""
+
+    delivery_id: UUID
+    message_id: str
+    envelope_from: str
+    recipients: tuple[str, ...]  # envelope RCPT TO addresses: to + cc + bcc, in order
+    mime: bytes
+    attempt_number: int = 1
+
+
+ProviderOutcome = Literal["sent", "transient_failure", "permanent_failure"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    address: str
+    accepted: bool
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """A provider's verdict on one attempt (a value, not an exception)."""
+
+    outcome: ProviderOutcome
+    smtp_code: int | None = None
+    smtp_reply: str | None = None  # truncated server text, never carries our secrets
+    error_class: str | None = None
+    ambiguous: bool = False  # connection lost after the final "." of DATA, before the reply
+    recipients: tuple[RecipientResult, ...] = field(default=())
+
+    @property
+    def summary(self) -> str:
+        parts: list[str] = [self.outcome]
+        if self.smtp_code is not None:
+            parts.append(str(self.smtp_code))
+        if self.error_class:
+            parts.append(self.error_class)
+        if self.smtp_reply:
+            parts.append(self.smtp_reply)
+        return " ".join(parts)[:500]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery the scheduler claimed for one attempt, guarded by `claim_token`."""
+
+    delivery_id: UUID
+    claim_token: UUID
+    attempt_number: int
+    message_id: str
+    expires_at: datetime | None
+    source: Source
+    recipients: tuple[str, ...]
+    mime: bytes

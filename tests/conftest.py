@@ -1,0 +1,85 @@
+"""Session-wide servers and per-test isolation: a migrated database, unique stream keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from mailsvc.adapters.postgres.migrations import upgrade
+from tests.support.infra import PostgresServer, postgres_server, redis_host_port, redis_server, unique_name
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_addr() -> Iterator[str]:
+    with redis_server() as addr:
+        yield addr
+
+
+@pytest.fixture(scope="session")
+async def template_database(pg: PostgresServer) -> AsyncIterator[str]:
+    """A migrated database per test session, used as the template every test database clones."""
+    name = unique_name("mailsvc_tpl")
+    await pg.admin(f'CREATE DATABASE "{name}"')
+    await upgrade(pg.dsn_for(name))
+    yield name
+    await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_dsn(pg: PostgresServer, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test (cloned from the template: milliseconds)."""
+    name = unique_name("mailsvc_t")
+    await pg.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield pg.dsn_for(name)
+    await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_dsn(pg: PostgresServer) -> AsyncIterator[str]:
+    name = unique_name("mailsvc_e")
+    await pg.admin(f'CREATE DATABASE "{name}"')
+    yield pg.dsn_for(name)
+    await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stream_key() -> str:
+    return f"mailsvc-test:{unique_name('s')}:commands"
+
+
+@pytest.fixture
+async def redis_client(redis_addr: str, stream_key: str) -> AsyncIterator[Redis]:
+    host, port = redis_host_port(redis_addr)
+    client = Redis(host=host, port=port)
+    yield client
+    await client.delete(stream_key)
+    await client.aclose()
+
+
+@pytest.fixture
+def service_env(database_dsn: str, redis_addr: str, stream_key: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for a `mailsvc serve` against this test's database and stream."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "OTEL_"))}
+    return {
+        **keep,
+        "MAIL_REDIS_MASTER_ADDR": redis_addr,
+        "MAIL_REDIS_PASSWORD": "",
+        "MAIL_POSTGRES_PRIMARY_DSN": database_dsn,
+        "MAIL_REDIS_COMMAND_STREAM": stream_key,
+        "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
+        "MAIL_TEMPLATE_DIR": str(REPO / "templates"),
+        "MAIL_SHUTDOWN_TIMEOUT": "10s",
+        "MAIL_STREAM_BLOCK_TIMEOUT": "500ms",
+    }

@@ -1,0 +1,117 @@
+"""The schema: migrations run both ways, and the database itself enforces the rules."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from mailsvc.adapters.postgres.engine import create_engine
+from mailsvc.adapters.postgres.migrations import current_revision, downgrade, head_revision, upgrade
+
+TABLES = {
+    "deliveries",
+    "delivery_recipients",
+    "delivery_payloads",
+    "attempts",
+    "dead_letters",
+    "malformed_commands",
+    "stream_offsets",
+    "stream_events",
+    "idempotency_keys",
+}
+
+
+async def _tables(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    return {r["tablename"] for r in rows} - {"alembic_version"}
+
+
+async def test_upgrade_downgrade_upgrade(empty_database_dsn: str) -> None:
+    await upgrade(empty_database_dsn)
+    assert await _tables(empty_database_dsn) == TABLES
+    engine = create_engine(empty_database_dsn)
+    try:
+        assert await current_revision(engine) == head_revision()
+        await downgrade(empty_database_dsn, "base")
+        assert await _tables(empty_database_dsn) == set()
+        assert await current_revision(engine) is None
+        await upgrade(empty_database_dsn)
+        assert await _tables(empty_database_dsn) == TABLES
+        assert await current_revision(engine) == head_revision()
+    finally:
+        await engine.dispose()
+
+
+async def _insert_delivery(conn: asyncpg.Connection, **overrides: object) -> uuid.UUID:
+    values: dict[str, object] = {
+        "delivery_id": uuid.uuid4(),
+        "source": "notification",
+        "status": "queued",
+        "send_at": "now()",
+        "idempotency_key": uuid.uuid4().hex,
+        "message_id": f"<{uuid.uuid4().hex}@t>",
+        "next_attempt_at": "now()",
+    }
+    values.update(overrides)
+    columns = ", ".join(values)
+    args = [v for v in values.values() if v != "now()"]
+    counter = iter(range(1, len(args) + 1))
+    params = ", ".join("now()" if v == "now()" else f"${next(counter)}" for v in values.values())
+    await conn.execute(f"INSERT INTO deliveries ({columns}) VALUES ({params})", *args)
+    return values["delivery_id"]  # type: ignore[return-value]
+
+
+async def test_database_enforces_statuses_and_state_rules(database_dsn: str) -> None:
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await _insert_delivery(conn, status="lost")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await _insert_delivery(conn, source="carrier")
+        with pytest.raises(asyncpg.CheckViolationError):  # sending needs a claim token
+            await _insert_delivery(conn, status="sending")
+        with pytest.raises(asyncpg.CheckViolationError):  # terminal needs finished_at
+            await _insert_delivery(conn, status="sent", next_attempt_at=None)
+        await _insert_delivery(conn)
+    finally:
+        await conn.close()
+
+
+async def test_one_idempotency_key_per_scope_and_cascades(database_dsn: str) -> None:
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        first = await _insert_delivery(conn)
+        second = await _insert_delivery(conn, source="auth")
+        insert_key = (
+            "INSERT INTO idempotency_keys (source, key, request_hash, delivery_id, expires_at) "
+            "VALUES ($1, 'k1', '\\x00', $2, now() + interval '1 day')"
+        )
+        await conn.execute(insert_key, "notification", first)
+        await conn.execute(insert_key, "auth", second)  # same key, other scope: fine
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert_key, "notification", second)
+        await conn.execute(
+            "INSERT INTO delivery_recipients (delivery_id, position, kind, address) VALUES ($1, 0, 'to', 'a@b.c')",
+            first,
+        )
+        await conn.execute(
+            "INSERT INTO delivery_payloads (delivery_id, subject, text_body, mime) VALUES ($1, 's', 't', '\\x00')",
+            first,
+        )
+        await conn.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome) "
+            "VALUES ($1, 1, now(), now(), 'transient_failure')",
+            first,
+        )
+        await conn.execute("DELETE FROM deliveries WHERE delivery_id = $1", first)
+        for table in ("delivery_recipients", "delivery_payloads", "attempts", "idempotency_keys"):
+            count = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE delivery_id = $1", first)
+            assert count == 0, table
+    finally:
+        await conn.close()
