@@ -1,0 +1,290 @@
+"""Reading and compiling the template folder: every problem is collected, none stops the scan."""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MANIFEST = "manifest.toml"
+SUBJECT, BODY_TEXT, BODY_HTML = "subject.txt", "body.txt", "body.html"
+LOCALE_FILES = (SUBJECT, BODY_TEXT, BODY_HTML)  # also the order the digest reads them in
+DIGEST_LENGTH = 16
+
+_TEMPLATE_ID = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MANIFEST_KEYS = frozenset({"description", "default_locale", "variables"})
+_VARIABLE_KEYS = frozenset({"description", "required", "default"})
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    name: str
+    description: str = ""
+    required: bool = True
+    default: object = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    description: str
+    default_locale: str
+    variables: tuple[Variable, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLocale:
+    locale: str  # the folder's own spelling, e.g. "pt-BR"
+    subject: jinja2.Template
+    text: jinja2.Template
+    html: jinja2.Template | None
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTemplate:
+    id: str
+    manifest: Manifest
+    locales: Mapping[str, CompiledLocale]  # keyed by locale_key(name)
+
+
+def locale_key(locale: str) -> str:
+    """Locale names compare case-insensitively, and `pt_BR` means `pt-BR`."""
+    return locale.strip().replace("_", "-").lower()
+
+
+def load_catalog(directory: Path) -> tuple[dict[str, CompiledTemplate], list[str]]:
+    """Every template under `directory`, and every problem found (empty when the folder is valid)."""
+    if not directory.is_dir():
+        return {}, [f"{directory}: not a directory"]
+    problems: list[str] = []
+    text_env = _environment(autoescape=False)
+    html_env = _environment(autoescape=True)
+    entries = _visible(directory)
+    if not entries:
+        problems.append(f"{directory}: no templates found")
+    templates: dict[str, CompiledTemplate] = {}
+    for entry in entries:
+        if not entry.is_dir():
+            problems.append(f"{entry.name}: unexpected file (expected one folder per template)")
+        elif not _TEMPLATE_ID.fullmatch(entry.name):
+            problems.append(f"{entry.name}: invalid template id (expected e.g. auth.login_code)")
+        else:
+            loader = _TemplateLoader(entry, text_env, html_env, problems)
+            compiled = loader.load()
+            if compiled is not None:
+                templates[compiled.id] = compiled
+    return templates, problems
+
+
+def _environment(*, autoescape: bool) -> jinja2.Environment:
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=autoescape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+
+
+def _visible(directory: Path) -> list[Path]:
+    # editor and OS droppings (.DS_Store, .gitkeep) are not part of the catalog
+    return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+
+
+class _TemplateLoader:
+    """Loads one template folder, appending to the shared problem list."""
+
+    def __init__(
+        self, folder: Path, text_env: jinja2.Environment, html_env: jinja2.Environment, problems: list[str]
+    ) -> None:
+        self._folder = folder
+        self._id = folder.name
+        self._text_env = text_env
+        self._html_env = html_env
+        self._problems = problems
+        self._failed = False
+
+    def _problem(self, where: str, message: str) -> None:
+        self._failed = True
+        self._problems.append(f"{self._id}/{where}: {message}")
+
+    def load(self) -> CompiledTemplate | None:
+        manifest_bytes = self._read(self._folder / MANIFEST, MANIFEST)
+        manifest = None if manifest_bytes is None else self._parse_manifest(manifest_bytes)
+        locale_dirs: dict[str, Path] = {}
+        for entry in _visible(self._folder):
+            if entry.name == MANIFEST and entry.is_file():
+                continue
+            if not entry.is_dir():
+                self._problem(entry.name, "unexpected file")
+            elif not _LOCALE.fullmatch(entry.name):
+                self._problem(entry.name, "invalid locale folder name (expected e.g. en, pt-BR)")
+            elif (key := locale_key(entry.name)) in locale_dirs:
+                self._problem(entry.name, f"same locale as {locale_dirs[key].name}")
+            else:
+                locale_dirs[key] = entry
+        if manifest is not None and locale_key(manifest.default_locale) not in locale_dirs:
+            self._problem(MANIFEST, f"default locale folder {manifest.default_locale!r} is missing")
+        declared = None if manifest is None else frozenset(v.name for v in manifest.variables)
+        locales: dict[str, CompiledLocale] = {}
+        for key, folder in locale_dirs.items():
+            compiled = self._load_locale(folder, declared, manifest_bytes or b"")
+            if compiled is not None:
+                locales[key] = compiled
+        if self._failed or manifest is None:
+            return None
+        return CompiledTemplate(self._id, manifest, MappingProxyType(locales))
+
+    def _read(self, path: Path, where: str) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            self._problem(where, "missing")
+        except OSError as exc:
+            self._problem(where, f"unreadable: {exc.strerror or exc}")
+        return None
+
+    def _parse_manifest(self, raw: bytes) -> Manifest | None:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            self._problem(MANIFEST, "not valid UTF-8")
+            return None
+        except tomllib.TOMLDecodeError as exc:
+            self._problem(MANIFEST, f"invalid TOML: {exc}")
+            return None
+        for unknown in sorted(set(data) - _MANIFEST_KEYS):
+            self._problem(MANIFEST, f"unknown key {unknown!r}")
+        description, default_locale = data.get("description"), data.get("default_locale")
+        if not isinstance(description, str) or not description.strip():
+            self._problem(MANIFEST, "'description' must be a non-empty string")
+        if not isinstance(default_locale, str) or not _LOCALE.fullmatch(default_locale):
+            self._problem(MANIFEST, "'default_locale' must be a locale name such as 'en'")
+        variables = self._parse_variables(data.get("variables"))
+        if self._failed or variables is None:
+            return None
+        return Manifest(str(description).strip(), str(default_locale), variables)
+
+    def _parse_variables(self, raw: object) -> tuple[Variable, ...] | None:
+        if isinstance(raw, list):
+            specs: dict[str, Any] = {}
+            for name in raw:
+                if not isinstance(name, str):
+                    self._problem(MANIFEST, f"variable names must be strings, got {name!r}")
+                elif name in specs:
+                    self._problem(MANIFEST, f"variable {name!r} declared twice")
+                else:
+                    specs[name] = {}
+        elif isinstance(raw, dict):
+            specs = raw
+        else:
+            self._problem(MANIFEST, "'variables' must be a list of names or a table of variables")
+            return None
+        return tuple(v for name, spec in specs.items() if (v := self._variable(name, spec)) is not None)
+
+    def _variable(self, name: str, spec: object) -> Variable | None:
+        if not _VARIABLE.fullmatch(name) or keyword.iskeyword(name) or name in {"true", "false", "none"}:
+            self._problem(MANIFEST, f"invalid variable name {name!r}")
+            return None
+        if not isinstance(spec, dict):
+            self._problem(MANIFEST, f"variable {name!r} must be a table, e.g. {{ description = '…' }}")
+            return None
+        for unknown in sorted(set(spec) - _VARIABLE_KEYS):
+            self._problem(MANIFEST, f"variable {name!r}: unknown key {unknown!r}")
+        description = spec.get("description", "")
+        required = spec.get("required", "default" not in spec)
+        if not isinstance(description, str):
+            self._problem(MANIFEST, f"variable {name!r}: 'description' must be a string")
+        if not isinstance(required, bool):
+            self._problem(MANIFEST, f"variable {name!r}: 'required' must be true or false")
+        elif required and "default" in spec:
+            self._problem(MANIFEST, f"variable {name!r}: a required variable cannot have a default")
+        else:
+            return Variable(name, str(description), required, spec.get("default", ""))
+        return None
+
+    def _load_locale(
+        self, folder: Path, declared: frozenset[str] | None, manifest_bytes: bytes
+    ) -> CompiledLocale | None:
+        failed_before, self._failed = self._failed, False
+        for entry in _visible(folder):
+            if entry.name not in LOCALE_FILES or not entry.is_file():
+                self._problem(f"{folder.name}/{entry.name}", "unexpected file")
+        digest = hashlib.sha256()
+        digest.update(manifest_bytes)
+        compiled: dict[str, jinja2.Template] = {}
+        for name in LOCALE_FILES:
+            where = f"{folder.name}/{name}"
+            path = folder / name
+            if name == BODY_HTML and not path.exists():
+                continue
+            raw = self._read(path, where)
+            if raw is None:
+                continue
+            digest.update(f"\0{name}\0{len(raw)}\0".encode())
+            digest.update(raw)
+            template = self._compile(where, raw, declared)
+            if template is not None:
+                compiled[name] = template
+        ok = not self._failed
+        self._failed = self._failed or failed_before
+        if not ok:
+            return None
+        return CompiledLocale(
+            locale=folder.name,
+            subject=compiled[SUBJECT],
+            text=compiled[BODY_TEXT],
+            html=compiled.get(BODY_HTML),
+            digest=digest.hexdigest()[:DIGEST_LENGTH],
+        )
+
+    def _compile(self, where: str, raw: bytes, declared: frozenset[str] | None) -> jinja2.Template | None:
+        try:
+            source = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._problem(where, "not valid UTF-8")
+            return None
+        if where.endswith(SUBJECT):
+            line = source.removesuffix("\n").removesuffix("\r")
+            if "\n" in line or "\r" in line:
+                self._problem(where, "must be a single line")
+                return None
+            if not line.strip():
+                self._problem(where, "is empty")
+                return None
+        env = self._html_env if where.endswith(".html") else self._text_env
+        name = f"{self._id}/{where}"
+        try:
+            ast = env.parse(source, name=name)
+            self._check_names(where, ast, env, declared)
+            return env.template_class.from_code(env, env.compile(ast, name), env.make_globals(None))
+        except jinja2.TemplateSyntaxError as exc:
+            self._problem(f"{where}:{exc.lineno}", exc.message or "syntax error")
+        return None
+
+    def _check_names(
+        self, where: str, ast: nodes.Template, env: jinja2.Environment, declared: frozenset[str] | None
+    ) -> None:
+        if declared is not None:
+            unknown = meta.find_undeclared_variables(ast) - declared - env.globals.keys()
+            if unknown:
+                self._problem(where, f"uses undeclared variable(s): {', '.join(sorted(unknown))}")
+        # the sandbox refuses these at render time too; refusing them at load surfaces them early
+        for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+            attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node, "arg", None)
+            if isinstance(attr, nodes.Const):
+                attr = attr.value
+            if isinstance(attr, str) and attr.startswith("_"):
+                self._problem(f"{where}:{node.lineno}", f"access to private attribute {attr!r}")

@@ -1,0 +1,157 @@
+"""The template catalog: loaded eagerly from disk, immutable, rendered in a sandbox (SPEC §6)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
+
+import jinja2
+
+from mailsvc.adapters.template_files import CompiledLocale, CompiledTemplate, load_catalog, locale_key
+from mailsvc.domain.model import RenderedContent
+from mailsvc.errors import MailsvcError
+
+# control characters (C0, DEL, C1) and Unicode line/paragraph separators: none may reach a header
+_SUBJECT_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+class CatalogError(MailsvcError):
+    """The template folder is invalid; `problems` lists every problem found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} template problem(s): " + "; ".join(problems))
+        self.problems = list(problems)
+
+
+class TemplateError(MailsvcError):
+    """A render request that can never succeed; `reason` is a stable machine-readable code."""
+
+    reason: ClassVar[str] = "template_error"
+
+
+class UnknownTemplate(TemplateError):
+    reason = "unknown_template"
+
+    def __init__(self, template_id: str) -> None:
+        super().__init__(f"unknown template {template_id!r}")
+        self.template_id = template_id
+
+
+class MissingVariables(TemplateError):
+    reason = "missing_variables"
+
+    def __init__(self, template_id: str, names: list[str]) -> None:
+        super().__init__(f"template {template_id!r} is missing variable(s): {', '.join(names)}")
+        self.template_id = template_id
+        self.names = list(names)
+
+
+class TemplateRenderError(TemplateError):
+    reason = "render_failed"
+
+    def __init__(self, template_id: str, locale: str, message: str) -> None:
+        super().__init__(f"template {template_id!r} ({locale}) failed to render: {message}")
+        self.template_id = template_id
+        self.locale = locale
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateInfo:
+    id: str
+    description: str
+    default_locale: str
+    locales: tuple[str, ...]  # sorted
+    variables: tuple[str, ...]  # every declared name, in manifest order
+    required_variables: tuple[str, ...]
+
+
+class TemplateCatalog:
+    """Every template, parsed and compiled once; rendering touches no file."""
+
+    __slots__ = ("_templates",)
+
+    def __init__(self, templates: Mapping[str, CompiledTemplate]) -> None:
+        self._templates: Mapping[str, CompiledTemplate] = MappingProxyType(dict(templates))
+
+    @classmethod
+    def load(cls, directory: Path) -> TemplateCatalog:
+        """Read, validate and compile every template under `directory`.
+
+        Raises `CatalogError` listing every problem found anywhere in the folder.
+        """
+        templates, problems = load_catalog(directory)
+        if problems:
+            raise CatalogError(problems)
+        return cls(templates)
+
+    def has(self, template_id: str) -> bool:
+        return template_id in self._templates
+
+    def templates(self) -> list[TemplateInfo]:
+        return [_info(self._templates[tid]) for tid in sorted(self._templates)]
+
+    def render(self, template_id: str, locale: str | None, variables: Mapping[str, object]) -> RenderedContent:
+        """Render `template_id` in `locale` (falling back `pt-BR` → `pt` → the default locale).
+
+        Undeclared variables are ignored; a declared one whose value is absent or `None` counts as
+        missing unless the manifest gives it a default. Raises `UnknownTemplate`,
+        `MissingVariables` (naming every missing variable, checked before rendering) or
+        `TemplateRenderError` (anything the template raises, sandbox refusals included).
+        The subject is always one line: control characters a variable carries become spaces.
+        """
+        template = self._templates.get(template_id)
+        if template is None:
+            raise UnknownTemplate(template_id)
+        context: dict[str, object] = {}
+        missing: list[str] = []
+        for declared in template.manifest.variables:
+            value = variables.get(declared.name)
+            if value is not None:
+                context[declared.name] = value
+            elif declared.required:
+                missing.append(declared.name)
+            else:
+                context[declared.name] = declared.default
+        if missing:
+            raise MissingVariables(template_id, missing)
+        chosen = _resolve_locale(template, locale)
+        try:
+            subject = _SUBJECT_BREAKS.sub(" ", chosen.subject.render(context)).strip()
+            text = chosen.text.render(context)
+            html = None if chosen.html is None else chosen.html.render(context)
+        except jinja2.TemplateError as exc:
+            raise TemplateRenderError(template_id, chosen.locale, exc.message or type(exc).__name__) from exc
+        except Exception as exc:
+            raise TemplateRenderError(template_id, chosen.locale, f"{type(exc).__name__}: {exc}") from exc
+        if not subject:
+            raise TemplateRenderError(template_id, chosen.locale, "the subject rendered empty")
+        return RenderedContent(
+            subject=subject, text=text, html=html, locale=chosen.locale, template_digest=chosen.digest
+        )
+
+
+def _resolve_locale(template: CompiledTemplate, requested: str | None) -> CompiledLocale:
+    if requested:
+        subtags = locale_key(requested).split("-")
+        while subtags:
+            found = template.locales.get("-".join(subtags))
+            if found is not None:
+                return found
+            subtags.pop()
+    return template.locales[locale_key(template.manifest.default_locale)]
+
+
+def _info(template: CompiledTemplate) -> TemplateInfo:
+    manifest = template.manifest
+    return TemplateInfo(
+        id=template.id,
+        description=manifest.description,
+        default_locale=manifest.default_locale,
+        locales=tuple(sorted(loc.locale for loc in template.locales.values())),
+        variables=tuple(v.name for v in manifest.variables),
+        required_variables=tuple(v.name for v in manifest.variables if v.required),
+    )
