@@ -1,0 +1,295 @@
+"""Acceptance writes: deliveries, idempotency keys, malformed commands and stream offsets.
+
+A batch is one transaction of a few array-parameter statements (`unnest`), whatever its size:
+round trips, not rows, are what cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.domain.stream_entries import MalformedCommand
+from mailsvc.errors import MailsvcError
+from mailsvc.services.acceptance import KeyOutcome, NewDelivery, OffsetAdvance
+
+WORK_CHANNEL = "mailsvc_work"
+
+
+class OffsetMoved(MailsvcError):
+    """Another consumer advanced the stream offset: this batch was rolled back."""
+
+
+_CLAIM_KEYS = text(
+    """
+    INSERT INTO idempotency_keys (source, key, request_hash, delivery_id, created_at, expires_at)
+    SELECT * FROM unnest(
+        CAST(:sources AS text[]), CAST(:keys AS text[]), CAST(:hashes AS bytea[]),
+        CAST(:ids AS uuid[]), CAST(:created AS timestamptz[]), CAST(:expires AS timestamptz[]))
+    ON CONFLICT (source, key) DO UPDATE
+        SET request_hash = EXCLUDED.request_hash, delivery_id = EXCLUDED.delivery_id,
+            created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+        WHERE idempotency_keys.expires_at <= EXCLUDED.created_at
+    RETURNING source, key
+    """
+)
+
+_EXISTING_KEYS = text(
+    """
+    SELECT k.key, k.request_hash, k.delivery_id, d.status
+    FROM idempotency_keys k JOIN deliveries d ON d.delivery_id = k.delivery_id
+    WHERE k.source = :source AND k.key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+_INSERT_DELIVERIES = text(
+    """
+    INSERT INTO deliveries (
+        delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
+        idempotency_key, message_id, tags, next_attempt_at, resend_of, created_at, updated_at, finished_at)
+    SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb),
+           CASE WHEN st = 'queued' THEN sa END, ro, ca, ca, CASE WHEN st <> 'queued' THEN ca END
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:sources AS text[]), CAST(:statuses AS text[]),
+        CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
+        CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
+        CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
+        CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]))
+        AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca)
+    """
+)
+
+_INSERT_RECIPIENTS = text(
+    """
+    INSERT INTO delivery_recipients (delivery_id, position, kind, address, display_name)
+    SELECT * FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:positions AS smallint[]), CAST(:kinds AS text[]),
+        CAST(:addresses AS text[]), CAST(:names AS text[]))
+    """
+)
+
+_INSERT_PAYLOADS = text(
+    """
+    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime)
+    SELECT id, s, t, h, r, CAST(hd AS jsonb), m FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:subjects AS text[]), CAST(:texts AS text[]), CAST(:htmls AS text[]),
+        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]))
+        AS p(id, s, t, h, r, hd, m)
+    """
+)
+
+_INSERT_MALFORMED = text(
+    """
+    INSERT INTO malformed_commands (stream_key, stream_entry_id, idempotency_key, reason, message, raw_fields)
+    SELECT CAST(:stream_key AS text), * FROM unnest(
+        CAST(:entry_ids AS text[]), CAST(:keys AS text[]), CAST(:reasons AS text[]),
+        CAST(:messages AS text[]), CAST(:raws AS bytea[]))
+    """
+)
+
+_ADVANCE_OFFSET = text(
+    "UPDATE stream_offsets SET last_id = :new, updated_at = now() WHERE stream_key = :key AND last_id = :expected"
+)
+_FIRST_OFFSET = text(
+    "INSERT INTO stream_offsets (stream_key, last_id) VALUES (:key, :new) ON CONFLICT (stream_key) DO NOTHING"
+)
+_NOTIFY = text(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
+
+
+class IntakeStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def accept(
+        self,
+        deliveries: Sequence[NewDelivery],
+        malformed: Sequence[MalformedCommand],
+        *,
+        stream_key: str,
+        offset: OffsetAdvance | None,
+        idempotency_ttl: timedelta,
+    ) -> list[KeyOutcome]:
+        """Persist a batch in one transaction (see `AcceptanceStore.accept`).
+
+        Raises `OffsetMoved` (nothing written) when another consumer moved the offset.
+        """
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
+            created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
+            if created:
+                await self._insert_deliveries(conn, created)
+            conflicts = [
+                MalformedCommand(
+                    d.stream_entry_id,
+                    "idempotency_conflict",
+                    f"idempotency key {d.idempotency_key!r} was already used with a different payload",
+                    d.raw_fields or b"",
+                    d.idempotency_key,
+                )
+                for d, o in zip(deliveries, outcomes, strict=True)
+                if o.kind == "conflict" and d.stream_entry_id is not None
+            ]
+            if malformed or conflicts:
+                await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
+            if offset is not None:
+                await self._advance(conn, offset)
+            if any(d.status == "queued" for d in created):
+                await conn.execute(_NOTIFY)
+        return outcomes
+
+    async def _claim_keys(
+        self, conn: AsyncConnection, deliveries: Sequence[NewDelivery], ttl: timedelta
+    ) -> list[KeyOutcome]:
+        """One outcome per delivery; a key repeated in the batch is claimed by its first delivery
+        and each repeat is judged against the request that holds the key (stored or first)."""
+        firsts: dict[tuple[str, str], NewDelivery] = {}
+        for d in deliveries:
+            firsts.setdefault((d.source, d.idempotency_key), d)
+        claiming = list(firsts.values())
+        claimed = await conn.execute(
+            _CLAIM_KEYS,
+            {
+                "sources": [d.source for d in claiming],
+                "keys": [d.idempotency_key for d in claiming],
+                "hashes": [d.request_hash for d in claiming],
+                "ids": [d.delivery_id for d in claiming],
+                "created": [d.accepted_at for d in claiming],
+                "expires": [d.accepted_at + ttl for d in claiming],
+            },
+        )
+        won = {(row[0], row[1]) for row in claimed}
+        existing: dict[tuple[str, str], Any] = {}
+        lost = [d for d in claiming if (d.source, d.idempotency_key) not in won]
+        for source in {d.source for d in lost}:
+            rows = await conn.execute(
+                _EXISTING_KEYS,
+                {"source": source, "keys": [d.idempotency_key for d in lost if d.source == source]},
+            )
+            for row in rows:
+                existing[(source, row.key)] = row
+        outcomes = []
+        for d in deliveries:
+            scope = (d.source, d.idempotency_key)
+            if scope in won:
+                first = firsts[scope]
+                if d is first:
+                    outcomes.append(KeyOutcome("created", d.delivery_id, d.status))
+                else:
+                    kind: Literal["duplicate", "conflict"] = (
+                        "duplicate" if d.request_hash == first.request_hash else "conflict"
+                    )
+                    outcomes.append(KeyOutcome(kind, first.delivery_id, first.status))
+                continue
+            row = existing[scope]
+            same = bytes(row.request_hash) == d.request_hash
+            outcomes.append(KeyOutcome("duplicate" if same else "conflict", UUID(str(row.delivery_id)), row.status))
+        return outcomes
+
+    async def _insert_deliveries(self, conn: AsyncConnection, created: Sequence[NewDelivery]) -> None:
+        await conn.execute(
+            _INSERT_DELIVERIES,
+            {
+                "ids": [d.delivery_id for d in created],
+                "sources": [d.source for d in created],
+                "statuses": [d.status for d in created],
+                "templates": [d.request.template for d in created],
+                "locales": [d.content.locale for d in created],
+                "digests": [d.content.template_digest for d in created],
+                "priorities": [int(d.request.priority) for d in created],
+                "send_at": [d.send_at for d in created],
+                "expires_at": [d.request.expires_at for d in created],
+                "keys": [d.idempotency_key for d in created],
+                "message_ids": [d.message_id for d in created],
+                "tags": [orjson.dumps(d.request.tags).decode() for d in created],
+                "resend_of": [d.resend_of for d in created],
+                "created": [d.accepted_at for d in created],
+            },
+        )
+        ids, positions, kinds, addresses, names = [], [], [], [], []
+        for d in created:
+            for position, recipient in enumerate(d.request.recipients):
+                ids.append(d.delivery_id)
+                positions.append(position)
+                kinds.append(recipient.kind)
+                addresses.append(recipient.address.email)
+                names.append(recipient.address.name)
+        await conn.execute(
+            _INSERT_RECIPIENTS,
+            {"ids": ids, "positions": positions, "kinds": kinds, "addresses": addresses, "names": names},
+        )
+        await conn.execute(
+            _INSERT_PAYLOADS,
+            {
+                "ids": [d.delivery_id for d in created],
+                "subjects": [d.content.subject for d in created],
+                "texts": [d.content.text for d in created],
+                "htmls": [d.content.html for d in created],
+                "reply_tos": [_reply_to(d) for d in created],
+                "headers": [orjson.dumps(d.request.headers).decode() for d in created],
+                "mimes": [d.mime for d in created],
+            },
+        )
+
+    async def _insert_malformed(
+        self, conn: AsyncConnection, stream_key: str, records: Sequence[MalformedCommand]
+    ) -> None:
+        await conn.execute(
+            _INSERT_MALFORMED,
+            {
+                "stream_key": stream_key,
+                "entry_ids": [m.entry_id for m in records],
+                "keys": [m.idempotency_key for m in records],
+                "reasons": [m.reason for m in records],
+                "messages": [m.message.replace("\x00", "\\x00")[:4000] for m in records],
+                "raws": [m.raw_fields for m in records],
+            },
+        )
+
+    async def _advance(self, conn: AsyncConnection, offset: OffsetAdvance) -> None:
+        params = {"key": offset.stream_key, "new": offset.new, "expected": offset.expected}
+        statement = _FIRST_OFFSET if offset.expected is None else _ADVANCE_OFFSET
+        result = await conn.execute(statement, params)
+        if result.rowcount != 1:
+            raise OffsetMoved(f"offset of {offset.stream_key} is no longer {offset.expected}")
+
+    async def load_offset(self, stream_key: str) -> str | None:
+        async with unavailable_as_domain_error(), self.engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT last_id FROM stream_offsets WHERE stream_key = :k"), {"k": stream_key})
+            ).first()
+        return None if row is None else str(row[0])
+
+    async def record_stream_event(
+        self, stream_key: str, kind: str, from_offset: str, to_offset: str, detail: str, *, reset_offset: bool
+    ) -> None:
+        """Record a gap or reset durably; for a reset, also move the offset back to `to_offset`."""
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO stream_events (stream_key, kind, from_offset, to_offset, detail) "
+                    "VALUES (:key, :kind, :from_offset, :to_offset, :detail)"
+                ),
+                {"key": stream_key, "kind": kind, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
+            )
+            if reset_offset:
+                await conn.execute(
+                    text(
+                        "INSERT INTO stream_offsets (stream_key, last_id) VALUES (:key, :new) "
+                        "ON CONFLICT (stream_key) DO UPDATE SET last_id = EXCLUDED.last_id, updated_at = now()"
+                    ),
+                    {"key": stream_key, "new": to_offset},
+                )
+
+
+def _reply_to(delivery: NewDelivery) -> str | None:
+    reply_to = delivery.request.reply_to
+    if reply_to is None:
+        return None
+    return orjson.dumps({"email": reply_to.email, "name": reply_to.name}).decode()

@@ -1,0 +1,88 @@
+"""Decoding one Redis stream entry (bytes) into a command or a malformed record (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mailsvc.domain.commands import ValidationFailed, request_hash, valid_idempotency_key
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_RAW_BYTES = 64 * 1024
+COMMAND_TYPE = "send_email"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCommand:
+    entry_id: str
+    idempotency_key: str
+    payload: Any
+    request_hash: bytes
+    traceparent: str | None
+    raw_fields: bytes  # kept in case the command turns out malformed later (e.g. a key conflict)
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedCommand:
+    entry_id: str
+    reason: str  # machine-readable code
+    message: str  # for humans
+    raw_fields: bytes
+    idempotency_key: str | None = None
+
+
+def raw_fields_blob(fields: dict[bytes, bytes]) -> bytes:
+    """The fields as Redis gave them, readable and unambiguous, at most 64 KiB.
+
+    JSON with undecodable bytes backslash-escaped: nothing is lost, and NUL stays an escape
+    (the column is `bytea`, so even the escape never meets a `text` column).
+    """
+    readable = {
+        name.decode("utf-8", "backslashreplace"): value.decode("utf-8", "backslashreplace")
+        for name, value in fields.items()
+    }
+    return orjson.dumps(readable)[:MAX_RAW_BYTES]
+
+
+def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | MalformedCommand:
+    def malformed(reason: str, message: str, key: str | None = None) -> MalformedCommand:
+        return MalformedCommand(entry_id, reason, message, raw_fields_blob(fields), key)
+
+    text: dict[str, str] = {}
+    for name, value in fields.items():
+        try:
+            decoded_name, decoded = name.decode("utf-8"), value.decode("utf-8")
+        except UnicodeDecodeError:
+            return malformed("invalid_encoding", f"field {name!r} is not valid UTF-8")
+        if "\x00" in decoded or "\x00" in decoded_name:
+            return malformed("invalid_encoding", f"field {decoded_name!r} contains a NUL character")
+        text[decoded_name] = decoded
+
+    key = text.get("idempotency_key")
+    if key is not None and not valid_idempotency_key(key):
+        return malformed("invalid_idempotency_key", "idempotency_key must be 1-200 chars of [A-Za-z0-9._:-]")
+    key = key or entry_id
+    command_type = text.get("type")
+    if command_type is None:
+        return malformed("missing_field", "field 'type' is required", key)
+    if command_type != COMMAND_TYPE:
+        return malformed("unknown_type", f"unknown command type {command_type[:64]!r}", key)
+    raw_payload = fields.get(b"payload")
+    if raw_payload is None:
+        return malformed("missing_field", "field 'payload' is required", key)
+    if len(raw_payload) > MAX_PAYLOAD_BYTES:
+        return malformed(
+            "payload_too_large", f"payload is {len(raw_payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", key
+        )
+    try:
+        payload = orjson.loads(raw_payload)
+    except orjson.JSONDecodeError as exc:
+        return malformed("invalid_json", f"payload is not valid JSON: {exc}", key)
+    try:
+        digest = request_hash(payload)
+    except ValidationFailed as error:
+        return malformed(error.reason, str(error), key)
+    traceparent = text.get("traceparent")
+    return StreamCommand(entry_id, key, payload, digest, traceparent, raw_fields_blob(fields))

@@ -1,0 +1,281 @@
+"""The Redis stream consumer (SPEC §2): plain XREAD from the offset stored in PostgreSQL.
+
+Each batch — accepted, duplicate and malformed alike — is committed together with the new offset,
+so a crash at any instant neither loses nor double-accepts a command. Only the replica holding
+the advisory lock consumes; the offset is compare-and-set, so even a consumer that lost its lock
+without noticing cannot accept a batch twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from mailsvc.adapters.postgres.intake_store import OffsetMoved
+from mailsvc.domain.stream_entries import decode_entry
+from mailsvc.errors import StoreUnavailable
+from mailsvc.loops.base import wait_for_event
+from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance
+
+log = logging.getLogger("mailsvc.consumer")
+START = "0-0"
+MAX_SEQ = 2**64 - 1
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def successor(entry: tuple[int, int]) -> tuple[int, int]:
+    ms, seq = entry
+    return (ms, seq + 1) if seq < MAX_SEQ else (ms + 1, 0)
+
+
+def predecessor(entry_id: str) -> str:
+    """The greatest id below `entry_id`: reading after it starts exactly at `entry_id`."""
+    ms, seq = parse_id(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{MAX_SEQ}" if ms else START
+
+
+class OffsetStore(Protocol):
+    async def load_offset(self, stream_key: str) -> str | None: ...
+
+    async def record_stream_event(
+        self, stream_key: str, kind: str, from_offset: str, to_offset: str, detail: str, *, reset_offset: bool
+    ) -> None: ...
+
+
+class ConsumerLock(Protocol):
+    @property
+    def held(self) -> bool: ...
+
+    async def try_acquire(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class StreamConsumer:
+    name = "consumer"
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        stream_key: str,
+        offsets: OffsetStore,
+        acceptance: AcceptanceService,
+        lock: ConsumerLock,
+        block_ms: int,
+        count: int,
+        on_batch: Callable[[BatchResult], None] = lambda _: None,
+        standby_interval: float = 1.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.stream_key = stream_key
+        self.offsets = offsets
+        self.acceptance = acceptance
+        self.lock = lock
+        self.block_ms = block_ms
+        self.count = count
+        self.on_batch = on_batch
+        self.standby_interval = standby_interval
+        self.max_backoff = max_backoff
+        self._stopping = asyncio.Event()
+        self.offset: str = START  # last entry id committed (observable: stream lag)
+        self.head: str | None = None  # last-generated-id seen at the last read
+        # entries ever added to the stream up to our offset: known once we caught up with the head,
+        # it tells a trim of entries we read from a trim of entries we never read
+        self._added_through_offset: int | None = None
+        self._counted_since = START  # the offset at which that count was last known exactly
+        self._holes_recorded: str | None = None  # max-deleted-entry-id already recorded as a gap
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    acquired = await self.lock.try_acquire()
+                except Exception as exc:  # the database may be down: stay a standby, keep trying
+                    log.warning("consumer_lock_unavailable", extra={"error_class": type(exc).__name__})
+                    acquired = False
+                if not acquired:
+                    await wait_for_event(self._stopping, self.standby_interval)
+                    continue
+                await self._consume()
+        finally:
+            await self.lock.release()
+
+    async def _consume(self) -> None:
+        """Consume while holding the lock; return when stopping, on lock loss or offset race."""
+        try:
+            stored = await self.offsets.load_offset(self.stream_key)
+        except StoreUnavailable:
+            await wait_for_event(self._stopping, self.standby_interval)
+            return
+        self.offset = stored or START
+        self._added_through_offset = 0 if self.offset == START else None
+        self._counted_since = self.offset
+        log.info("consumer_started", extra={"stream": self.stream_key, "offset": self.offset})
+        backoff = 0.1
+        while not self._stopping.is_set() and self.lock.held:
+            try:
+                read = await self._read()
+                if read is None:
+                    return  # stopping
+                info, entries = read
+                if await self._detect_gap_or_reset(info, stored):
+                    stored = self.offset
+                    continue
+                if not entries:
+                    backoff = 0.1
+                    continue
+                last_id = entries[-1][0]
+                batch = [decode_entry(entry_id, fields) for entry_id, fields in entries]
+                result = await self.acceptance.accept_stream_batch(
+                    batch, OffsetAdvance(self.stream_key, stored, last_id)
+                )
+                stored = self.offset = last_id
+                self._note_read(len(entries))
+                self.on_batch(result)
+                backoff = 0.1
+            except OffsetMoved:
+                log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
+                return
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                log.warning(
+                    "consumer_dependency_unavailable",
+                    extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
+                )
+                if await wait_for_event(self._stopping, backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _read(self) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
+        """XINFO STREAM and XREAD BLOCK in one round trip; None when stopping interrupted it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_stream(self.stream_key)
+        pipe.xread({self.stream_key: self.offset}, count=self.count, block=self.block_ms)
+        read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        stop_task = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({read_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+        if read_task not in done:
+            read_task.cancel()
+            await asyncio.gather(read_task, return_exceptions=True)
+            await pipe.reset()  # type: ignore[no-untyped-call]
+            return None
+        info, reply = read_task.result()
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        if isinstance(reply, Exception):
+            raise reply
+        entries: list[tuple[str, dict[bytes, bytes]]] = []
+        for _stream, stream_entries in reply or []:
+            for entry_id, fields in stream_entries:
+                entries.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields))
+        return info, entries
+
+    def _note_read(self, read: int) -> None:
+        if self._added_through_offset is not None:
+            self._added_through_offset += read
+
+    async def _detect_gap_or_reset(self, info: Any, stored: str | None) -> bool:
+        """Record a reset (stream recreated) or gap (unread entries removed); True if the offset moved.
+
+        Trimming (MAXLEN/MINID) removes a prefix of the stream and, on Redis 7.0, leaves no trace
+        in `max-deleted-entry-id`: it shows as a first entry beyond our offset, and
+        `entries-added - length` counts what was removed. XDEL shows in `max-deleted-entry-id`.
+        """
+        if isinstance(info, ResponseError):  # no such key: the stream does not exist (yet, or any more)
+            self.head = None
+            if self.offset != START:
+                await self._record("reset", START, "stream key missing (Redis restarted without persistence?)")
+                return True
+            return False
+        if isinstance(info, Exception):
+            raise info
+        last_generated = _text(info.get("last-generated-id")) or START
+        self.head = last_generated
+        offset = parse_id(self.offset)
+        if parse_id(last_generated) < offset:
+            await self._record(
+                "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}"
+            )
+            return True
+        added, length = _int(info.get("entries-added")), _int(info.get("length"))
+        if self.offset == last_generated:  # caught up: we know exactly how many entries we should have read
+            if self._added_through_offset is not None and added is not None and added > self._added_through_offset:
+                # removed between a read's XINFO and its XREAD: noticed only now, after the offset moved on
+                missed = added - self._added_through_offset
+                detail = f"{missed} entries after {self._counted_since} up to {self.offset} were removed unread"
+                await self._record("gap", self.offset, detail, move=False, from_offset=self._counted_since)
+            self._added_through_offset, self._counted_since = added, self.offset
+        first = info.get("first-entry")
+        first_id = _text(first[0]) if first else None
+        max_deleted = _text(info.get("max-deleted-entry-id")) or START
+        if first_id is None:  # empty: everything up to last-generated-id is gone
+            if parse_id(last_generated) > offset:
+                await self._record(
+                    "gap", last_generated, f"entries after {self.offset} up to {last_generated} were removed unread"
+                )
+                return True
+            return False
+        if parse_id(first_id) > successor(offset):
+            # nothing before the first entry is left: were any of the removed entries unread?
+            removed = None if added is None or length is None else added - length
+            if removed == 0 and self.offset != START:  # the stream never lost an entry, yet ours is not in it
+                await self._record("reset", START, f"stream recreated: it never held our offset {self.offset}")
+                return True
+            read, unread = self._added_through_offset, None
+            if removed is not None and read is not None and parse_id(max_deleted) < parse_id(first_id):
+                unread = removed - read  # exact: no deletions blur the count
+            elif removed is None and self.offset == START:
+                unread = 0  # Redis < 7 does not count removals: nothing tells of a gap
+            if unread is None or unread > 0:
+                how_many = "some may never have been read" if unread is None else f"{unread} never read"
+                detail = f"entries after {self.offset} before {first_id} were trimmed: {how_many}"
+                await self._record("gap", predecessor(first_id), detail)
+                return True
+        if parse_id(max_deleted) > offset and max_deleted != self._holes_recorded:
+            # some entries after our offset were deleted (XDEL) before we read them; XREAD skips them
+            self._holes_recorded = max_deleted
+            self._added_through_offset = None
+            await self._record(
+                "gap", max_deleted, f"entries after {self.offset} up to {max_deleted} were deleted unread", move=False
+            )
+        return False
+
+    async def _record(
+        self, kind: str, to_offset: str, detail: str, *, move: bool = True, from_offset: str | None = None
+    ) -> None:
+        from_offset = from_offset or self.offset
+        log.warning(
+            f"stream_{kind}_detected",
+            extra={"stream": self.stream_key, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
+        )
+        await self.offsets.record_stream_event(self.stream_key, kind, from_offset, to_offset, detail, reset_offset=move)
+        if move:
+            self.offset = self._counted_since = to_offset
+            self._added_through_offset = 0 if to_offset == START else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,283 @@
+"""Acceptance: the one service both doors call (SPEC §1-§3).
+
+Validates, renders once, builds the MIME bytes once, assigns `delivery_id` and `Message-ID`,
+applies idempotency, and persists everything in one transaction — for the stream, together with
+the new offset and the malformed records of the same batch. Then wakes the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from mailsvc.adapters.templates import MissingVariables, TemplateError, UnknownTemplate
+from mailsvc.domain.commands import Problem, SendRequest, ValidationFailed, parse_send_request, request_hash
+from mailsvc.domain.ids import uuid7
+from mailsvc.domain.mime import build_mime, make_message_id
+from mailsvc.domain.model import Address, RenderedContent, Source, Status
+from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
+from mailsvc.errors import IdempotencyConflict
+
+log = logging.getLogger("mailsvc.acceptance")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Renderer(Protocol):
+    def render(self, template_id: str, locale: str | None, variables: Any) -> RenderedContent: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """One delivery ready to persist: rendered, MIME built, ids assigned."""
+
+    delivery_id: UUID
+    source: Source
+    status: Status
+    idempotency_key: str
+    request_hash: bytes
+    request: SendRequest
+    content: RenderedContent
+    message_id: str
+    mime: bytes
+    accepted_at: datetime
+    resend_of: UUID | None = None
+    stream_entry_id: str | None = None
+    raw_fields: bytes | None = None  # for a stream command that turns out to conflict
+
+    @property
+    def send_at(self) -> datetime:
+        return self.request.send_at or self.accepted_at
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOutcome:
+    """What the store found for one idempotency key."""
+
+    kind: Literal["created", "duplicate", "conflict"]
+    delivery_id: UUID
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetAdvance:
+    stream_key: str
+    expected: str | None  # the offset we read from; None when none was stored yet
+    new: str
+
+
+class AcceptanceStore(Protocol):
+    async def accept(
+        self,
+        deliveries: Sequence[NewDelivery],
+        malformed: Sequence[MalformedCommand],
+        *,
+        stream_key: str,
+        offset: OffsetAdvance | None,
+        idempotency_ttl: timedelta,
+    ) -> list[KeyOutcome]:
+        """Persist in one transaction, one outcome per delivery (a key may repeat in the batch:
+        each repeat is a duplicate or a conflict); conflicting stream commands become malformed rows."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    delivery_id: UUID
+    status: Status
+    idempotent_replay: bool
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicate: int = 0
+    malformed: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _template_problem(error: TemplateError) -> tuple[str, str]:
+    if isinstance(error, MissingVariables):
+        return "missing_variables", f"missing template variables: {', '.join(error.names)}"
+    if isinstance(error, UnknownTemplate):
+        return "unknown_template", str(error)
+    return "render_failed", str(error)
+
+
+class AcceptanceService:
+    def __init__(
+        self,
+        *,
+        store: AcceptanceStore,
+        renderer: Renderer,
+        from_address: Address,
+        suppress_auth: bool,
+        idempotency_ttl: timedelta,
+        stream_key: str,
+        wake_scheduler: Callable[[], None] = lambda: None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.renderer = renderer
+        self.from_address = from_address
+        self.message_id_domain = from_address.email.rpartition("@")[2] or "localhost"
+        self.suppress_auth = suppress_auth
+        self.idempotency_ttl = idempotency_ttl
+        self.stream_key = stream_key
+        self.wake_scheduler = wake_scheduler
+        self.clock = clock
+
+    # -- preparing (pure CPU) -------------------------------------------------------------
+
+    def render(self, request: SendRequest) -> RenderedContent:
+        """Render a validated request once; raise `TemplateError` for template problems."""
+        if request.template is not None:
+            return self.renderer.render(request.template, request.locale, request.variables)
+        assert request.subject is not None
+        assert request.text is not None
+        return RenderedContent(subject=request.subject, text=request.text, html=request.html)
+
+    def prepare(
+        self,
+        *,
+        source: Source,
+        idempotency_key: str,
+        payload: Any,
+        digest: bytes,
+        resend_of: UUID | None = None,
+    ) -> NewDelivery:
+        """Validate, render and build; raise `ValidationFailed` (with a reason code)."""
+        request = parse_send_request(payload)
+        try:
+            content = self.render(request)
+        except TemplateError as error:
+            reason, message = _template_problem(error)
+            raise ValidationFailed([Problem("template", message)], reason=reason) from None
+        return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
+
+    def build(
+        self,
+        source: Source,
+        idempotency_key: str,
+        digest: bytes,
+        request: SendRequest,
+        content: RenderedContent,
+        *,
+        resend_of: UUID | None = None,
+    ) -> NewDelivery:
+        now = self.clock()
+        if request.send_at is None and request.expires_at is not None and request.expires_at <= now:
+            # send_at defaults to now: the delivery would expire before it could start
+            raise ValidationFailed([Problem("expires_at", "has already passed")])
+        message_id = make_message_id(self.message_id_domain)
+        mime = build_mime(
+            from_addr=self.from_address,
+            to=[r.address for r in request.recipients if r.kind == "to"],
+            cc=[r.address for r in request.recipients if r.kind == "cc"],
+            reply_to=request.reply_to,
+            subject=content.subject,
+            text=content.text,
+            html=content.html,
+            headers=request.headers,
+            message_id=message_id,
+            date=now,
+        )
+        status: Status = "suppressed" if source == "auth" and self.suppress_auth else "queued"
+        return NewDelivery(
+            delivery_id=uuid7(),
+            source=source,
+            status=status,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            request=request,
+            content=content,
+            message_id=message_id,
+            mime=mime,
+            accepted_at=now,
+            resend_of=resend_of,
+        )
+
+    # -- the doors ------------------------------------------------------------------------
+
+    async def accept_request(self, source: Source, idempotency_key: str, payload: Any) -> Accepted:
+        """HTTP intake: raise `ValidationFailed` or `IdempotencyConflict`; else the delivery."""
+        prepared = self.prepare(
+            source=source, idempotency_key=idempotency_key, payload=payload, digest=request_hash(payload)
+        )
+        return await self.persist_one(prepared)
+
+    async def persist_one(self, prepared: NewDelivery) -> Accepted:
+        (outcome,) = await self.store.accept(
+            [prepared], [], stream_key=self.stream_key, offset=None, idempotency_ttl=self.idempotency_ttl
+        )
+        if outcome.kind == "conflict":
+            raise IdempotencyConflict(prepared.idempotency_key)
+        if outcome.kind == "created" and outcome.status == "queued":
+            self.wake_scheduler()
+        return Accepted(outcome.delivery_id, outcome.status, idempotent_replay=outcome.kind == "duplicate")
+
+    async def accept_stream_batch(
+        self, entries: Sequence[StreamCommand | MalformedCommand], offset: OffsetAdvance
+    ) -> BatchResult:
+        """Accept a whole XREAD batch with its offset in one transaction."""
+        result = BatchResult()
+        malformed: list[MalformedCommand] = []
+        prepared: list[NewDelivery] = []  # a key may repeat: the store judges each repeat
+        for entry in entries:
+            if isinstance(entry, MalformedCommand):
+                malformed.append(entry)
+                continue
+            try:
+                delivery = self.prepare(
+                    source="notification",
+                    idempotency_key=entry.idempotency_key,
+                    payload=entry.payload,
+                    digest=entry.request_hash,
+                )
+            except ValidationFailed as error:
+                malformed.append(
+                    MalformedCommand(
+                        entry.entry_id, error.reason, str(error)[:2000], entry.raw_fields, entry.idempotency_key
+                    )
+                )
+                continue
+            except ValueError as error:  # the MIME builder refused something validation let through
+                malformed.append(
+                    MalformedCommand(
+                        entry.entry_id, "validation_failed", str(error), entry.raw_fields, entry.idempotency_key
+                    )
+                )
+                continue
+            prepared.append(replace(delivery, stream_entry_id=entry.entry_id, raw_fields=entry.raw_fields))
+        outcomes = await self.store.accept(
+            prepared,
+            malformed,
+            stream_key=self.stream_key,
+            offset=offset,
+            idempotency_ttl=self.idempotency_ttl,
+        )
+        woke = False
+        for outcome in outcomes:
+            if outcome.kind == "created":
+                result.accepted += 1
+                woke |= outcome.status == "queued"
+            elif outcome.kind == "duplicate":
+                result.duplicate += 1
+            else:
+                result.malformed += 1
+                result.malformed_reasons["idempotency_conflict"] = (
+                    result.malformed_reasons.get("idempotency_conflict", 0) + 1
+                )
+        result.malformed += len(malformed)
+        for record in malformed:
+            result.malformed_reasons[record.reason] = result.malformed_reasons.get(record.reason, 0) + 1
+        if woke:
+            self.wake_scheduler()
+        return result
