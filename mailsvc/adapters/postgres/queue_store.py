@@ -1,0 +1,209 @@
+"""The delivery queue: claims, attempt results, stale-claim recovery and releases.
+
+Every write that follows a claim is fenced by the claim token, so a late worker can never
+overwrite a delivery that was recovered and claimed again. Claims and results are batched:
+one statement per batch, whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.domain.model import ClaimedDelivery
+from mailsvc.services.execution import AttemptRecord, refused_recipients
+
+# The CTE fences the LIMIT: without it the planner may update more rows than asked (PITFALLS).
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT delivery_id FROM deliveries
+        WHERE status = 'queued' AND next_attempt_at <= now()
+        ORDER BY priority, next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE deliveries d
+        SET status = 'sending', claim_token = gen_random_uuid(),
+            claim_deadline = now() + make_interval(secs => :lease_s),
+            attempt_count = d.attempt_count + 1, next_attempt_at = NULL, updated_at = now()
+        FROM due WHERE d.delivery_id = due.delivery_id
+        RETURNING d.delivery_id, d.claim_token, d.attempt_count, d.message_id, d.expires_at, d.source, d.priority
+    )
+    SELECT c.delivery_id, c.claim_token, c.attempt_count, c.message_id, c.expires_at, c.source, p.mime,
+           ARRAY(SELECT r.address FROM delivery_recipients r
+                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients
+    FROM claimed c JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
+    ORDER BY c.priority
+    """
+)
+
+_FINISH = text(
+    """
+    WITH r AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:statuses AS text[]),
+            CAST(:next_at AS timestamptz[]), CAST(:errors AS text[]), CAST(:numbers AS integer[]),
+            CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:outcomes AS text[]),
+            CAST(:ambiguous AS boolean[]), CAST(:codes AS integer[]), CAST(:replies AS text[]),
+            CAST(:classes AS text[]), CAST(:providers AS text[]), CAST(:durations AS integer[]),
+            CAST(:dead AS text[]))
+            AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead)
+    ), applied AS (
+        UPDATE deliveries d
+        SET status = r.status, claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at,
+            last_error = r.err, updated_at = r.fin,
+            finished_at = CASE WHEN r.status IN ('sent', 'dead_lettered') THEN r.fin END
+        FROM r
+        WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
+        RETURNING d.delivery_id, r.token
+    ), attempt_rows AS (
+        -- children join on the token too: a late record for the same delivery in this batch writes nothing
+        INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, ambiguous, smtp_code,
+                              smtp_reply, error_class, provider, duration_ms)
+        SELECT r.id, r.num, r.started, r.fin, r.outcome, r.amb, r.code, r.reply, r.cls, r.prov, r.dur
+        FROM r JOIN applied a ON a.delivery_id = r.id AND a.token = r.token
+    ), dead_rows AS (
+        INSERT INTO dead_letters (delivery_id, reason, last_error, created_at)
+        SELECT r.id, r.dead, r.err, r.fin FROM r JOIN applied a ON a.delivery_id = r.id AND a.token = r.token
+        WHERE r.dead IS NOT NULL
+    ), recipient_rows AS (
+        UPDATE delivery_recipients dr
+        SET outcome = x.outcome, smtp_code = x.code, smtp_reply = x.reply
+        FROM unnest(
+            CAST(:r_ids AS uuid[]), CAST(:r_tokens AS uuid[]), CAST(:r_addresses AS text[]),
+            CAST(:r_outcomes AS text[]), CAST(:r_codes AS integer[]), CAST(:r_replies AS text[]))
+            AS x(id, token, address, outcome, code, reply)
+        JOIN applied a ON a.delivery_id = x.id AND a.token = x.token
+        WHERE dr.delivery_id = x.id AND lower(dr.address) = lower(x.address)
+    )
+    SELECT delivery_id FROM applied
+    """
+)
+
+_RECOVER = text(
+    """
+    WITH stale AS (
+        SELECT delivery_id FROM deliveries
+        WHERE status = 'sending' AND claim_deadline < now()
+        ORDER BY claim_deadline
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), recovered AS (
+        UPDATE deliveries d
+        SET status = CASE WHEN d.attempt_count >= :max_attempts THEN 'dead_lettered' ELSE 'queued' END,
+            next_attempt_at = CASE WHEN d.attempt_count >= :max_attempts THEN NULL ELSE now() END,
+            finished_at = CASE WHEN d.attempt_count >= :max_attempts THEN now() END,
+            last_error = 'abandoned: the attempt did not report before its claim expired',
+            claim_token = NULL, claim_deadline = NULL, updated_at = now()
+        FROM stale WHERE d.delivery_id = stale.delivery_id
+        RETURNING d.delivery_id, d.attempt_count, d.status
+    ), attempt_rows AS (
+        INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, error_class, duration_ms)
+        SELECT delivery_id, attempt_count, now(), now(), 'abandoned', 'claim_expired', 0 FROM recovered
+    ), dead_rows AS (
+        INSERT INTO dead_letters (delivery_id, reason, last_error)
+        SELECT delivery_id, 'attempts_exhausted', 'abandoned: the attempt did not report before its claim expired'
+        FROM recovered WHERE status = 'dead_lettered'
+    )
+    SELECT count(*) FROM recovered
+    """
+)
+
+_RELEASE = text(
+    """
+    UPDATE deliveries d
+    SET status = 'queued', claim_token = NULL, claim_deadline = NULL, next_attempt_at = now(),
+        attempt_count = d.attempt_count - 1, updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS r(id, token)
+    WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
+    """
+)
+
+_DUE_BACKLOG = text("SELECT count(*) FROM deliveries WHERE status = 'queued' AND next_attempt_at <= now()")
+
+
+class QueueStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]:
+        """Claim up to `limit` due deliveries, highest priority then oldest due time first."""
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            rows = (await conn.execute(_CLAIM, {"limit": limit, "lease_s": lease.total_seconds()})).all()
+        return [
+            ClaimedDelivery(
+                delivery_id=row.delivery_id,
+                claim_token=row.claim_token,
+                attempt_number=row.attempt_count,
+                message_id=row.message_id,
+                expires_at=row.expires_at,
+                source=row.source,
+                recipients=tuple(row.recipients),
+                mime=bytes(row.mime),
+            )
+            for row in rows
+        ]
+
+    async def finish(self, records: Sequence[AttemptRecord]) -> set[UUID]:
+        """Write attempts and new statuses in one statement; return the ids whose claim still held."""
+        r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
+        for record in records:
+            for recipient in refused_recipients(record.result):
+                r_ids.append(record.delivery_id)
+                r_tokens.append(record.claim_token)
+                r_addresses.append(recipient.address)
+                r_outcomes.append("accepted" if recipient.accepted else "refused")
+                r_codes.append(recipient.smtp_code)
+                r_replies.append(recipient.smtp_reply)
+        params = {
+            "ids": [r.delivery_id for r in records],
+            "tokens": [r.claim_token for r in records],
+            "statuses": [r.status for r in records],
+            "next_at": [r.next_attempt_at for r in records],
+            "errors": [r.last_error for r in records],
+            "numbers": [r.attempt_number for r in records],
+            "started": [r.started_at for r in records],
+            "finished": [r.finished_at for r in records],
+            "outcomes": [r.outcome for r in records],
+            "ambiguous": [bool(r.result and r.result.ambiguous) for r in records],
+            "codes": [r.result.smtp_code if r.result else None for r in records],
+            "replies": [r.result.smtp_reply if r.result else None for r in records],
+            "classes": [r.result.error_class if r.result else None for r in records],
+            "providers": [r.provider for r in records],
+            "durations": [r.duration_ms for r in records],
+            "dead": [r.dead_reason for r in records],
+            "r_ids": r_ids,
+            "r_tokens": r_tokens,
+            "r_addresses": r_addresses,
+            "r_outcomes": r_outcomes,
+            "r_codes": r_codes,
+            "r_replies": r_replies,
+        }
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            rows = (await conn.execute(_FINISH, params)).all()
+        return {row[0] for row in rows}
+
+    async def recover_stale(self, max_attempts: int, limit: int = 1000) -> int:
+        """Return claims whose deadline passed to `queued` (or dead-letter them when exhausted)."""
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            count = (await conn.execute(_RECOVER, {"limit": limit, "max_attempts": max_attempts})).scalar_one()
+        return int(count)
+
+    async def release(self, claims: Sequence[ClaimedDelivery]) -> None:
+        """Give back claims whose attempt never started (shutdown): no attempt is recorded."""
+        if not claims:
+            return
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            await conn.execute(
+                _RELEASE, {"ids": [c.delivery_id for c in claims], "tokens": [c.claim_token for c in claims]}
+            )
+
+    async def due_backlog(self) -> int:
+        async with unavailable_as_domain_error(), self.engine.connect() as conn:
+            return int((await conn.execute(_DUE_BACKLOG)).scalar_one())

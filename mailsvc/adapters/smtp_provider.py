@@ -1,0 +1,405 @@
+"""The SMTP provider (`MAIL_SMTP_MODE=smtp`): pooled aiosmtplib connections, one verdict per attempt.
+
+- `MAIL_SMTP_TIMEOUT` bounds the whole attempt (pool wait, connect, EHLO, STARTTLS, AUTH, MAIL,
+  RCPT, DATA) with one `asyncio.timeout`; aiosmtplib's own timeout is per socket operation only.
+- TLS is never silently downgraded: `starttls` (and `auto` on a non-loopback, non-465 server)
+  refuses a server that does not offer STARTTLS, before anything of the message is sent.
+- Credentials go out only over TLS or to a loopback server.
+- DATA is driven here rather than through `SMTP.data()`, so we know when the final "." has been
+  written: a connection lost or a timeout after that point is reported as `ambiguous`.
+- Classification (SPEC §1): 4xx, connection and TLS failures, timeouts → transient; 5xx to RCPT
+  or DATA → permanent; 5xx to AUTH or MAIL FROM → transient and logged as an error (it is our
+  configuration, not the message); some recipients refused → sent, per-recipient results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass, replace
+
+from aiosmtplib import (
+    SMTP,
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPRecipientRefused,
+    SMTPResponse,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPStatus,
+)
+
+from mailsvc.domain.mime import ascii_address
+from mailsvc.domain.model import (
+    OutgoingMessage,
+    ProviderName,
+    ProviderOutcome,
+    RecipientResult,
+    SendResult,
+)
+from mailsvc.logs import mask_address
+from mailsvc.settings import SmtpSettings, SmtpTls
+
+__all__ = ["SmtpProvider"]
+
+_log = logging.getLogger(__name__)
+
+_REPLY_LIMIT = 300
+_VALIDATE_IDLE_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
+_QUIT_TIMEOUT = 2.0
+_LINE_ENDINGS = re.compile(rb"\r\n?|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _trim(text: str | None) -> str | None:
+    return None if text is None else text[:_REPLY_LIMIT]
+
+
+def _transient(error_class: str, code: int | None = None, reply: str | None = None) -> SendResult:
+    return SendResult("transient_failure", smtp_code=code, smtp_reply=_trim(reply), error_class=error_class)
+
+
+class _Failed(Exception):
+    """A verdict reached before the exchange could go on (carried out of the pool machinery)."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.error_class)
+        self.result = result
+
+
+@dataclass(eq=False)
+class _Connection:
+    client: SMTP
+    last_used: float
+    reused: bool = False
+
+
+@dataclass
+class _Attempt:
+    """Where one attempt has got to; read when it fails to classify the failure."""
+
+    delivery_id: str
+    phase: str = "wait"
+
+
+class SmtpProvider:
+    """Sends pre-rendered messages over a small pool of SMTP connections (size `concurrency`)."""
+
+    name: ProviderName = "smtp"
+
+    def __init__(self, settings: SmtpSettings, concurrency: int, *, local_hostname: str | None = None) -> None:
+        if settings.addr is None:
+            raise ValueError("SmtpProvider needs MAIL_SMTP_ADDR")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._settings = settings
+        self._addr = settings.addr
+        self._timeout = settings.timeout.total_seconds()
+        self._tls_mode = self._effective_tls(settings.tls)
+        self._tls_context = self._build_tls_context() if self._tls_mode != "none" else None
+        self._ehlo_name = local_hostname
+        self._slots = asyncio.Semaphore(concurrency)
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    def _effective_tls(self, tls: SmtpTls) -> SmtpTls:
+        if tls != "auto":
+            return tls
+        if self._addr.port == 465:
+            return "implicit"
+        return "none" if self._addr.is_loopback else "starttls"
+
+    def _build_tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if self._settings.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    # ---- the attempt ------------------------------------------------------------------------
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """One attempt for `message`, bounded by `MAIL_SMTP_TIMEOUT`. Returns the verdict; never
+        raises for SMTP, network or TLS failures (only cancellation propagates)."""
+        state = _Attempt(delivery_id=str(message.delivery_id))
+        try:
+            sender = ascii_address(message.envelope_from)
+        except ValueError:
+            _log.error("smtp.invalid_sender", extra={"delivery_id": state.delivery_id})
+            return _transient("invalid_sender")
+        envelope: list[tuple[str, str]] = []
+        invalid: list[RecipientResult] = []
+        for recipient in message.recipients:
+            try:
+                envelope.append((recipient, ascii_address(recipient)))
+            except ValueError:
+                invalid.append(RecipientResult(recipient, False, None, "invalid address"))
+        if not envelope:
+            return SendResult("permanent_failure", error_class="invalid_address", recipients=tuple(invalid))
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await self._attempt(state, sender, envelope, _wire_payload(message.mime))
+        except Exception as exc:
+            result = self._classify(exc, state)
+        if invalid:
+            result = replace(result, recipients=(*result.recipients, *invalid))
+        if result.outcome != "sent":
+            _log.debug(
+                "smtp.attempt_failed",
+                extra={
+                    "delivery_id": state.delivery_id,
+                    "phase": state.phase,
+                    "outcome": result.outcome,
+                    "smtp_code": result.smtp_code,
+                    "error_class": result.error_class,
+                    "ambiguous": result.ambiguous,
+                    "smtp_reply": result.smtp_reply,
+                },
+            )
+        return result
+
+    async def _attempt(
+        self, state: _Attempt, sender: str, envelope: list[tuple[str, str]], payload: bytes
+    ) -> SendResult:
+        async with self._slots:
+            conn = await self._checkout(state)
+            while True:
+                try:
+                    result = await self._transact(conn.client, state, sender, envelope, payload)
+                except BaseException as exc:
+                    conn.client.close()
+                    if conn.reused and state.phase == "mail" and _stale(exc):
+                        # the server dropped a pooled connection before taking anything: a fresh
+                        # connection is as safe as the first try
+                        conn = await self._connect(state)
+                        continue
+                    raise
+                if result.outcome == "sent":
+                    self._release(conn)
+                else:
+                    conn.client.close()
+                return result
+
+    async def _transact(
+        self,
+        client: SMTP,
+        state: _Attempt,
+        sender: str,
+        envelope: list[tuple[str, str]],
+        payload: bytes,
+    ) -> SendResult:
+        state.phase = "mail"
+        options = [f"SIZE={len(payload) - 3}"] if client.supports_extension("size") else []
+        await client.mail(sender, options=options)
+        state.phase = "rcpt"
+        results: list[RecipientResult] = []
+        for original, address in envelope:
+            try:
+                reply = await client.rcpt(address)
+            except SMTPRecipientRefused as exc:
+                if exc.code == SMTPStatus.domain_unavailable:
+                    raise  # the server is closing the session: nothing about this recipient
+                results.append(RecipientResult(original, False, exc.code, _trim(exc.message)))
+            else:
+                results.append(RecipientResult(original, True, reply.code, _trim(reply.message)))
+        if not any(r.accepted for r in results):
+            return _all_refused(results)
+        state.phase = "data"
+        reply = await self._data(client, state, payload)
+        return SendResult("sent", reply.code, _trim(reply.message), recipients=tuple(results))
+
+    async def _data(self, client: SMTP, state: _Attempt, payload: bytes) -> SMTPResponse:
+        start = await client.execute_command(b"DATA")
+        if start.code != SMTPStatus.start_input:
+            raise SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        protocol.write(payload)
+        # From here on the server may have the whole message: losing the reply is ambiguous.
+        state.phase = "after_dot"
+        reply = await protocol.read_response(timeout=self._timeout)
+        if reply.code != SMTPStatus.completed:
+            raise SMTPDataError(reply.code, reply.message)
+        return reply
+
+    # ---- the pool ---------------------------------------------------------------------------
+
+    async def _checkout(self, state: _Attempt) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.client.is_connected:
+                conn.client.close()
+                continue
+            if time.monotonic() - conn.last_used > _VALIDATE_IDLE_AFTER:
+                state.phase = "validate"
+                try:
+                    await conn.client.noop()
+                except (SMTPException, OSError):
+                    conn.client.close()
+                    continue
+                except BaseException:
+                    conn.client.close()
+                    raise
+            conn.reused = True
+            return conn
+        return await self._connect(state)
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed or not conn.client.is_connected:
+            conn.client.close()
+            return
+        conn.last_used = time.monotonic()
+        self._idle.append(conn)
+
+    async def _connect(self, state: _Attempt) -> _Connection:
+        state.phase = "connect"
+        client = SMTP(
+            hostname=self._addr.host or "localhost",
+            port=self._addr.port,
+            local_hostname=await self._local_hostname(),
+            timeout=self._timeout,
+            use_tls=self._tls_mode == "implicit",
+            start_tls=False,
+            tls_context=self._tls_context,
+        )
+        try:
+            await client.connect()
+            state.phase = "ehlo"
+            await _hello(client)
+            if self._tls_mode == "starttls":
+                if not client.supports_extension("starttls"):
+                    raise _Failed(_transient("starttls_unavailable"))
+                state.phase = "starttls"
+                await client.starttls()
+                state.phase = "ehlo"
+                await _hello(client)
+            if self._settings.username:
+                await self._login(client, state)
+        except BaseException:
+            client.close()
+            raise
+        return _Connection(client, last_used=time.monotonic())
+
+    async def _login(self, client: SMTP, state: _Attempt) -> None:
+        if self._tls_mode == "none" and not self._addr.is_loopback:
+            _log.error(
+                "smtp.credentials_withheld",
+                extra={"delivery_id": state.delivery_id, "reason": "connection is not TLS"},
+            )
+            raise _Failed(_transient("auth_requires_tls"))
+        state.phase = "auth"
+        if not client.supports_extension("auth"):
+            _log.error("smtp.auth_unsupported", extra={"delivery_id": state.delivery_id})
+            raise _Failed(_transient("auth_unsupported"))
+        await client.login(self._settings.username, self._settings.password.reveal())
+
+    async def _local_hostname(self) -> str:
+        if self._ehlo_name is None:
+            fqdn = await asyncio.to_thread(socket.getfqdn)
+            self._ehlo_name = fqdn if fqdn.isascii() and _HOSTNAME.fullmatch(fqdn) else "localhost"
+        return self._ehlo_name
+
+    async def close(self) -> None:
+        """QUIT and close every idle connection (errors ignored); connections still in use are
+        closed when their attempt ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit(conn.client) for conn in idle))
+
+    # ---- classification ---------------------------------------------------------------------
+
+    def _classify(self, exc: Exception, state: _Attempt) -> SendResult:
+        phase = state.phase
+        after_dot = phase == "after_dot"
+        extra = {"delivery_id": state.delivery_id, "phase": phase}
+        if isinstance(exc, _Failed):
+            return exc.result
+        if isinstance(exc, SMTPResponseException) and exc.code >= 200:
+            code, reply = exc.code, exc.message
+            if isinstance(exc, SMTPAuthenticationError):
+                _log.error("smtp.auth_failed", extra={**extra, "smtp_code": code})
+                return _transient("auth_failed", code, reply)
+            if isinstance(exc, SMTPSenderRefused):
+                if code >= 500:
+                    _log.error(
+                        "smtp.sender_refused",
+                        extra={**extra, "smtp_code": code, "sender": mask_address(exc.sender)},
+                    )
+                return _transient("sender_refused", code, reply)
+            error_class = f"{_PHASE_NAMES.get(phase, phase)}_refused"
+            if 500 <= code < 600 and phase in ("rcpt", "data", "after_dot"):
+                return SendResult("permanent_failure", code, _trim(reply), error_class)
+            return _transient(error_class, code, reply)
+        if isinstance(exc, TimeoutError):
+            return SendResult("transient_failure", error_class="timeout", ambiguous=after_dot)
+        if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+            return SendResult("transient_failure", error_class="tls_error", ambiguous=after_dot)
+        if isinstance(exc, SMTPConnectError):
+            return _transient("connect_failed")
+        if isinstance(exc, (SMTPServerDisconnected, OSError)):
+            return SendResult("transient_failure", error_class="connection_lost", ambiguous=after_dot)
+        if isinstance(exc, SMTPException):
+            # includes a malformed reply (code -1): after the dot we cannot know what happened
+            return SendResult("transient_failure", error_class="protocol_error", ambiguous=after_dot)
+        _log.error("smtp.unexpected_error", extra={**extra, "error_type": type(exc).__name__})
+        return SendResult("transient_failure", error_class="internal_error", ambiguous=after_dot)
+
+
+_PHASE_NAMES = {"after_dot": "data", "ehlo": "helo", "connect": "greeting", "validate": "noop"}
+
+
+def _wire_payload(mime: bytes) -> bytes:
+    """The DATA payload: CRLF line endings, dot-stuffed, terminated by CRLF "." CRLF."""
+    data = _LINE_ENDINGS.sub(b"\r\n", mime)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+
+
+def _stale(exc: BaseException) -> bool:
+    if isinstance(exc, SMTPResponseException):
+        return exc.code == SMTPStatus.domain_unavailable
+    return isinstance(exc, ConnectionError)
+
+
+def _all_refused(results: list[RecipientResult]) -> SendResult:
+    """Every recipient refused: permanent only when every refusal is a 5xx."""
+    temporary = next((r for r in results if r.smtp_code is not None and r.smtp_code < 500), None)
+    first = temporary or results[0]
+    outcome: ProviderOutcome = "transient_failure" if temporary else "permanent_failure"
+    return SendResult(
+        outcome,
+        smtp_code=first.smtp_code,
+        smtp_reply=first.smtp_reply,
+        error_class="recipients_refused",
+        recipients=tuple(results),
+    )
+
+
+async def _hello(client: SMTP) -> None:
+    try:
+        await client.ehlo()
+    except SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _quit(client: SMTP) -> None:
+    try:
+        async with asyncio.timeout(_QUIT_TIMEOUT):
+            await client.quit()
+    except (SMTPException, OSError, TimeoutError):
+        pass
+    finally:
+        client.close()

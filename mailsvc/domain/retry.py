@@ -1,0 +1,51 @@
+"""What happens after an attempt: a pure decision from the outcome, the attempt number and `now`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mailsvc.domain.model import DeadLetterReason, ProviderOutcome, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: Status  # sent | queued | dead_lettered
+    next_attempt_at: datetime | None = None
+    dead_reason: DeadLetterReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_delay: timedelta
+    max_delay: timedelta
+    max_attempts: int
+
+    def delay(self, attempt_number: int, jitter: float) -> timedelta:
+        """Exponential backoff (base · 2^(n-1)) with ±20 % jitter, kept within [base, max].
+
+        `jitter` is a number in [0, 1); passing it in keeps this function pure and testable.
+        """
+        exponent = min(attempt_number - 1, 40)
+        raw = min(self.base_delay * (1 << exponent), self.max_delay)
+        jittered = raw * (0.8 + 0.4 * jitter)
+        return max(self.base_delay, min(jittered, self.max_delay))
+
+    def decide(
+        self,
+        outcome: ProviderOutcome,
+        attempt_number: int,
+        now: datetime,
+        expires_at: datetime | None,
+        jitter: float,
+    ) -> Decision:
+        if outcome == "sent":
+            return Decision("sent")
+        if outcome == "permanent_failure":
+            return Decision("dead_lettered", dead_reason="permanent_failure")
+        if attempt_number >= self.max_attempts:
+            return Decision("dead_lettered", dead_reason="attempts_exhausted")
+        next_at = now + self.delay(attempt_number, jitter)
+        if expires_at is not None and next_at >= expires_at:
+            return Decision("dead_lettered", dead_reason="expired")
+        return Decision("queued", next_attempt_at=next_at)

@@ -1,0 +1,96 @@
+"""The attempt scheduler (SPEC §4): claims due work for free worker slots, recovers stale claims.
+
+It claims every 250 ms, at once when acceptance signals new work (in-process, or from another
+replica through LISTEN/NOTIFY), and again as soon as slots free up while the backlog lasts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Protocol
+
+from mailsvc.domain.model import ClaimedDelivery
+from mailsvc.errors import StoreUnavailable
+from mailsvc.loops.wakeup import Wakeup
+
+log = logging.getLogger("mailsvc.scheduler")
+
+
+class ClaimStore(Protocol):
+    async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]: ...
+
+    async def recover_stale(self, max_attempts: int, limit: int = 1000) -> int: ...
+
+    async def release(self, claims: list[ClaimedDelivery]) -> None: ...
+
+
+class Pool(Protocol):
+    @property
+    def free_slots(self) -> int: ...
+
+    def submit(self, claim: ClaimedDelivery) -> bool: ...
+
+
+class Scheduler:
+    name = "scheduler"
+
+    def __init__(
+        self,
+        *,
+        store: ClaimStore,
+        pool: Pool,
+        wakeup: Wakeup,
+        lease: timedelta,
+        max_attempts: int,
+        poll_interval: float = 0.25,
+        recover_interval: float = 30.0,
+        max_claim: int = 500,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.wakeup = wakeup
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.recover_interval = recover_interval
+        self.max_claim = max_claim
+        self._stopping = False
+        self.backlog_likely = False  # the last claim filled every free slot: more may be due
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wakeup.set()
+
+    def slot_freed(self) -> None:
+        if self.backlog_likely:
+            self.wakeup.set()
+
+    async def run(self) -> None:
+        self._stopping = False
+        next_recovery = time.monotonic()
+        while not self._stopping:
+            try:
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.recover_interval
+                    recovered = await self.store.recover_stale(self.max_attempts)
+                    if recovered:
+                        log.warning("stale_claims_recovered", extra={"count": recovered})
+                await self.claim_once()
+            except StoreUnavailable as exc:
+                log.warning("scheduler_store_unavailable", extra={"error_class": type(exc).__name__})
+                self.backlog_likely = False
+            if not self._stopping:
+                await self.wakeup.wait(self.poll_interval)
+
+    async def claim_once(self) -> int:
+        free = min(self.pool.free_slots, self.max_claim)
+        if free <= 0:
+            return 0
+        claims = await self.store.claim(free, self.lease)
+        self.backlog_likely = len(claims) == free
+        refused = [claim for claim in claims if not self.pool.submit(claim)]
+        if refused:  # the pool began stopping between our count and the claim
+            await self.store.release(refused)
+        return len(claims) - len(refused)
