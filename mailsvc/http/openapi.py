@@ -1,0 +1,239 @@
+"""The OpenAPI 3.1 description of the internal API (`GET /api/v1/internal/openapi.json`).
+
+Written by hand next to the routes it describes; `tests/integration/test_openapi_contract.py` keeps
+it true by checking real responses against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailsvc.domain.commands import IDEMPOTENCY_KEY
+from mailsvc.domain.operator_query import DEFAULT_LIMIT, MAX_LIMIT, SOURCES, STATUSES
+from mailsvc.http.openapi_schemas import SCHEMAS, TIMESTAMP, Schema, ref
+
+PREFIX = "/api/v1/internal"
+_KEY_PATTERN = f"^{IDEMPOTENCY_KEY.pattern}$"
+
+_ERRORS: dict[str, tuple[str, str]] = {
+    "400": ("invalid_json", "the body is not JSON (or `Content-Length` is not a number: `invalid_request`)"),
+    "401": ("unauthorized", "bearer token missing or unknown (only when tokens are configured)"),
+    "403": ("forbidden", "an intake token used on an operator route"),
+    "404": ("not_found", "unknown (or malformed) delivery id"),
+    "409": ("idempotency_key_conflict", "see the operation for the codes"),
+    "413": ("payload_too_large", "body over MAIL_INTERNAL_HTTP_MAX_BODY_BYTES (1 MiB)"),
+    "422": ("validation_failed", "`details` lists every problem found"),
+    "503": ("unavailable", "PostgreSQL unreachable, or too many requests in flight; retry after `Retry-After`"),
+    "504": ("timeout", "the read took longer than MAIL_OPERATOR_REQUEST_TIMEOUT"),
+}
+
+
+def _error(status: str, description: str | None = None) -> dict[str, Any]:
+    code, default = _ERRORS[status]
+    response: dict[str, Any] = {
+        "description": f"`{code}`: {description or default}",
+        "content": {"application/json": {"schema": ref("Error")}},
+    }
+    if status == "503":
+        response["headers"] = {"Retry-After": {"required": True, "schema": {"type": "string"}}}
+    if status == "401":
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return response
+
+
+def _ok(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
+
+
+def _query(name: str, schema: Schema, description: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description, **extra}
+
+
+_DELIVERY_ID = {
+    "name": "delivery_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+    "description": "a delivery id; anything that is not a known delivery id is a 404",
+}
+_PAGE = [
+    _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "page size",
+    ),
+    _query(
+        "cursor",
+        {"type": "string", "minLength": 1},
+        "`next_cursor` of the previous page (opaque; only valid for the list that returned it)",
+    ),
+]
+_DELIVERY_FILTERS = [
+    _query("status", {"type": "string", "enum": list(STATUSES)}, "one status"),
+    _query("source", {"type": "string", "enum": list(SOURCES)}, "one source"),
+    _query("template", {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$"}, "template id"),
+    _query(
+        "recipient",
+        {"type": "string", "minLength": 3, "maxLength": 320, "pattern": "^[^@]+@[^@]+$"},
+        "an address in to, cc or bcc; exact match, case-insensitive",
+    ),
+    _query(
+        "tag",
+        {"type": "array", "maxItems": 16, "items": {"type": "string", "pattern": "^[^:]{1,64}:.*$"}},
+        "`key:value`; repeat for several (AND); each key at most once",
+        style="form",
+        explode=True,
+    ),
+    _query("created_after", TIMESTAMP, "created at or after (inclusive)"),
+    _query("created_before", TIMESTAMP, "created before (exclusive)"),
+]
+_READ_ERRORS = {status: _error(status) for status in ("401", "403", "422", "503", "504")}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        f"{PREFIX}/deliveries": {
+            "post": {
+                "operationId": "submitDelivery",
+                "summary": "Submit a delivery (auth intake, source `auth`)",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": _KEY_PATTERN},
+                        "description": "scope (auth, key); within MAIL_IDEMPOTENCY_TTL a repeat replays",
+                    }
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("SendEmail")}}},
+                "responses": {
+                    "202": _ok("Accepted", "accepted: queued, or suppressed in stub mode"),
+                    "200": _ok("Accepted", "a replay of the same key and body: the original delivery"),
+                    "400": _error("400"),
+                    "401": _error("401"),
+                    "409": _error("409", "`idempotency_key_conflict`: the key was used with another body"),
+                    "413": _error("413"),
+                    "422": _error("422"),
+                    "503": _error("503"),
+                },
+            },
+            "get": {
+                "operationId": "listDeliveries",
+                "summary": "Find deliveries, newest first (filters combine with AND)",
+                "parameters": [*_DELIVERY_FILTERS, *_PAGE],
+                "responses": {"200": _ok("DeliveryPage", "one page"), **_READ_ERRORS},
+            },
+        },
+        f"{PREFIX}/deliveries/{{delivery_id}}": {
+            "get": {
+                "operationId": "getDelivery",
+                "summary": "One delivery: recipients with outcomes, attempts, dead letter, resend links",
+                "parameters": [
+                    _DELIVERY_ID,
+                    _query("include", {"type": "string", "enum": ["body"]}, "`body` adds text_body and html_body"),
+                ],
+                "responses": {"200": _ok("Delivery", "the delivery"), "404": _error("404"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/deliveries/{{delivery_id}}/attempts": {
+            "get": {
+                "operationId": "listAttempts",
+                "summary": "A delivery's attempts, oldest first",
+                "parameters": [_DELIVERY_ID],
+                "responses": {"200": _ok("AttemptList", "the attempts"), "404": _error("404"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/deliveries/{{delivery_id}}/resend": {
+            "post": {
+                "operationId": "resendDelivery",
+                "summary": "Send a finished delivery again as a new delivery (source `resend`, new Message-ID)",
+                "description": "The stored rendered payload is reused; the new delivery has no expiry and goes "
+                "through normal scheduling. Without Idempotency-Key every call creates a new delivery.",
+                "parameters": [
+                    _DELIVERY_ID,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": _KEY_PATTERN},
+                        "description": "scope (resend, key): a repeat for the same delivery replays the first resend",
+                    },
+                ],
+                "responses": {
+                    "202": _ok("Resent", "the new delivery"),
+                    "200": _ok("Resent", "a replay: the delivery created by the first call with this key"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "404": _error("404"),
+                    "409": _error(
+                        "409",
+                        "`not_resendable` (the delivery is not in a terminal status) or `idempotency_key_conflict` "
+                        "(the key was used to resend another delivery)",
+                    ),
+                    "422": _error("422", "invalid Idempotency-Key"),
+                    "503": _error("503"),
+                },
+            }
+        },
+        f"{PREFIX}/dead-letters": {
+            "get": {
+                "operationId": "listDeadLetters",
+                "summary": "Dead-lettered deliveries, newest first",
+                "parameters": _PAGE,
+                "responses": {"200": _ok("DeadLetterPage", "one page"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/malformed-commands": {
+            "get": {
+                "operationId": "listMalformedCommands",
+                "summary": "Stream commands that could never succeed, newest first",
+                "parameters": [
+                    _query("reason", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "one reason code"),
+                    *_PAGE,
+                ],
+                "responses": {"200": _ok("MalformedCommandPage", "one page"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/templates": {
+            "get": {
+                "operationId": "listTemplates",
+                "summary": "The template catalog: ids, locales, declared variables",
+                "responses": {
+                    "200": _ok("TemplateList", "every template"),
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
+            }
+        },
+        f"{PREFIX}/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
+            }
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mailsvc internal API",
+            "version": "1",
+            "description": "Auth intake and operator API of the mail service. JSON in, JSON out; every error is "
+            '`{"error": {"code", "message", "details"?}}` with a stable code. When tokens are configured, '
+            "requests need `Authorization: Bearer <token>`: intake tokens may only submit deliveries.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+    }

@@ -1,0 +1,252 @@
+"""JSON Schemas of every body the internal API takes or returns (OpenAPI 3.1 `components.schemas`).
+
+Response objects are closed (`additionalProperties: false`), so the contract test catches any
+field the code adds without documenting it here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailsvc.domain.commands import MAX_HEADERS, MAX_RECIPIENTS, MAX_TAGS
+from mailsvc.domain.operator_query import SOURCES, STATUSES
+
+Schema = dict[str, Any]
+
+TIMESTAMP: Schema = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC (`Z`)"}
+OPT_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+UUID_STR: Schema = {"type": "string", "format": "uuid"}
+OPT_STRING: Schema = {"type": ["string", "null"]}
+OPT_INT: Schema = {"type": ["integer", "null"]}
+STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def closed(properties: dict[str, Schema], *, optional: tuple[str, ...] = (), description: str = "") -> Schema:
+    """An object with exactly these properties, all required but `optional`."""
+    schema: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def page_of(item: str) -> Schema:
+    return closed(
+        {
+            "items": {"type": "array", "items": ref(item)},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "pass as `cursor` for the next (older) page; null on the last page",
+            },
+        }
+    )
+
+
+_ADDRESS: Schema = {
+    "oneOf": [
+        {"type": "string", "description": "an email address", "maxLength": 320},
+        {
+            "type": "object",
+            "properties": {"email": {"type": "string", "maxLength": 320}, "name": {"type": "string", "maxLength": 200}},
+            "required": ["email"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+_RECIPIENT_LIST: Schema = {"type": "array", "items": ref("AddressInput"), "maxItems": MAX_RECIPIENTS}
+
+SEND_EMAIL: Schema = {
+    "type": "object",
+    "description": (
+        "The `send_email` payload (SPEC §2). Exactly one of `template` (with `variables`, optional `locale`) or raw "
+        f"content (`subject` and `text`, optional `html`); 1-{MAX_RECIPIENTS} recipients in to/cc/bcc together. "
+        "Rules a JSON Schema cannot express are checked too: every problem comes back in one 422."
+    ),
+    "properties": {
+        "to": _RECIPIENT_LIST,
+        "cc": _RECIPIENT_LIST,
+        "bcc": _RECIPIENT_LIST,
+        "reply_to": ref("AddressInput"),
+        "template": {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$", "maxLength": 200},
+        "locale": {"type": "string", "maxLength": 35, "examples": ["pt-BR"]},
+        "variables": {"type": "object"},
+        "subject": {"type": "string", "maxLength": 998},
+        "text": {"type": "string"},
+        "html": {"type": "string"},
+        "priority": {"type": "string", "enum": ["high", "normal", "low"], "default": "normal"},
+        "send_at": TIMESTAMP | {"description": "earliest attempt (default: now)"},
+        "expires_at": TIMESTAMP | {"description": "no attempt starts after it; must be after send_at"},
+        "headers": STRING_MAP
+        | {"maxProperties": MAX_HEADERS, "propertyNames": {"pattern": "^X-"}, "description": "X-* headers only"},
+        "tags": STRING_MAP | {"maxProperties": MAX_TAGS, "propertyNames": {"pattern": "^[^:]+$"}},
+    },
+    "additionalProperties": False,
+}
+
+_DELIVERY_FIELDS: dict[str, Schema] = {
+    "delivery_id": UUID_STR,
+    "source": {"type": "string", "enum": list(SOURCES)},
+    "status": {"type": "string", "enum": list(STATUSES)},
+    "template": OPT_STRING,
+    "locale": OPT_STRING | {"description": "the locale actually rendered"},
+    "template_digest": OPT_STRING | {"description": "hash of the exact template files used; null for raw content"},
+    "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+    "send_at": TIMESTAMP,
+    "expires_at": OPT_TIMESTAMP,
+    "idempotency_key": {"type": "string"},
+    "message_id": {"type": "string", "description": "RFC 5322 Message-ID, the same on every attempt"},
+    "tags": STRING_MAP,
+    "attempt_count": {"type": "integer", "minimum": 0},
+    "next_attempt_at": OPT_TIMESTAMP,
+    "last_error": OPT_STRING,
+    "resend_of": {"type": ["string", "null"], "format": "uuid"},
+    "created_at": TIMESTAMP,
+    "updated_at": TIMESTAMP,
+    "finished_at": OPT_TIMESTAMP | {"description": "set once the delivery reached a terminal status"},
+    "to": {"type": "array", "items": {"type": "string"}, "description": "the `to` addresses, in order"},
+    "recipient_count": {"type": "integer", "minimum": 0, "description": "to + cc + bcc"},
+}
+
+_ATTEMPT: Schema = closed(
+    {
+        "number": {"type": "integer", "minimum": 1},
+        "started_at": TIMESTAMP,
+        "finished_at": TIMESTAMP,
+        "outcome": {
+            "type": "string",
+            "enum": ["sent", "transient_failure", "permanent_failure", "abandoned", "expired"],
+        },
+        "ambiguous": {"type": "boolean", "description": "the connection broke after the final '.' of DATA"},
+        "smtp_code": OPT_INT,
+        "smtp_reply": OPT_STRING,
+        "error_class": OPT_STRING,
+        "provider": {"type": ["string", "null"], "enum": ["smtp", "stub", None]},
+        "duration_ms": {"type": "integer", "minimum": 0},
+    }
+)
+
+_RECIPIENT: Schema = closed(
+    {
+        "kind": {"type": "string", "enum": ["to", "cc", "bcc"]},
+        "address": {"type": "string"},
+        "name": OPT_STRING,
+        "outcome": {"type": ["string", "null"], "enum": ["accepted", "refused", None]},
+        "smtp_code": OPT_INT,
+        "smtp_reply": OPT_STRING,
+    }
+)
+
+_DEAD_LETTER: Schema = closed(
+    {
+        "reason": {"type": "string", "enum": ["permanent_failure", "attempts_exhausted", "expired"]},
+        "last_error": OPT_STRING,
+        "created_at": TIMESTAMP,
+    }
+)
+
+_DETAIL_FIELDS: dict[str, Schema] = {
+    "subject": OPT_STRING | {"description": "the rendered subject"},
+    "reply_to": {"oneOf": [{"type": "null"}, closed({"email": {"type": "string"}, "name": OPT_STRING})]},
+    "headers": STRING_MAP,
+    "recipients": {"type": "array", "items": ref("Recipient")},
+    "attempts": {"type": "array", "items": ref("Attempt"), "description": "oldest first"},
+    "dead_letter": {"oneOf": [{"type": "null"}, ref("DeadLetter")]},
+    "resends": {"type": "array", "items": UUID_STR, "description": "ids of the deliveries that resent this one"},
+    "text_body": {"type": "string", "description": "only with ?include=body"},
+    "html_body": OPT_STRING | {"description": "only with ?include=body"},
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": closed(
+        {
+            "error": closed(
+                {
+                    "code": {"type": "string", "description": "stable, machine-readable"},
+                    "message": {"type": "string"},
+                    "details": {"type": "array", "items": ref("Problem")},
+                },
+                optional=("details",),
+            )
+        }
+    ),
+    "Problem": closed({"field": {"type": "string"}, "message": {"type": "string"}}),
+    "AddressInput": _ADDRESS,
+    "SendEmail": SEND_EMAIL,
+    "Accepted": closed(
+        {
+            "delivery_id": UUID_STR,
+            "status": {"type": "string", "enum": ["queued", "sending", "sent", "dead_lettered", "suppressed"]},
+            "idempotent_replay": {"type": "boolean"},
+        }
+    ),
+    "Resent": closed(
+        {
+            "delivery_id": UUID_STR | {"description": "the NEW delivery"},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "resend_of": UUID_STR,
+            "idempotent_replay": {"type": "boolean"},
+        }
+    ),
+    "DeliveryItem": closed(_DELIVERY_FIELDS, description="a delivery as lists show it"),
+    "Delivery": closed(
+        _DELIVERY_FIELDS | _DETAIL_FIELDS,
+        optional=("text_body", "html_body"),
+        description="a delivery with its recipients, attempts, dead letter and resends",
+    ),
+    "Recipient": _RECIPIENT,
+    "Attempt": _ATTEMPT,
+    "DeadLetter": _DEAD_LETTER,
+    "DeadLetterItem": closed(
+        {
+            "delivery_id": UUID_STR,
+            "reason": _DEAD_LETTER["properties"]["reason"],
+            "last_error": OPT_STRING,
+            "created_at": TIMESTAMP,
+            "source": {"type": "string", "enum": list(SOURCES)},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "template": OPT_STRING,
+            "attempt_count": {"type": "integer", "minimum": 0},
+            "to": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "MalformedCommand": closed(
+        {
+            "malformed_id": {"type": "integer"},
+            "stream_key": {"type": "string"},
+            "stream_entry_id": {"type": "string"},
+            "idempotency_key": OPT_STRING,
+            "reason": {"type": "string", "examples": ["invalid_json", "validation_failed", "idempotency_conflict"]},
+            "message": {"type": "string"},
+            "raw_fields": {
+                "type": "string",
+                "description": "the entry's fields as received (JSON, at most 64 KiB), decoded as UTF-8 with "
+                "undecodable bytes replaced by U+FFFD",
+            },
+            "received_at": TIMESTAMP,
+        }
+    ),
+    "Template": closed(
+        {
+            "id": {"type": "string"},
+            "description": {"type": "string"},
+            "default_locale": {"type": "string"},
+            "locales": {"type": "array", "items": {"type": "string"}},
+            "variables": {"type": "array", "items": {"type": "string"}},
+            "required_variables": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "DeliveryPage": page_of("DeliveryItem"),
+    "DeadLetterPage": page_of("DeadLetterItem"),
+    "MalformedCommandPage": page_of("MalformedCommand"),
+    "AttemptList": closed({"items": {"type": "array", "items": ref("Attempt")}}),
+    "TemplateList": closed({"items": {"type": "array", "items": ref("Template")}}),
+}

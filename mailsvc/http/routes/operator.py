@@ -1,0 +1,148 @@
+"""Operator routes (SPEC §3): delivery search and detail, resend, dead letters, malformed commands,
+templates and the OpenAPI document. Thin: parse, call a service, shape the JSON.
+
+Every read is cut at `MAIL_OPERATOR_REQUEST_TIMEOUT` (504 `timeout`); the database being
+unreachable is a 503 with `Retry-After` (mapped in `app.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailsvc.domain.commands import Problem, ValidationFailed, valid_idempotency_key
+from mailsvc.domain.operator_query import (
+    Params,
+    parse_dead_letter_query,
+    parse_delivery_query,
+    parse_include,
+    parse_malformed_query,
+    require_no_params,
+)
+from mailsvc.errors import IdempotencyConflict, NotFound, NotResendable
+from mailsvc.http.errors import ApiError, JsonResponse, not_found
+from mailsvc.http.openapi import openapi_document
+from mailsvc.http.operator_json import (
+    attempt_json,
+    dead_letter_json,
+    detail_json,
+    malformed_json,
+    summary_json,
+    template_json,
+)
+from mailsvc.http.routes.intake import PREFIX, validation_error
+from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.resend import ResendService
+
+T = TypeVar("T")
+
+
+def _params(request: Request) -> Params:
+    params: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def _parse(parse: Callable[[Params], T], request: Request) -> T:
+    """The query parameters through `parse`; every problem at once as 422 `validation_failed`."""
+    try:
+        return parse(_params(request))
+    except ValidationFailed as error:
+        raise validation_error(error.problems) from None
+
+
+def _delivery_id(request: Request) -> UUID:
+    raw = request.path_params["delivery_id"]
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise not_found(f"no delivery {raw[:64]!r}") from None
+
+
+def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_timeout: float) -> list[Route]:
+    document = openapi_document()
+
+    async def bounded(call: Awaitable[T]) -> T:
+        """Run one read within the operator deadline (else 504); `NotFound` becomes 404."""
+        deadline = asyncio.timeout(read_timeout)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError:
+            if deadline.expired():
+                raise ApiError(504, "timeout", f"the read did not finish within {read_timeout:g}s") from None
+            raise
+        except NotFound as error:
+            raise not_found(str(error)) from None
+
+    async def list_deliveries(request: Request) -> Response:
+        query, page = _parse(parse_delivery_query, request)
+        found = await bounded(reads.deliveries(query, page))
+        return JsonResponse({"items": [summary_json(d) for d in found.items], "next_cursor": found.next_cursor})
+
+    async def get_delivery(request: Request) -> Response:
+        delivery_id = _delivery_id(request)
+        include_body = _parse(parse_include, request)
+        return JsonResponse(detail_json(await bounded(reads.delivery(delivery_id, include_body=include_body))))
+
+    async def list_attempts(request: Request) -> Response:
+        delivery_id = _delivery_id(request)
+        _parse(require_no_params, request)
+        attempts = await bounded(reads.attempts(delivery_id))
+        return JsonResponse({"items": [attempt_json(a) for a in attempts]})
+
+    async def resend(request: Request) -> Response:
+        delivery_id = _delivery_id(request)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not valid_idempotency_key(key):
+            raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
+        try:
+            resent = await resends.resend(delivery_id, key)
+        except NotFound as error:
+            raise not_found(str(error)) from None
+        except NotResendable as error:
+            raise ApiError(409, "not_resendable", str(error)) from None
+        except IdempotencyConflict as error:
+            raise ApiError(409, "idempotency_key_conflict", str(error)) from None
+        accepted = resent.accepted
+        body = {
+            "delivery_id": str(accepted.delivery_id),
+            "status": accepted.status,
+            "resend_of": str(resent.resend_of),
+            "idempotent_replay": accepted.idempotent_replay,
+        }
+        return JsonResponse(body, status_code=200 if accepted.idempotent_replay else 202)
+
+    async def list_dead_letters(request: Request) -> Response:
+        page = _parse(parse_dead_letter_query, request)
+        found = await bounded(reads.dead_letters(page))
+        return JsonResponse({"items": [dead_letter_json(d) for d in found.items], "next_cursor": found.next_cursor})
+
+    async def list_malformed(request: Request) -> Response:
+        reason, page = _parse(parse_malformed_query, request)
+        found = await bounded(reads.malformed_commands(reason, page))
+        return JsonResponse({"items": [malformed_json(m) for m in found.items], "next_cursor": found.next_cursor})
+
+    async def list_templates(_: Request) -> Response:
+        return JsonResponse({"items": [template_json(t) for t in reads.templates()]})
+
+    async def openapi(_: Request) -> Response:
+        return JsonResponse(document)
+
+    return [
+        Route(f"{PREFIX}/deliveries", list_deliveries, methods=["GET"], name="list_deliveries"),
+        Route(f"{PREFIX}/deliveries/{{delivery_id}}", get_delivery, methods=["GET"], name="get_delivery"),
+        Route(f"{PREFIX}/deliveries/{{delivery_id}}/attempts", list_attempts, methods=["GET"], name="list_attempts"),
+        Route(f"{PREFIX}/deliveries/{{delivery_id}}/resend", resend, methods=["POST"], name="resend_delivery"),
+        Route(f"{PREFIX}/dead-letters", list_dead_letters, methods=["GET"], name="list_dead_letters"),
+        Route(f"{PREFIX}/malformed-commands", list_malformed, methods=["GET"], name="list_malformed_commands"),
+        Route(f"{PREFIX}/templates", list_templates, methods=["GET"], name="list_templates"),
+        Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"], name="openapi"),
+    ]

@@ -1,0 +1,98 @@
+"""Resend (SPEC §3): a terminal delivery sent again as a NEW delivery.
+
+The new delivery has `source=resend`, `resend_of` set, a new `Message-ID`, and the stored
+rendered payload of the original (subject, bodies, reply-to, headers, recipients, tags, template
+trace) — nothing is rendered again. It has no expiry (an operator asked for it now) and goes
+through normal scheduling. Idempotency scope is (`resend`, key): the same key for the same
+original replays the first resend; for another original it is a conflict.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from mailsvc.domain.commands import SendRequest, request_hash
+from mailsvc.domain.model import TERMINAL_STATUSES, Address, Priority, Recipient, RenderedContent
+from mailsvc.errors import NotFound, NotResendable
+from mailsvc.services.acceptance import AcceptanceService, Accepted
+
+
+@dataclass(frozen=True, slots=True)
+class ResendSource:
+    """What a resend copies from the original delivery."""
+
+    delivery_id: UUID
+    status: str
+    template: str | None
+    locale: str | None
+    template_digest: str | None
+    priority: Priority
+    tags: Mapping[str, str]
+    subject: str
+    text: str
+    html: str | None
+    reply_to: Address | None
+    headers: Mapping[str, str]
+    recipients: tuple[Recipient, ...]
+
+
+class ResendSourceStore(Protocol):
+    async def load_resend_source(self, delivery_id: UUID) -> ResendSource | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resent:
+    accepted: Accepted
+    resend_of: UUID
+
+
+def generated_key() -> str:
+    """The key of a resend asked for without `Idempotency-Key`: unique, so never a replay."""
+    return f"resend:{uuid.uuid4().hex}"
+
+
+class ResendService:
+    def __init__(self, *, sources: ResendSourceStore, acceptance: AcceptanceService) -> None:
+        self.sources = sources  # the primary: a replica may not have seen the final status yet
+        self.acceptance = acceptance
+
+    async def resend(self, delivery_id: UUID, idempotency_key: str | None) -> Resent:
+        """Create (and commit) the new delivery, or replay the one created earlier with this key.
+
+        Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet),
+        `IdempotencyConflict` (key used to resend another delivery), `StoreUnavailable`.
+        """
+        source = await self.sources.load_resend_source(delivery_id)
+        if source is None:
+            raise NotFound(f"no delivery {delivery_id}")
+        if source.status not in TERMINAL_STATUSES:
+            raise NotResendable(f"delivery {delivery_id} is {source.status}; only a finished delivery can be resent")
+        request = SendRequest(
+            recipients=source.recipients,
+            reply_to=source.reply_to,
+            template=source.template,
+            locale=source.locale,
+            priority=source.priority,
+            headers=dict(source.headers),
+            tags=dict(source.tags),
+        )
+        content = RenderedContent(
+            subject=source.subject,
+            text=source.text,
+            html=source.html,
+            locale=source.locale,
+            template_digest=source.template_digest,
+        )
+        prepared = self.acceptance.build(
+            "resend",
+            idempotency_key or generated_key(),
+            request_hash({"resend_of": str(delivery_id)}),
+            request,
+            content,
+            resend_of=delivery_id,
+        )
+        return Resent(await self.acceptance.persist_one(prepared), delivery_id)
