@@ -1,0 +1,99 @@
+"""The service's traces and metrics instruments, built once in bootstrap and passed down.
+
+Metric names follow OpenTelemetry semantic conventions where one exists
+(`http.server.request.duration`) and `mail.*` otherwise. Attributes are low-cardinality only:
+never an address or an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def context_from_traceparent(traceparent: str | None) -> Context | None:
+    """The remote parent a W3C `traceparent` names, or None when absent or invalid."""
+    if not traceparent:
+        return None
+    context = _PROPAGATOR.extract({"traceparent": traceparent})
+    span_context = trace.get_current_span(context).get_span_context()
+    return context if span_context.is_valid else None
+
+
+def current_traceparent(span: trace.Span | None = None) -> str | None:
+    """The W3C `traceparent` of `span` (default: the current span), to store with a delivery."""
+    span_context = (span or trace.get_current_span()).get_span_context()
+    if not span_context.is_valid:
+        return None
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+class Instruments:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.tracing = tracer_provider is not None
+        self.tracer = (tracer_provider or trace.NoOpTracerProvider()).get_tracer("mailsvc")
+        meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter("mailsvc")
+        self.commands_consumed = meter.create_counter(
+            "mail.commands.consumed", unit="{command}", description="Stream commands consumed, by result"
+        )
+        self.deliveries_accepted = meter.create_counter(
+            "mail.deliveries.accepted", unit="{delivery}", description="Deliveries created, by source"
+        )
+        self.attempts = meter.create_counter(
+            "mail.attempts", unit="{attempt}", description="Delivery attempts, by outcome and provider"
+        )
+        self.attempt_duration = meter.create_histogram(
+            "mail.attempt.duration", unit="s", description="Duration of one delivery attempt"
+        )
+        self.ambiguous_attempts = meter.create_counter(
+            "mail.attempts.ambiguous",
+            unit="{attempt}",
+            description="Attempts whose connection broke after the final dot of DATA",
+        )
+        self.deliveries_finished = meter.create_counter(
+            "mail.deliveries.finished", unit="{delivery}", description="Deliveries reaching a terminal status"
+        )
+        self.retention_deleted = meter.create_counter(
+            "mail.retention.deleted", unit="{row}", description="Rows deleted by retention, by table"
+        )
+        self.http_duration = meter.create_histogram(
+            "http.server.request.duration", unit="s", description="Duration of HTTP server requests"
+        )
+        self._gauges: dict[str, Callable[[], int | None]] = {}
+        meter.create_observable_gauge(
+            "mail.stream.lag",
+            callbacks=[self._observe("stream_lag")],
+            unit="{entry}",
+            description="Stream entries behind the head (upper bound until the consumer first catches up)",
+        )
+        meter.create_observable_gauge(
+            "mail.queue.due",
+            callbacks=[self._observe("due_backlog")],
+            unit="{delivery}",
+            description="Queued deliveries whose attempt is due now",
+        )
+
+    def watch(self, gauge: str, read: Callable[[], int | None]) -> None:
+        """Register the function a gauge reads its value from (`stream_lag`, `due_backlog`)."""
+        self._gauges[gauge] = read
+
+    def _observe(self, gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            read = self._gauges.get(gauge)
+            value = read() if read is not None else None
+            return [] if value is None else [Observation(value)]
+
+        return callback
+
+
+NO_INSTRUMENTS = Instruments()
