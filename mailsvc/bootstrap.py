@@ -1,0 +1,223 @@
+"""The composition root: the only place that builds adapters and wires the process together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import Route
+
+from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
+from mailsvc.adapters.postgres.engine import engines_from_settings
+from mailsvc.adapters.postgres.intake_store import IntakeStore
+from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, require_head
+from mailsvc.adapters.postgres.notifications import WorkListener
+from mailsvc.adapters.postgres.queue_store import QueueStore
+from mailsvc.adapters.postgres.read_store import ReadStore
+from mailsvc.adapters.postgres.retention_store import RetentionStore
+from mailsvc.adapters.redis_clients import state_client, stream_client
+from mailsvc.adapters.smtp_provider import SmtpProvider
+from mailsvc.adapters.stub_provider import StubProvider
+from mailsvc.adapters.templates import CatalogError, TemplateCatalog
+from mailsvc.domain.model import Address
+from mailsvc.domain.retry import RetryPolicy
+from mailsvc.errors import StartupError
+from mailsvc.http.app import create_app
+from mailsvc.http.routes.intake import intake_routes
+from mailsvc.http.routes.operator import operator_routes
+from mailsvc.http.server import bind_socket, build_server
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
+from mailsvc.loops.base import Loop
+from mailsvc.loops.consumer import StreamConsumer
+from mailsvc.loops.retention import RetentionLoop, RetentionPolicy
+from mailsvc.loops.scheduler import Scheduler
+from mailsvc.loops.wakeup import Wakeup
+from mailsvc.loops.workers import ResultWriter, WorkerPool
+from mailsvc.runtime import Runtime
+from mailsvc.services.acceptance import AcceptanceService, utc_now
+from mailsvc.services.execution import ExecutionService, Provider
+from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.resend import ResendService
+from mailsvc.settings import Settings
+
+log = logging.getLogger("mailsvc.bootstrap")
+
+
+@dataclass
+class Resources:
+    """Connections owned by the process; closed in reverse order of opening."""
+
+    redis_state: Redis
+    redis_stream: Redis
+    primary: AsyncEngine
+    replicas: list[AsyncEngine] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for engine in [*self.replicas, self.primary]:
+            await engine.dispose()
+        await self.redis_stream.aclose()
+        await self.redis_state.aclose()
+
+
+async def _ping_redis(client: Redis, role: str, settings: Settings) -> None:
+    addr = settings.redis.master_addr
+    try:
+        async with asyncio.timeout(settings.redis.operation_timeout.total_seconds()):
+            await client.ping()
+    except Exception as exc:
+        raise StartupError(f"redis ({role} client) at {addr} is unreachable: {type(exc).__name__}") from exc
+
+
+async def _check_postgres(engine: AsyncEngine, role: str, settings: Settings) -> None:
+    try:
+        async with asyncio.timeout(settings.postgres.operation_timeout.total_seconds()):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            await require_head(engine)
+    except SchemaNotAtHead as exc:
+        raise StartupError(f"postgresql ({role}): {exc}") from exc
+    except Exception as exc:
+        raise StartupError(f"postgresql ({role}) is unreachable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+async def open_resources(settings: Settings) -> Resources:
+    """Open and check every connection; raise `StartupError` (one clear line) on the first failure."""
+    redis_state = state_client(settings.redis)
+    redis_stream = stream_client(settings.redis, settings.work.stream_block_timeout.total_seconds())
+    primary, replicas = engines_from_settings(settings.postgres)
+    resources = Resources(redis_state, redis_stream, primary, replicas)
+    try:
+        await _ping_redis(redis_state, "state", settings)
+        await _ping_redis(redis_stream, "stream", settings)
+        await _check_postgres(primary, "primary", settings)
+        for index, replica in enumerate(replicas):
+            await _check_postgres(replica, f"replica {index}", settings)
+    except BaseException:
+        await resources.close()
+        raise
+    return resources
+
+
+def load_catalog(settings: Settings) -> TemplateCatalog:
+    try:
+        return TemplateCatalog.load(settings.work.template_dir)
+    except CatalogError as error:
+        listing = "\n  ".join(error.problems)
+        raise StartupError(
+            f"template catalog {settings.work.template_dir} is invalid ({len(error.problems)} problems):\n  {listing}"
+        ) from error
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.smtp.mode == "smtp":
+        return SmtpProvider(settings.smtp, settings.work.attempt_worker_concurrency)
+    return StubProvider(settings.smtp.stub_outbox_dir)
+
+
+def build_execution(settings: Settings, resources: Resources, wakeup: Wakeup) -> tuple[Scheduler, WorkerPool, Provider]:
+    """The scheduler and the worker pool it feeds, with the provider they send through."""
+    provider = build_provider(settings)
+    smtp_timeout = settings.smtp.timeout
+    queue = QueueStore(resources.primary)
+    execution = ExecutionService(
+        provider=provider,
+        policy=RetryPolicy(
+            settings.work.retry_base_delay, settings.work.retry_max_delay, settings.work.retry_max_attempts
+        ),
+        envelope_from=settings.smtp.from_email,
+        # the provider bounds the whole attempt by MAIL_SMTP_TIMEOUT; this is the safety net
+        attempt_timeout=smtp_timeout.total_seconds() + 5,
+        clock=utc_now,
+    )
+    pool = WorkerPool(
+        execution=execution, writer=ResultWriter(queue), concurrency=settings.work.attempt_worker_concurrency
+    )
+    scheduler = Scheduler(
+        store=queue,
+        pool=pool,
+        wakeup=wakeup,
+        lease=smtp_timeout + timedelta(seconds=30),
+        max_attempts=settings.work.retry_max_attempts,
+    )
+    pool.on_slot_freed = scheduler.slot_freed
+    return scheduler, pool, provider
+
+
+def build_operator(
+    settings: Settings, resources: Resources, catalog: TemplateCatalog, acceptance: AcceptanceService
+) -> tuple[list[Route], RetentionLoop]:
+    """Operator routes (reads on the replicas when configured) and the retention loop."""
+    reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
+    resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
+    routes = operator_routes(reads, resends, read_timeout=settings.work.operator_request_timeout.total_seconds())
+    retention = RetentionLoop(
+        store=RetentionStore(resources.primary),
+        policy=RetentionPolicy(settings.work.delivery_retention, settings.work.malformed_command_retention),
+        interval=settings.work.cleanup_interval,
+    )
+    return routes, retention
+
+
+async def build_runtime(
+    settings: Settings, *, extra_loops: list[Loop] | None = None, instruments: Instruments = NO_INSTRUMENTS
+) -> Runtime:
+    """Everything `mailsvc serve` runs, connected and checked, not yet started."""
+    catalog = load_catalog(settings)
+    resources = await open_resources(settings)
+    try:
+        wakeup = Wakeup()
+        intake_store = IntakeStore(resources.primary)
+        acceptance = AcceptanceService(
+            store=intake_store,
+            renderer=catalog,
+            from_address=Address(settings.smtp.from_email, settings.smtp.from_name or None),
+            suppress_auth=settings.smtp.mode == "stub",
+            idempotency_ttl=settings.work.idempotency_ttl,
+            stream_key=settings.redis.command_stream,
+            wake_scheduler=wakeup.set,
+        )
+        consumer = StreamConsumer(
+            redis=resources.redis_stream,
+            stream_key=settings.redis.command_stream,
+            offsets=intake_store,
+            acceptance=acceptance,
+            lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"consumer:{settings.redis.command_stream}"),
+            block_ms=int(settings.work.stream_block_timeout.total_seconds() * 1000),
+            count=settings.work.stream_batch_size,
+        )
+        scheduler, pool, provider = build_execution(settings, resources, wakeup)
+        listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
+        operator, retention = build_operator(settings, resources, catalog, acceptance)
+        routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator]
+        app = create_app(
+            routes, settings.http, concurrency_limit=settings.postgres.max_open_conns * 8, instruments=instruments
+        )
+        sock = bind_socket(settings.http)
+        host, port = sock.getsockname()[:2]
+        log.info("http_listening", extra={"host": host, "port": port})
+        server = build_server(app, settings.http)
+        loops: list[Loop] = [consumer, scheduler, pool, listener, retention, *(extra_loops or [])]
+        if not (settings.http.intake_tokens or settings.http.operator_tokens) and not (settings.http.addr.is_loopback):
+            log.warning(
+                "http_listener_unauthenticated",
+                extra={"addr": str(settings.http.addr), "hint": "set MAIL_INTERNAL_HTTP_*_TOKENS"},
+            )
+    except BaseException:
+        await resources.close()
+        raise
+
+    async def close_socket() -> None:
+        sock.close()
+
+    return Runtime(
+        server=server,
+        sockets=[sock],
+        loops=loops,
+        shutdown_timeout=settings.process.shutdown_timeout.total_seconds(),
+        closers=[provider.close, resources.close, close_socket],
+    )

@@ -1,0 +1,145 @@
+"""Command line: serve | migrate | dev | templates | send | bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+from mailsvc.errors import StartupError
+from mailsvc.settings import SettingsError, load_settings, parse_dsn
+
+EXIT_CONFIG = 2
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when available (faster sockets), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _config_failure(error: SettingsError) -> int:
+    print("mailsvc: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+async def serve(env: Mapping[str, str] | None = None) -> int:
+    """`mailsvc serve`: load settings, build, run until a signal; exit code."""
+    from mailsvc.adapters.telemetry import setup_telemetry
+    from mailsvc.bootstrap import build_runtime
+    from mailsvc.instruments import Instruments
+    from mailsvc.logs import configure_logging
+
+    try:
+        settings = load_settings(env)
+    except SettingsError as error:
+        return _config_failure(error)
+    configure_logging(settings.process.log_level)
+    telemetry = setup_telemetry(settings.telemetry)
+    instruments = Instruments(telemetry.tracer_provider, telemetry.meter_provider)
+    try:
+        try:
+            runtime = await build_runtime(settings, instruments=instruments)
+        except StartupError as error:
+            logging.getLogger("mailsvc").error("startup_failed", extra={"reason": str(error)})
+            print(f"mailsvc: cannot start: {error}", file=sys.stderr)
+            return 1
+        return await runtime.run()
+    finally:
+        # flush what was recorded; an unreachable collector only costs the export timeout
+        telemetry.shutdown()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from mailsvc.adapters.postgres.migrations import downgrade, upgrade
+
+    raw = os.environ.get("MAIL_POSTGRES_PRIMARY_DSN", "")
+    if not raw.strip():
+        return _config_failure(SettingsError(["MAIL_POSTGRES_PRIMARY_DSN: required but not set"]))
+    try:
+        dsn = parse_dsn(raw)
+    except ValueError as exc:
+        return _config_failure(SettingsError([f"MAIL_POSTGRES_PRIMARY_DSN: {exc}"]))
+    if args.downgrade:
+        asyncio.run(downgrade(dsn, args.downgrade))
+    else:
+        asyncio.run(upgrade(dsn))
+    print("mailsvc: migrations applied" if not args.downgrade else f"mailsvc: downgraded to {args.downgrade}")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from mailsvc.dev import run_dev
+
+    return run_dev(Path(args.data_dir), args.addr, lambda env: run_async(serve(env)))
+
+
+def _templates(args: argparse.Namespace) -> int:
+    from mailsvc.templates_cli import check_command, render_command
+
+    template_dir = Path(args.dir or os.environ.get("MAIL_TEMPLATE_DIR", "./templates"))
+    if args.templates_command == "check":
+        return check_command(template_dir)
+    return render_command(template_dir, args.id, args.locale, args.vars)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailsvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the service (configuration from the environment / .env)")
+    migrate = commands.add_parser("migrate", help="upgrade the schema to the latest migration")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade instead (e.g. base)")
+    dev = commands.add_parser("dev", help="everything on one machine: embedded PostgreSQL and Redis, stub mode")
+    dev.add_argument("--data-dir", default=".mailsvc-dev", help="where the embedded servers keep data")
+    dev.add_argument("--addr", default="127.0.0.1:8080", help="HTTP listen address")
+    templates = commands.add_parser("templates", help="check or render the template catalog")
+    templates.add_argument("--dir", help="template folder (default: MAIL_TEMPLATE_DIR or ./templates)")
+    template_commands = templates.add_subparsers(dest="templates_command", required=True)
+    template_commands.add_parser("check", help="load the whole catalog, list every problem")
+    render = template_commands.add_parser("render", help="render one template")
+    render.add_argument("id")
+    render.add_argument("--locale")
+    render.add_argument("--vars", default="{}", help="variables as a JSON object")
+    from mailsvc.producer import add_send_arguments
+
+    add_send_arguments(commands.add_parser("send", help="XADD a send_email command to the stream"))
+    from mailsvc.bench.cli import add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="measure capacity (SPEC §10)"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_async(serve())
+    if args.command == "migrate":
+        return _migrate(args)
+    if args.command == "dev":
+        return _dev(args)
+    if args.command == "templates":
+        return _templates(args)
+    if args.command == "send":
+        from mailsvc.producer import send_command
+
+        return send_command(args)
+    if args.command == "bench":
+        from mailsvc.bench.cli import bench_command
+
+        return bench_command(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
