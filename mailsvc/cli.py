@@ -88,7 +88,7 @@ def _dev(args: argparse.Namespace) -> int:
 def _templates(args: argparse.Namespace) -> int:
     from mailsvc.templates_cli import check_command, render_command
 
-    template_dir = Path(args.dir or os.environ.get("MAIL_TEMPLATE_DIR", "./templates"))
+    template_dir = Path(getattr(args, "dir", None) or os.environ.get("MAIL_TEMPLATE_DIR", "./templates"))
     if args.templates_command == "check":
         return check_command(template_dir)
     return render_command(template_dir, args.id, args.locale, args.vars)
@@ -103,11 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="everything on one machine: embedded PostgreSQL and Redis, stub mode")
     dev.add_argument("--data-dir", default=".mailsvc-dev", help="where the embedded servers keep data")
     dev.add_argument("--addr", default="127.0.0.1:8080", help="HTTP listen address")
-    templates = commands.add_parser("templates", help="check or render the template catalog")
-    templates.add_argument("--dir", help="template folder (default: MAIL_TEMPLATE_DIR or ./templates)")
+    # `--dir` is accepted before or after the subcommand (`templates --dir X check` and
+    # `templates check --dir X`); SUPPRESS keeps the subparser from resetting a value given before it
+    template_dir = argparse.ArgumentParser(add_help=False)
+    template_dir.add_argument(
+        "--dir", default=argparse.SUPPRESS, help="template folder (default: MAIL_TEMPLATE_DIR or ./templates)"
+    )
+    templates = commands.add_parser("templates", help="check or render the template catalog", parents=[template_dir])
     template_commands = templates.add_subparsers(dest="templates_command", required=True)
-    template_commands.add_parser("check", help="load the whole catalog, list every problem")
-    render = template_commands.add_parser("render", help="render one template")
+    template_commands.add_parser("check", help="load the whole catalog, list every problem", parents=[template_dir])
+    render = template_commands.add_parser("render", help="render one template", parents=[template_dir])
     render.add_argument("id")
     render.add_argument("--locale")
     render.add_argument("--vars", default="{}", help="variables as a JSON object")

@@ -74,6 +74,9 @@ async def test_templates_check_lists_every_problem(service_env: dict[str, str], 
     # the same folder named by MAIL_TEMPLATE_DIR
     code, _, err_from_env = await run_cli({**service_env, "MAIL_TEMPLATE_DIR": str(folder)}, "templates", "check")
     assert (code, err_from_env) == (1, err)
+    # `--dir` after the subcommand names the same folder
+    code, _, err_after = await run_cli(service_env, "templates", "check", "--dir", str(folder))
+    assert (code, err_after) == (1, err)
 
 
 async def test_templates_check_passes_the_shipped_catalog(service_env: dict[str, str]) -> None:
