@@ -8,7 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from mailsvc.adapters.postgres.engine import create_engine
+from mailsvc.adapters.postgres.intake_store import IntakeStore
+from mailsvc.adapters.postgres.read_store import ReadStore
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.model import Address
+from mailsvc.errors import NotFound
+from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.resend import ResendService, ResendSource
+from tests.conftest import REPO
 from tests.support.operator_api import (
     API,
     in_process,
@@ -159,3 +169,37 @@ async def test_invalid_idempotency_key_is_422(api: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+
+
+async def test_resend_of_a_delivery_deleted_meanwhile_is_not_found(
+    api: httpx.AsyncClient, env: dict[str, str], redis_addr: str, database_dsn: str
+) -> None:
+    """Retention may delete the original between the resend reading it and inserting the copy."""
+    original = await sent_notification(api, env, redis_addr)
+    engine = create_engine(database_dsn)
+
+    class RetentionWinsTheRace(ReadStore):
+        async def load_resend_source(self, delivery_id: uuid.UUID) -> ResendSource | None:
+            source = await super().load_resend_source(delivery_id)
+            async with engine.begin() as conn:
+                await conn.execute(text("DELETE FROM deliveries WHERE delivery_id = :id"), {"id": delivery_id})
+            return source
+
+    acceptance = AcceptanceService(
+        store=IntakeStore(engine),
+        renderer=TemplateCatalog.load(REPO / "templates"),
+        from_address=Address("mailer@example.com"),
+        suppress_auth=False,
+        idempotency_ttl=timedelta(hours=1),
+        stream_key="unused",
+    )
+    resends = ResendService(sources=RetentionWinsTheRace([engine]), acceptance=acceptance)
+    try:
+        with pytest.raises(NotFound, match="deleted"):
+            await resends.resend(uuid.UUID(str(original["delivery_id"])), "r-gone")
+        async with engine.connect() as conn:
+            copies = (await conn.execute(text("SELECT count(*) FROM deliveries WHERE source = 'resend'"))).scalar()
+            keys = (await conn.execute(text("SELECT count(*) FROM idempotency_keys WHERE key = 'r-gone'"))).scalar()
+    finally:
+        await engine.dispose()
+    assert (copies, keys) == (0, 0)  # the whole transaction rolled back
