@@ -41,6 +41,7 @@ from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
 from mailsvc.services.acceptance import AcceptanceService, utc_now
 from mailsvc.services.execution import ExecutionService, Provider
+from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
@@ -173,7 +174,7 @@ async def build_runtime(
         wakeup = Wakeup()
         intake_store = IntakeStore(resources.primary)
         acceptance = AcceptanceService(
-            store=intake_store,
+            store=GroupCommitStore(intake_store),
             renderer=catalog,
             from_address=Address(settings.smtp.from_email, settings.smtp.from_name or None),
             suppress_auth=settings.smtp.mode == "stub",

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from mailsvc.bench.context import Bench, RunResult, run_token, table_counts
+from mailsvc.bench.http_client import Connection, HttpError
 from mailsvc.bench.payloads import fields_for, http_payload, xadd_paced
 from mailsvc.bench.processes import BenchError
 from mailsvc.bench.scenarios import fixed_rate
@@ -23,35 +24,32 @@ _PATH = "/api/v1/internal/deliveries"
 
 async def _clients(ports: list[int], clients: int, seconds: float, limit: int | None) -> list[tuple[float, int, int]]:
     """(end time, latency ns, status; 0 for a transport error) of every request."""
-    try:
-        import httpx
-    except ImportError:
-        raise BenchError("the http scenario needs httpx: pip install -e '.[dev]'") from None
-
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + seconds
     token = run_token()
     numbers = itertools.count()
     results: list[tuple[float, int, int]] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def client_loop(client: httpx.AsyncClient, url: str) -> None:
-        while loop.time() < stop_at:
-            index = next(numbers)
-            if limit is not None and index >= limit:
-                return
-            body = orjson.dumps(http_payload(index))
-            headers = {"content-type": "application/json", "idempotency-key": f"bench-{token}-{index}"}
-            started = time.perf_counter_ns()
-            try:
-                status = (await client.post(url, content=body, headers=headers)).status_code
-            except httpx.HTTPError:
-                status = 0
-            results.append((loop.time(), time.perf_counter_ns() - started, status))
+    async def client_loop(connection: Connection) -> None:
+        try:
+            while loop.time() < stop_at:
+                index = next(numbers)
+                if limit is not None and index >= limit:
+                    return
+                body = orjson.dumps(http_payload(index))
+                headers = {"Content-Type": "application/json", "Idempotency-Key": f"bench-{token}-{index}"}
+                started = time.perf_counter_ns()
+                try:
+                    async with asyncio.timeout(10.0):
+                        status, _ = await connection.post(_PATH, body, headers)
+                except (HttpError, TimeoutError):
+                    await connection.close()
+                    status = 0
+                results.append((loop.time(), time.perf_counter_ns() - started, status))
+        finally:
+            await connection.close()
 
-    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
-        urls = [f"http://127.0.0.1:{ports[i % len(ports)]}{_PATH}" for i in range(clients)]
-        await asyncio.gather(*(client_loop(client, url) for url in urls))
+    await asyncio.gather(*(client_loop(Connection("127.0.0.1", ports[i % len(ports)])) for i in range(clients)))
     return results
 
 
