@@ -120,7 +120,9 @@ def build_provider(settings: Settings) -> Provider:
     return StubProvider(settings.smtp.stub_outbox_dir)
 
 
-def build_execution(settings: Settings, resources: Resources, wakeup: Wakeup) -> tuple[Scheduler, WorkerPool, Provider]:
+def build_execution(
+    settings: Settings, resources: Resources, wakeup: Wakeup, instruments: Instruments = NO_INSTRUMENTS
+) -> tuple[Scheduler, WorkerPool, Provider]:
     """The scheduler and the worker pool it feeds, with the provider they send through."""
     provider = build_provider(settings)
     smtp_timeout = settings.smtp.timeout
@@ -134,9 +136,12 @@ def build_execution(settings: Settings, resources: Resources, wakeup: Wakeup) ->
         # the provider bounds the whole attempt by MAIL_SMTP_TIMEOUT; this is the safety net
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,
+        instruments=instruments,
     )
     pool = WorkerPool(
-        execution=execution, writer=ResultWriter(queue), concurrency=settings.work.attempt_worker_concurrency
+        execution=execution,
+        writer=ResultWriter(queue, instruments=instruments),
+        concurrency=settings.work.attempt_worker_concurrency,
     )
     scheduler = Scheduler(
         store=queue,
@@ -144,13 +149,18 @@ def build_execution(settings: Settings, resources: Resources, wakeup: Wakeup) ->
         wakeup=wakeup,
         lease=smtp_timeout + timedelta(seconds=30),
         max_attempts=settings.work.retry_max_attempts,
+        instruments=instruments,
     )
     pool.on_slot_freed = scheduler.slot_freed
     return scheduler, pool, provider
 
 
 def build_operator(
-    settings: Settings, resources: Resources, catalog: TemplateCatalog, acceptance: AcceptanceService
+    settings: Settings,
+    resources: Resources,
+    catalog: TemplateCatalog,
+    acceptance: AcceptanceService,
+    instruments: Instruments = NO_INSTRUMENTS,
 ) -> tuple[list[Route], RetentionLoop]:
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
@@ -160,6 +170,7 @@ def build_operator(
         store=RetentionStore(resources.primary),
         policy=RetentionPolicy(settings.work.delivery_retention, settings.work.malformed_command_retention),
         interval=settings.work.cleanup_interval,
+        instruments=instruments,
     )
     return routes, retention
 
@@ -181,6 +192,7 @@ async def build_runtime(
             idempotency_ttl=settings.work.idempotency_ttl,
             stream_key=settings.redis.command_stream,
             wake_scheduler=wakeup.set,
+            instruments=instruments,
         )
         consumer = StreamConsumer(
             redis=resources.redis_stream,
@@ -190,10 +202,11 @@ async def build_runtime(
             lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"consumer:{settings.redis.command_stream}"),
             block_ms=int(settings.work.stream_block_timeout.total_seconds() * 1000),
             count=settings.work.stream_batch_size,
+            instruments=instruments,
         )
-        scheduler, pool, provider = build_execution(settings, resources, wakeup)
+        scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)
         listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
-        operator, retention = build_operator(settings, resources, catalog, acceptance)
+        operator, retention = build_operator(settings, resources, catalog, acceptance, instruments)
         routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator]
         app = create_app(
             routes, settings.http, concurrency_limit=settings.postgres.max_open_conns * 8, instruments=instruments

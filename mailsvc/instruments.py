@@ -15,6 +15,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# seconds, not the SDK's default millisecond-shaped buckets (0, 5, 10, 25, ...), which would put
+# nearly every request and attempt in the first bucket
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
 
 
 def context_from_traceparent(traceparent: str | None) -> Context | None:
@@ -24,6 +28,12 @@ def context_from_traceparent(traceparent: str | None) -> Context | None:
     context = _PROPAGATOR.extract({"traceparent": traceparent})
     span_context = trace.get_current_span(context).get_span_context()
     return context if span_context.is_valid else None
+
+
+def link_to_traceparent(traceparent: str | None) -> trace.Link | None:
+    """A link to the span a stored `traceparent` names: how a batch span points at each item's trace."""
+    context = context_from_traceparent(traceparent)
+    return None if context is None else trace.Link(trace.get_current_span(context).get_span_context())
 
 
 def current_traceparent(span: trace.Span | None = None) -> str | None:
@@ -41,6 +51,8 @@ class Instruments:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.tracing = tracer_provider is not None
+        # gauges fed by sampling (due backlog) skip their sampling work when nothing is exported
+        self.metering = meter_provider is not None
         self.tracer = (tracer_provider or trace.NoOpTracerProvider()).get_tracer("mailsvc")
         meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter("mailsvc")
         self.commands_consumed = meter.create_counter(
@@ -53,7 +65,10 @@ class Instruments:
             "mail.attempts", unit="{attempt}", description="Delivery attempts, by outcome and provider"
         )
         self.attempt_duration = meter.create_histogram(
-            "mail.attempt.duration", unit="s", description="Duration of one delivery attempt"
+            "mail.attempt.duration",
+            unit="s",
+            description="Duration of one delivery attempt",
+            explicit_bucket_boundaries_advisory=_ATTEMPT_BUCKETS,
         )
         self.ambiguous_attempts = meter.create_counter(
             "mail.attempts.ambiguous",
@@ -67,7 +82,10 @@ class Instruments:
             "mail.retention.deleted", unit="{row}", description="Rows deleted by retention, by table"
         )
         self.http_duration = meter.create_histogram(
-            "http.server.request.duration", unit="s", description="Duration of HTTP server requests"
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests",
+            explicit_bucket_boundaries_advisory=_HTTP_BUCKETS,
         )
         self._gauges: dict[str, Callable[[], int | None]] = {}
         meter.create_observable_gauge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,17 @@ def mask_address(address: str) -> str:
     if not at or not local:
         return "***"
     return f"{local[0]}***@{domain}"
+
+
+# anything shaped like local@domain inside free text (an SMTP reply often quotes the recipient)
+_ADDRESS_IN_TEXT = re.compile(r"""[^\s<>()\[\],;:"'@]+@[^\s<>()\[\],;:"'@]+""")
+
+
+def mask_addresses(text: str | None) -> str | None:
+    """Free text (e.g. a server's reply) with every address in it masked like `mask_address`."""
+    if text is None or "@" not in text:
+        return text
+    return _ADDRESS_IN_TEXT.sub(lambda match: mask_address(match.group(0)), text)
 
 
 class JsonFormatter(logging.Formatter):

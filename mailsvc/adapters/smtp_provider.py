@@ -45,7 +45,7 @@ from mailsvc.domain.model import (
     RecipientResult,
     SendResult,
 )
-from mailsvc.logs import mask_address
+from mailsvc.logs import mask_address, mask_addresses
 from mailsvc.settings import SmtpSettings, SmtpTls
 
 __all__ = ["SmtpProvider"]
@@ -162,7 +162,7 @@ class SmtpProvider:
                     "smtp_code": result.smtp_code,
                     "error_class": result.error_class,
                     "ambiguous": result.ambiguous,
-                    "smtp_reply": result.smtp_reply,
+                    "smtp_reply": mask_addresses(result.smtp_reply),  # it may quote the recipient
                 },
             )
         return result

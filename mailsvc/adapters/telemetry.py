@@ -15,9 +15,14 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from mailsvc.settings import TelemetrySettings
@@ -43,6 +48,15 @@ def _otlp_metric_exporter(protocol: str) -> Any:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetrics
 
     return HttpMetrics()
+
+
+# stdout is JSON lines (the logs): console spans and metrics must not spread over many lines
+def _one_line_span(span: ReadableSpan) -> str:
+    return str(span.to_json(indent=None)) + "\n"
+
+
+def _one_line_metrics(data: MetricsData) -> str:
+    return str(data.to_json(indent=None)) + "\n"
 
 
 @dataclass
@@ -74,16 +88,18 @@ def setup_telemetry(
     *,
     extra_span_processors: list[SpanProcessor] | None = None,
     extra_metric_readers: list[MetricReader] | None = None,
-    export_interval_ms: int = 60_000,
+    export_interval_ms: int | None = None,
     install_globally: bool = True,
 ) -> Telemetry:
+    """Install the configured exporters; `export_interval_ms` None: `OTEL_METRIC_EXPORT_INTERVAL`
+    (the SDK's own reading of it, default 60 s)."""
     resource = Resource.create({"service.name": settings.service_name})
     processors: list[SpanProcessor] = list(extra_span_processors or [])
     if settings.traces_exporter == "otlp":
         protocol = settings.otlp_traces_protocol or settings.otlp_protocol
         processors.append(BatchSpanProcessor(_otlp_span_exporter(protocol), max_queue_size=8192))
     if settings.traces_exporter == "console" or settings.stdout_traces_enabled:
-        processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+        processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line_span)))
     readers: list[MetricReader] = list(extra_metric_readers or [])
     if settings.metrics_exporter == "otlp":
         protocol = settings.otlp_metrics_protocol or settings.otlp_protocol
@@ -93,7 +109,8 @@ def setup_telemetry(
     if settings.metrics_exporter == "console" or settings.stdout_metrics_enabled:
         readers.append(
             PeriodicExportingMetricReader(
-                ConsoleMetricExporter(out=sys.stdout), export_interval_millis=export_interval_ms
+                ConsoleMetricExporter(out=sys.stdout, formatter=_one_line_metrics),
+                export_interval_millis=export_interval_ms,
             )
         )
     telemetry = Telemetry(processors=processors)

@@ -114,3 +114,16 @@ class ClaimedDelivery:
     source: Source
     recipients: tuple[str, ...]
     mime: bytes
+    traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRecovery:
+    """What one stale-claim recovery pass did: claims requeued, and dead-lettered (attempts exhausted)."""
+
+    requeued: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.dead_lettered

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 from mailsvc.adapters.postgres.intake_store import OffsetMoved
 from mailsvc.domain.stream_entries import decode_entry
 from mailsvc.errors import StoreUnavailable
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import wait_for_event
 from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance
 
@@ -78,6 +79,7 @@ class StreamConsumer:
         on_batch: Callable[[BatchResult], None] = lambda _: None,
         standby_interval: float = 1.0,
         max_backoff: float = 5.0,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.redis = redis
         self.stream_key = stream_key
@@ -97,6 +99,12 @@ class StreamConsumer:
         self._added_through_offset: int | None = None
         self._counted_since = START  # the offset at which that count was last known exactly
         self._holes_recorded: str | None = None  # max-deleted-entry-id already recorded as a gap
+        # the stream's size at the last read (XINFO rides along with every XREAD): stream lag for free
+        self._stream_added: int | None = None
+        self._stream_length: int | None = None
+        self.instruments = instruments
+        if instruments.metering:
+            instruments.watch("stream_lag", lambda: self.lag)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -134,6 +142,7 @@ class StreamConsumer:
                 if read is None:
                     return  # stopping
                 info, entries = read
+                self._note_size(info)
                 if await self._detect_gap_or_reset(info, stored):
                     stored = self.offset
                     continue
@@ -147,6 +156,7 @@ class StreamConsumer:
                 )
                 stored = self.offset = last_id
                 self._note_read(len(entries))
+                self._count(result)
                 self.on_batch(result)
                 backoff = 0.1
             except OffsetMoved:
@@ -190,6 +200,38 @@ class StreamConsumer:
     def _note_read(self, read: int) -> None:
         if self._added_through_offset is not None:
             self._added_through_offset += read
+
+    def _note_size(self, info: Any) -> None:
+        if isinstance(info, dict):
+            self._stream_added, self._stream_length = _int(info.get("entries-added")), _int(info.get("length"))
+        else:  # no such stream (or an error): nothing to be behind on
+            self._stream_added = self._stream_length = None
+
+    @property
+    def lag(self) -> int | None:
+        """Entries behind the head as of the last read; None when not consuming (a standby).
+
+        Exact once the consumer has caught up with the head (it then knows how many entries were
+        ever added up to its offset); until then the stream's length, an upper bound. Read from
+        the metrics exporter's thread: attribute arithmetic only, no I/O.
+        """
+        if not self.lock.held or self.head is None:
+            return None
+        if parse_id(self.offset) >= parse_id(self.head):  # the head is read before the entries it may trail
+            return 0
+        if self._stream_added is not None and self._added_through_offset is not None:
+            return max(0, self._stream_added - self._added_through_offset)
+        return self._stream_length
+
+    def _count(self, result: BatchResult) -> None:
+        consumed = self.instruments.commands_consumed
+        for outcome, count in (
+            ("accepted", result.accepted),
+            ("duplicate", result.duplicate),
+            ("malformed", result.malformed),
+        ):
+            if count:
+                consumed.add(count, {"result": outcome})
 
     async def _detect_gap_or_reset(self, info: Any, stored: str | None) -> bool:
         """Record a reset (stream recreated) or gap (unread entries removed); True if the offset moved.

@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from opentelemetry.trace import Status, StatusCode
+
 from mailsvc.errors import StoreUnavailable
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import wait_for_event
 from mailsvc.services.acceptance import Clock, utc_now
 
@@ -70,6 +73,7 @@ class RetentionLoop:
         retry_interval: timedelta = timedelta(minutes=1),
         clock: Clock = utc_now,
         on_pass: Callable[[RetentionCounts], None] = lambda counts: None,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -77,6 +81,7 @@ class RetentionLoop:
         self.retry_interval = min(retry_interval.total_seconds(), self.interval)
         self.clock = clock
         self.on_pass = on_pass
+        self.instruments = instruments
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -94,7 +99,24 @@ class RetentionLoop:
             await wait_for_event(self._stop, wait)
 
     async def run_once(self, now: datetime | None = None) -> RetentionCounts:
-        """One full pass with cut-offs computed from `now` (default: the clock)."""
+        """One full pass with cut-offs computed from `now` (default: the clock), in its own span."""
+        with self.instruments.tracer.start_as_current_span(
+            "mail.retention pass", record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                counts = await self._pass(now)
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            if span.is_recording():
+                span.set_attributes({f"mail.retention.deleted.{table}": n for table, n in counts.as_dict().items()})
+        for table, deleted in counts.as_dict().items():
+            # zero too: every table's series exists from the first pass
+            self.instruments.retention_deleted.add(deleted, {"table": table})
+        self.on_pass(counts)
+        return counts
+
+    async def _pass(self, now: datetime | None) -> RetentionCounts:
         now = self.clock() if now is None else now
         started = time.monotonic()
         stopping = self._stop.is_set
@@ -108,5 +130,4 @@ class RetentionLoop:
             "retention_pass",
             extra={**counts.as_dict(), "duration_ms": int((time.monotonic() - started) * 1000)},
         )
-        self.on_pass(counts)
         return counts

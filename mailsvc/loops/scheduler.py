@@ -11,8 +11,10 @@ import time
 from datetime import timedelta
 from typing import Protocol
 
-from mailsvc.domain.model import ClaimedDelivery
+from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
 from mailsvc.errors import StoreUnavailable
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
+from mailsvc.loops.pass_spans import claim_span, recovery_span
 from mailsvc.loops.wakeup import Wakeup
 
 log = logging.getLogger("mailsvc.scheduler")
@@ -21,9 +23,11 @@ log = logging.getLogger("mailsvc.scheduler")
 class ClaimStore(Protocol):
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]: ...
 
-    async def recover_stale(self, max_attempts: int, limit: int = 1000) -> int: ...
+    async def recover(self, max_attempts: int, limit: int = 1000) -> StaleRecovery: ...
 
     async def release(self, claims: list[ClaimedDelivery]) -> None: ...
+
+    async def due_backlog(self) -> int: ...
 
 
 class Pool(Protocol):
@@ -47,6 +51,8 @@ class Scheduler:
         poll_interval: float = 0.25,
         recover_interval: float = 30.0,
         max_claim: int = 500,
+        backlog_interval: float = 2.0,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -58,6 +64,12 @@ class Scheduler:
         self.max_claim = max_claim
         self._stopping = False
         self.backlog_likely = False  # the last claim filled every free slot: more may be due
+        self.backlog_interval = backlog_interval
+        self.instruments = instruments
+        # sampled here, read by the gauge: its callback runs on the exporter's thread and must not query
+        self.due_backlog: int | None = None
+        if instruments.metering:
+            instruments.watch("due_backlog", lambda: self.due_backlog)
 
     def stop(self) -> None:
         self._stopping = True
@@ -69,26 +81,45 @@ class Scheduler:
 
     async def run(self) -> None:
         self._stopping = False
-        next_recovery = time.monotonic()
+        next_recovery = next_sample = time.monotonic()
         while not self._stopping:
             try:
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.recover_interval
-                    recovered = await self.store.recover_stale(self.max_attempts)
-                    if recovered:
-                        log.warning("stale_claims_recovered", extra={"count": recovered})
+                    await self.recover_once()
                 await self.claim_once()
+                if self.instruments.metering and time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + self.backlog_interval
+                    self.due_backlog = await self.store.due_backlog()
             except StoreUnavailable as exc:
                 log.warning("scheduler_store_unavailable", extra={"error_class": type(exc).__name__})
                 self.backlog_likely = False
             if not self._stopping:
                 await self.wakeup.wait(self.poll_interval)
 
+    async def recover_once(self) -> StaleRecovery:
+        started = time.time_ns()
+        recovered = await self.store.recover(self.max_attempts)
+        if recovered.total:
+            log.warning(
+                "stale_claims_recovered", extra={"count": recovered.total, "dead_lettered": recovered.dead_lettered}
+            )
+            # the recovery writes each of these as an `abandoned` attempt; the provider is not known here
+            self.instruments.attempts.add(recovered.total, {"outcome": "abandoned"})
+            if recovered.dead_lettered:
+                self.instruments.deliveries_finished.add(recovered.dead_lettered, {"status": "dead_lettered"})
+            if self.instruments.tracing:
+                recovery_span(self.instruments.tracer, started, recovered)
+        return recovered
+
     async def claim_once(self) -> int:
         free = min(self.pool.free_slots, self.max_claim)
         if free <= 0:
             return 0
+        started = time.time_ns()
         claims = await self.store.claim(free, self.lease)
+        if claims and self.instruments.tracing:  # an empty pass (every 250 ms when idle) is no story
+            claim_span(self.instruments.tracer, started, claims, free)
         self.backlog_likely = len(claims) == free
         refused = [claim for claim in claims if not self.pool.submit(claim)]
         if refused:  # the pool began stopping between our count and the claim

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 from uuid import UUID
 
-from mailsvc.domain.model import ClaimedDelivery
+from mailsvc.domain.model import TERMINAL_STATUSES, ClaimedDelivery
 from mailsvc.errors import StoreUnavailable
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.services.execution import AttemptRecord, ExecutionService
 
 log = logging.getLogger("mailsvc.workers")
@@ -28,10 +29,18 @@ class ResultStore(Protocol):
 class ResultWriter:
     """Collects attempt records and writes them in batches; `write` returns once durable."""
 
-    def __init__(self, store: ResultStore, *, max_batch: int = 500, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        *,
+        max_batch: int = 500,
+        retry_delay: float = 0.5,
+        instruments: Instruments = NO_INSTRUMENTS,
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.retry_delay = retry_delay
+        self.instruments = instruments
         self._pending: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
         self._ready = asyncio.Event()
         self.on_written: Callable[[AttemptRecord, bool], None] = lambda record, applied: None
@@ -74,6 +83,8 @@ class ResultWriter:
                         "late_result_discarded",
                         extra={"delivery_id": str(record.delivery_id), "attempt": record.attempt_number},
                     )
+                elif record.status in TERMINAL_STATUSES:  # counted once durable, never for a late worker
+                    self.instruments.deliveries_finished.add(1, {"status": record.status})
                 self.on_written(record, ok)
                 if not future.done():
                     future.set_result(ok)

@@ -14,13 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
+from opentelemetry import trace
+
 from mailsvc.adapters.templates import MissingVariables, TemplateError, UnknownTemplate
 from mailsvc.domain.commands import Problem, SendRequest, ValidationFailed, parse_send_request, request_hash
 from mailsvc.domain.ids import uuid7
 from mailsvc.domain.mime import build_mime, make_message_id
-from mailsvc.domain.model import Address, RenderedContent, Source, Status
+from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source, Status
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
 from mailsvc.errors import IdempotencyConflict
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
+from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
 
 log = logging.getLogger("mailsvc.acceptance")
 Clock = Callable[[], datetime]
@@ -51,6 +55,7 @@ class NewDelivery:
     resend_of: UUID | None = None
     stream_entry_id: str | None = None
     raw_fields: bytes | None = None  # for a stream command that turns out to conflict
+    traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
 
     @property
     def send_at(self) -> datetime:
@@ -123,6 +128,7 @@ class AcceptanceService:
         stream_key: str,
         wake_scheduler: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -133,6 +139,7 @@ class AcceptanceService:
         self.stream_key = stream_key
         self.wake_scheduler = wake_scheduler
         self.clock = clock
+        self.instruments = instruments
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -214,13 +221,37 @@ class AcceptanceService:
         return await self.persist_one(prepared)
 
     async def persist_one(self, prepared: NewDelivery) -> Accepted:
+        """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`."""
+        if not self.instruments.tracing:
+            return await self._persist_one(prepared)
+        with self.instruments.tracer.start_as_current_span(
+            "mail.delivery accept",
+            attributes={"mail.source": prepared.source},
+            record_exception=False,  # exception messages may quote the request
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                accepted = await self._persist_one(replace(prepared, traceparent=current_traceparent(span)))
+            except Exception as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                raise
+            span.set_attributes(
+                {"mail.delivery_id": str(accepted.delivery_id), "mail.idempotent_replay": accepted.idempotent_replay}
+            )
+            return accepted
+
+    async def _persist_one(self, prepared: NewDelivery) -> Accepted:
         (outcome,) = await self.store.accept(
             [prepared], [], stream_key=self.stream_key, offset=None, idempotency_ttl=self.idempotency_ttl
         )
         if outcome.kind == "conflict":
             raise IdempotencyConflict(prepared.idempotency_key)
-        if outcome.kind == "created" and outcome.status == "queued":
-            self.wake_scheduler()
+        if outcome.kind == "created":
+            self.instruments.deliveries_accepted.add(1, {"source": prepared.source})
+            if outcome.status in TERMINAL_STATUSES:  # suppressed at the door
+                self.instruments.deliveries_finished.add(1, {"status": outcome.status})
+            if outcome.status == "queued":
+                self.wake_scheduler()
         return Accepted(outcome.delivery_id, outcome.status, idempotent_replay=outcome.kind == "duplicate")
 
     async def accept_stream_batch(
@@ -230,8 +261,11 @@ class AcceptanceService:
         result = BatchResult()
         malformed: list[MalformedCommand] = []
         prepared: list[NewDelivery] = []  # a key may repeat: the store judges each repeat
+        spans = CommandSpans(self.instruments.tracer, self.stream_key) if self.instruments.tracing else NO_COMMAND_SPANS
         for entry in entries:
+            span = spans.start(entry)
             if isinstance(entry, MalformedCommand):
+                spans.malformed(span, entry.reason)
                 malformed.append(entry)
                 continue
             try:
@@ -242,6 +276,7 @@ class AcceptanceService:
                     digest=entry.request_hash,
                 )
             except ValidationFailed as error:
+                spans.malformed(span, error.reason)
                 malformed.append(
                     MalformedCommand(
                         entry.entry_id, error.reason, str(error)[:2000], entry.raw_fields, entry.idempotency_key
@@ -249,20 +284,33 @@ class AcceptanceService:
                 )
                 continue
             except ValueError as error:  # the MIME builder refused something validation let through
+                spans.malformed(span, "validation_failed")
                 malformed.append(
                     MalformedCommand(
                         entry.entry_id, "validation_failed", str(error), entry.raw_fields, entry.idempotency_key
                     )
                 )
                 continue
-            prepared.append(replace(delivery, stream_entry_id=entry.entry_id, raw_fields=entry.raw_fields))
-        outcomes = await self.store.accept(
-            prepared,
-            malformed,
-            stream_key=self.stream_key,
-            offset=offset,
-            idempotency_ttl=self.idempotency_ttl,
-        )
+            prepared.append(
+                replace(
+                    delivery,
+                    stream_entry_id=entry.entry_id,
+                    raw_fields=entry.raw_fields,
+                    traceparent=spans.prepared(span),
+                )
+            )
+        try:
+            outcomes = await self.store.accept(
+                prepared,
+                malformed,
+                stream_key=self.stream_key,
+                offset=offset,
+                idempotency_ttl=self.idempotency_ttl,
+            )
+        except BaseException as exc:
+            spans.failed(exc)
+            raise
+        spans.settled(outcomes)
         woke = False
         for outcome in outcomes:
             if outcome.kind == "created":
@@ -278,6 +326,8 @@ class AcceptanceService:
         result.malformed += len(malformed)
         for record in malformed:
             result.malformed_reasons[record.reason] = result.malformed_reasons.get(record.reason, 0) + 1
+        if result.accepted:
+            self.instruments.deliveries_accepted.add(result.accepted, {"source": "notification"})
         if woke:
             self.wake_scheduler()
         return result

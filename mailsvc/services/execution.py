@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,9 @@ from mailsvc.domain.model import (
     Status,
 )
 from mailsvc.domain.retry import RetryPolicy
+from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.logs import mask_address
+from mailsvc.services.attempt_telemetry import AttemptTelemetry
 
 log = logging.getLogger("mailsvc.execution")
 
@@ -76,6 +79,7 @@ class ExecutionService:
         attempt_timeout: float,
         clock: Callable[[], datetime],
         jitter: Callable[[], float] = random.random,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.provider = provider
         self.policy = policy
@@ -83,8 +87,17 @@ class ExecutionService:
         self.attempt_timeout = attempt_timeout
         self.clock = clock
         self.jitter = jitter
+        self.telemetry = AttemptTelemetry(instruments, provider.name)
 
     async def execute(self, claim: ClaimedDelivery) -> AttemptRecord:
+        """One attempt in its span (continuing the trace the delivery was accepted in), metered."""
+        with self.telemetry.span(claim) as span:
+            started = time.perf_counter()
+            record = await self._execute(claim)
+            self.telemetry.finished(span, record, time.perf_counter() - started)
+        return record
+
+    async def _execute(self, claim: ClaimedDelivery) -> AttemptRecord:
         started = self.clock()
         if claim.expires_at is not None and claim.expires_at <= started:
             return AttemptRecord(

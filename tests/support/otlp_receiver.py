@@ -31,6 +31,9 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     status_code: int
+    status_message: str = ""
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (trace_id, span_id)
 
 
 @dataclass
@@ -105,6 +108,9 @@ class OtlpReceiver:
                             kind=span.kind,
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             status_code=span.status.code,
+                            status_message=span.status.message,
+                            events=[(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in span.events],
+                            links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                         )
                     )
 
@@ -129,6 +135,22 @@ class OtlpReceiver:
         with self.lock:
             return [s for s in self.spans if s.name.startswith(prefix)]
 
+    def metric_points(self) -> list[ReceivedPoint]:
+        with self.lock:
+            return list(self.points)
+
     def metric(self, name: str) -> list[ReceivedPoint]:
         with self.lock:
             return [p for p in self.points if p.metric == name]
+
+
+def otlp_env(receiver: OtlpReceiver) -> dict[str, str]:
+    """`mailsvc serve` variables exporting traces and metrics to `receiver`, quickly enough for a test."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }

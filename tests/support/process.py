@@ -29,9 +29,10 @@ class ServiceProcess:
             self.raw.append(text)
             with contextlib.suppress(ValueError):
                 entry = json.loads(text)
-                self.lines.append(entry)
-                if entry.get("event") == "http_listening":
-                    self.port = int(entry["port"])
+                if isinstance(entry, dict):  # console exporters print indented JSON: its lines are no logs
+                    self.lines.append(entry)
+                    if entry.get("event") == "http_listening":
+                        self.port = int(entry["port"])
             self._changed.set()
 
     async def _read_stderr(self) -> None:

@@ -53,16 +53,17 @@ _INSERT_DELIVERIES = text(
     """
     INSERT INTO deliveries (
         delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
-        idempotency_key, message_id, tags, next_attempt_at, resend_of, created_at, updated_at, finished_at)
+        idempotency_key, message_id, tags, next_attempt_at, resend_of, created_at, updated_at, finished_at,
+        traceparent)
     SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb),
-           CASE WHEN st = 'queued' THEN sa END, ro, ca, ca, CASE WHEN st <> 'queued' THEN ca END
+           CASE WHEN st = 'queued' THEN sa END, ro, ca, ca, CASE WHEN st <> 'queued' THEN ca END, tp
     FROM unnest(
         CAST(:ids AS uuid[]), CAST(:sources AS text[]), CAST(:statuses AS text[]),
         CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
         CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
         CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
-        CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]))
-        AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca)
+        CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]))
+        AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp)
     """
 )
 
@@ -210,6 +211,7 @@ class IntakeStore:
                 "tags": [orjson.dumps(d.request.tags).decode() for d in created],
                 "resend_of": [d.resend_of for d in created],
                 "created": [d.accepted_at for d in created],
+                "traceparents": [d.traceparent for d in created],
             },
         )
         ids, positions, kinds, addresses, names = [], [], [], [], []
