@@ -14,7 +14,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.adapters.postgres.db import DriverStatement, driver_connection, unavailable_as_domain_error
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
 from mailsvc.services.execution import AttemptRecord, refused_recipients
 
@@ -129,6 +129,10 @@ _RELEASE = text(
     """
 )
 
+# claims and results run for every delivery: straight through asyncpg (see `driver_connection`)
+_CLAIM_SQL = DriverStatement(_CLAIM)
+_FINISH_SQL = DriverStatement(_FINISH)
+
 _DUE_BACKLOG = text("SELECT count(*) FROM deliveries WHERE status = 'queued' AND next_attempt_at <= now()")
 
 
@@ -141,19 +145,20 @@ class QueueStore:
 
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]:
         """Claim up to `limit` due deliveries, highest priority then oldest due time first."""
-        async with unavailable_as_domain_error(), self.single.connect() as conn:
-            rows = (await conn.execute(_CLAIM, {"limit": limit, "lease_s": lease.total_seconds()})).all()
+        async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
+            params = {"limit": limit, "lease_s": lease.total_seconds()}
+            rows = await conn.fetch(_CLAIM_SQL.sql, *_CLAIM_SQL.args(params))
         return [
             ClaimedDelivery(
-                delivery_id=row.delivery_id,
-                claim_token=row.claim_token,
-                attempt_number=row.attempt_count,
-                message_id=row.message_id,
-                expires_at=row.expires_at,
-                source=row.source,
-                recipients=tuple(row.recipients),
-                mime=bytes(row.mime),
-                traceparent=row.traceparent,
+                delivery_id=row["delivery_id"],
+                claim_token=row["claim_token"],
+                attempt_number=row["attempt_count"],
+                message_id=row["message_id"],
+                expires_at=row["expires_at"],
+                source=row["source"],
+                recipients=tuple(row["recipients"]),
+                mime=bytes(row["mime"]),
+                traceparent=row["traceparent"],
             )
             for row in rows
         ]
@@ -193,8 +198,8 @@ class QueueStore:
             "r_codes": r_codes,
             "r_replies": r_replies,
         }
-        async with unavailable_as_domain_error(), self.single.connect() as conn:
-            rows = (await conn.execute(_FINISH, params)).all()
+        async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
+            rows = await conn.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(params))
         return {row[0] for row in rows}
 
     async def recover(self, max_attempts: int, limit: int = 1000) -> StaleRecovery:
