@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -55,6 +56,10 @@ async def serve(env: Mapping[str, str] | None = None) -> int:
             logging.getLogger("mailsvc").error("startup_failed", extra={"reason": str(error)})
             print(f"mailsvc: cannot start: {error}", file=sys.stderr)
             return 1
+        # what startup built lives as long as the process: keep it out of the collector's full
+        # passes, which otherwise scan all of it and stall the loop ~40 ms about once a second
+        gc.collect()
+        gc.freeze()
         return await runtime.run()
     finally:
         # flush what was recorded; an unreachable collector only costs the export timeout
