@@ -190,6 +190,12 @@ def _body(content: str) -> tuple[str, bytes]:
     return "quoted-printable", encoded.replace(b"\n", b"\r\n")
 
 
+@lru_cache(maxsize=64)
+def _date_header(date: datetime) -> str:
+    """`format_datetime`, once per second: every message built in that second has the same Date."""
+    return format_datetime(date)
+
+
 def _part(subtype: str, content: str) -> bytes:
     cte, body = _body(content)
     head = f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
@@ -217,7 +223,7 @@ def build_mime(
     if not message_id.startswith("<"):
         message_id = f"<{message_id}>"
     out = [
-        f"Date: {format_datetime(date)}\r\n",
+        f"Date: {_date_header(date.replace(microsecond=0))}\r\n",
         _address_header("From", (from_addr,)),
     ]
     if to:
