@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from mailsvc.adapters.postgres.intake_store import OffsetMoved
-from mailsvc.domain.stream_entries import decode_entry
+from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
 from mailsvc.errors import StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import wait_for_event
-from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance
+from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance, PreparedBatch
 
 log = logging.getLogger("mailsvc.consumer")
 START = "0-0"
@@ -136,24 +137,40 @@ class StreamConsumer:
         self._counted_since = self.offset
         log.info("consumer_started", extra={"stream": self.stream_key, "offset": self.offset})
         backoff = 0.1
+        ahead: _ReadAhead | None = None  # the next batch, read and prepared while the last one committed
         while not self._stopping.is_set() and self.lock.held:
             try:
-                read = await self._read()
-                if read is None:
-                    return  # stopping
-                info, entries = read
+                if ahead is None:
+                    read = await self._read(self.offset, self.block_ms)
+                    if read is None:
+                        return  # stopping
+                    (info, entries), prepared = read, None
+                else:
+                    info, entries, prepared, ahead = ahead.info, ahead.entries, ahead.prepared, None
                 self._note_size(info)
                 if await self._detect_gap_or_reset(info, stored):
+                    if prepared is not None:
+                        prepared.abandon(RuntimeError("stream gap or reset"))
                     stored = self.offset
                     continue
                 if not entries:
                     backoff = 0.1
                     continue
                 last_id = entries[-1][0]
-                batch = [decode_entry(entry_id, fields) for entry_id, fields in entries]
-                result = await self.acceptance.accept_stream_batch(
-                    batch, OffsetAdvance(self.stream_key, stored, last_id)
+                if prepared is None:
+                    prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
+                commit = asyncio.ensure_future(
+                    self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
                 )
+                if len(entries) >= self.count:  # a backlog: overlap the next read and prepare with this commit
+                    ahead = await self._read_ahead(last_id, commit)
+                try:
+                    result = await commit
+                except BaseException as exc:
+                    if ahead is not None:
+                        ahead.prepared.abandon(exc)
+                        ahead = None
+                    raise
                 stored = self.offset = last_id
                 self._note_read(len(entries))
                 self._count(result)
@@ -171,11 +188,29 @@ class StreamConsumer:
                     return
                 backoff = min(backoff * 2, self.max_backoff)
 
-    async def _read(self) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
-        """XINFO STREAM and XREAD BLOCK in one round trip; None when stopping interrupted it."""
+    async def _read_ahead(self, after: str, commit: asyncio.Future[BatchResult]) -> _ReadAhead | None:
+        """The batch after `after`, read without blocking and prepared while `commit` runs; None
+        when there is none yet or Redis failed (the next turn reads it again, after the commit)."""
+        try:
+            read = await self._read(after, None)
+        except (RedisError, OSError):
+            return None
+        except BaseException:
+            commit.cancel()
+            await asyncio.gather(commit, return_exceptions=True)
+            raise
+        if read is None or not read[1]:
+            return None
+        info, entries = read
+        # yields now and then, so the commit in flight gets its replies handled while this runs
+        prepared = await self.acceptance.prepare_stream_batch(_decode(entries), yield_every=50)
+        return _ReadAhead(info, entries, prepared)
+
+    async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
+        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping interrupted it."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
-        pipe.xread({self.stream_key: self.offset}, count=self.count, block=self.block_ms)
+        pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
         read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
         stop_task = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -311,6 +346,17 @@ class StreamConsumer:
         if move:
             self.offset = self._counted_since = to_offset
             self._added_through_offset = 0 if to_offset == START else None
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadAhead:
+    info: Any
+    entries: list[tuple[str, dict[bytes, bytes]]]
+    prepared: PreparedBatch
+
+
+def _decode(entries: list[tuple[str, dict[bytes, bytes]]]) -> list[StreamCommand | MalformedCommand]:
+    return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
 
 def _text(value: Any) -> str | None:

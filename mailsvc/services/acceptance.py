@@ -7,6 +7,7 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, So
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
-from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
+from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans, NoCommandSpans
 
 log = logging.getLogger("mailsvc.acceptance")
 Clock = Callable[[], datetime]
@@ -98,6 +99,19 @@ class Accepted:
     delivery_id: UUID
     status: Status
     idempotent_replay: bool
+
+
+@dataclass
+class PreparedBatch:
+    """A stream batch validated, rendered and built, not yet persisted."""
+
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    malformed: list[MalformedCommand] = field(default_factory=list)
+    spans: NoCommandSpans = NO_COMMAND_SPANS
+
+    def abandon(self, reason: BaseException) -> None:
+        """Never to be committed (read ahead of a batch that failed): end its spans."""
+        self.spans.failed(reason)
 
 
 @dataclass
@@ -258,11 +272,21 @@ class AcceptanceService:
         self, entries: Sequence[StreamCommand | MalformedCommand], offset: OffsetAdvance
     ) -> BatchResult:
         """Accept a whole XREAD batch with its offset in one transaction."""
-        result = BatchResult()
-        malformed: list[MalformedCommand] = []
-        prepared: list[NewDelivery] = []  # a key may repeat: the store judges each repeat
-        spans = CommandSpans(self.instruments.tracer, self.stream_key) if self.instruments.tracing else NO_COMMAND_SPANS
-        for entry in entries:
+        return await self.commit_stream_batch(await self.prepare_stream_batch(entries), offset)
+
+    async def prepare_stream_batch(
+        self, entries: Sequence[StreamCommand | MalformedCommand], *, yield_every: int = 0
+    ) -> PreparedBatch:
+        """Validate, render and build a batch (pure CPU, nothing persisted). With `yield_every`, it
+        lets the event loop run every so many entries, so a transaction in flight (the previous
+        batch's) keeps moving while this one is prepared."""
+        tracing = self.instruments.tracing
+        spans = CommandSpans(self.instruments.tracer, self.stream_key) if tracing else NO_COMMAND_SPANS
+        batch = PreparedBatch(spans=spans)
+        malformed, prepared = batch.malformed, batch.deliveries
+        for index, entry in enumerate(entries, 1):
+            if yield_every and index % yield_every == 0:
+                await asyncio.sleep(0)
             span = spans.start(entry)
             if isinstance(entry, MalformedCommand):
                 spans.malformed(span, entry.reason)
@@ -299,9 +323,16 @@ class AcceptanceService:
                     traceparent=spans.prepared(span),
                 )
             )
+        return batch
+
+    async def commit_stream_batch(self, batch: PreparedBatch, offset: OffsetAdvance) -> BatchResult:
+        """Persist a prepared batch with its offset in one transaction (a key may repeat: the
+        store judges each repeat); then count it and wake the scheduler."""
+        result = BatchResult()
+        spans, malformed = batch.spans, batch.malformed
         try:
             outcomes = await self.store.accept(
-                prepared,
+                batch.deliveries,
                 malformed,
                 stream_key=self.stream_key,
                 offset=offset,
