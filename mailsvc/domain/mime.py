@@ -11,7 +11,9 @@ writes the few shapes we need directly, in tens of microseconds:
 - addresses must be ASCII in the local part (we do not use SMTPUTF8; callers validate addresses
   upstream and refuse non-ASCII local parts); non-ASCII domains are IDNA-encoded (punycode);
 - bodies are `text/plain` (and `text/html` inside `multipart/alternative`), UTF-8, `7bit` when
-  plain ASCII with short lines, else quoted-printable; line endings are normalised to CRLF.
+  plain ASCII with every line within RFC 5322's 998-octet limit (templates' long HTML lines are
+  sent as written, not inflated by quoted-printable's `=3D` for every attribute), else
+  quoted-printable; line endings are normalised to CRLF.
 
 A CR or LF in any header input raises `ValueError`: header injection is impossible by design.
 """
@@ -36,14 +38,13 @@ __all__ = ["ascii_address", "build_mime", "make_message_id"]
 _FOLD_AT = 78  # preferred maximum header line length (RFC 5322 §2.1.1)
 _MAX_PLAIN_WORD = 900  # a longer unbroken word is encoded (and so split) to stay under 998
 _EW_BYTES = 39  # raw bytes per encoded-word: 52 base64 chars, 64 chars with the delimiters
-_MAX_7BIT_LINE = 76
+_MAX_7BIT_LINE = 998  # RFC 5322 §2.1.1 and RFC 2045 §2.7: the hard limit for 7bit lines
 _MAX_ADDRESS = 320
 
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _ASCII_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9.:-]+\]")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _HEADER_NAME = re.compile(r"X-[A-Za-z0-9-]+", re.IGNORECASE)
-_LONG_LINE = re.compile(rf"[^\n]{{{_MAX_7BIT_LINE + 1}}}")
 
 
 def _reject_line_breaks(what: str, value: str) -> None:
@@ -184,7 +185,8 @@ def _body(content: str) -> tuple[str, bytes]:
     """(transfer encoding, encoded CRLF body) for one text part."""
     if "\r" in content:
         content = content.replace("\r\n", "\n").replace("\r", "\n")
-    if content.isascii() and not _LONG_LINE.search(content) and "\x00" not in content:
+    # (a regex for "999 non-newlines" rescans every line from each position: split is linear)
+    if content.isascii() and "\x00" not in content and max(map(len, content.split("\n"))) <= _MAX_7BIT_LINE:
         return "7bit", content.replace("\n", "\r\n").encode("ascii")
     encoded = binascii.b2a_qp(content.encode("utf-8"), istext=True)
     return "quoted-printable", encoded.replace(b"\n", b"\r\n")

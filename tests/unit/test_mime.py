@@ -157,9 +157,14 @@ def test_single_part_body_round_trips() -> None:
     assert decoded(parse(raw)) == text
 
 
-def test_short_ascii_lines_stay_7bit_and_long_lines_use_quoted_printable() -> None:
+def test_ascii_within_the_998_octet_line_limit_stays_7bit_and_longer_lines_use_quoted_printable() -> None:
     assert parse(build(text="short\n"))["Content-Transfer-Encoding"] == "7bit"
-    assert parse(build(text="y" * 200))["Content-Transfer-Encoding"] == "quoted-printable"
+    assert parse(build(text="y" * 998 + "\nz"))["Content-Transfer-Encoding"] == "7bit"
+    raw = build(text="y" * 999 + "\n")
+    assert parse(raw)["Content-Transfer-Encoding"] == "quoted-printable"
+    assert_wire_safe(raw)
+    assert decoded(parse(raw)) == "y" * 999 + "\n"
+    assert parse(build(text="a NUL \x00 is never 7bit"))["Content-Transfer-Encoding"] == "quoted-printable"
 
 
 @pytest.mark.parametrize(
