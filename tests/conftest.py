@@ -10,7 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from mailsvc.adapters.postgres.migrations import upgrade
+from tests.support.deliveries import Ledger
 from tests.support.infra import PostgresServer, postgres_server, redis_host_port, redis_server, unique_name
+from tests.support.otlp_receiver import OtlpReceiver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,3 +85,18 @@ def service_env(database_dsn: str, redis_addr: str, stream_key: str, tmp_path: P
         "MAIL_SHUTDOWN_TIMEOUT": "10s",
         "MAIL_STREAM_BLOCK_TIMEOUT": "500ms",
     }
+
+
+@pytest.fixture
+async def db(database_dsn: str) -> AsyncIterator[Ledger]:
+    """The test database, read and seeded through plain SQL (`tests.support.deliveries.Ledger`)."""
+    async with Ledger.open(database_dsn) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    """An OTLP/HTTP receiver on loopback, decoding what the service exports."""
+    running = OtlpReceiver().start()
+    yield running
+    running.stop()

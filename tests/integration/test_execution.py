@@ -10,13 +10,11 @@ import email
 import email.policy
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer, message_id_of
@@ -33,12 +31,6 @@ from tests.support.deliveries import (
 )
 from tests.support.infra import wait_until
 from tests.support.process import running_service
-
-
-@pytest.fixture
-async def db(database_dsn: str) -> AsyncIterator[Ledger]:
-    async with Ledger.open(database_dsn) as ledger:
-        yield ledger
 
 
 def parse(content: bytes) -> EmailMessage:

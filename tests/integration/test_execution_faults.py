@@ -4,7 +4,6 @@ as PostgreSQL records them (SPEC §1 classification and retries, §4 execution).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,12 +13,6 @@ from redis.asyncio import Redis
 from mailsvc.settings import HostPort
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port, message_id_of
 from tests.support.deliveries import Ledger, in_process_service, raw_payload, smtp_env, xadd
-
-
-@pytest.fixture
-async def db(database_dsn: str) -> AsyncIterator[Ledger]:
-    async with Ledger.open(database_dsn) as ledger:
-        yield ledger
 
 
 def outcomes(attempts: list[Record], *columns: str) -> list[tuple[object, ...]]:

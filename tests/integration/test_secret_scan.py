@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
@@ -26,19 +24,6 @@ from tests.support.otlp_receiver import OtlpReceiver, otlp_env
 from tests.support.process import running_service
 
 PATH = "/api/v1/internal/deliveries"
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    running = OtlpReceiver().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def db(database_dsn: str) -> AsyncIterator[Ledger]:
-    async with Ledger.open(database_dsn) as ledger:
-        yield ledger
 
 
 async def test_logs_and_telemetry_of_a_full_run_hold_no_secret(

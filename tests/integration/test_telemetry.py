@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
@@ -53,19 +52,6 @@ EXPECTED_METRICS: list[tuple[str, dict[str, str], int]] = [
     ("mail.queue.due", {}, 0),
     ("http.server.request.duration", {"http.route": PATH}, 1),
 ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    running = OtlpReceiver().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def db(database_dsn: str) -> AsyncIterator[Ledger]:
-    async with Ledger.open(database_dsn) as ledger:
-        yield ledger
 
 
 async def eventually(unmet: Callable[[], list[str]], timeout: float = 30.0) -> None:
