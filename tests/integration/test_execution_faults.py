@@ -4,7 +4,9 @@ as PostgreSQL records them (SPEC §1 classification and retries, §4 execution).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from asyncpg import Record
@@ -14,20 +16,31 @@ from mailsvc.settings import HostPort
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port, message_id_of
 from tests.support.deliveries import Ledger, in_process_service, raw_payload, smtp_env, xadd
 
+Deliver = Callable[..., Awaitable[Record]]
+
+
+@pytest.fixture
+def deliver(service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger) -> Deliver:
+    """Run one command through the service against a server scripted by `handler`, until the
+    delivery reaches a terminal status; its row. `env` overrides service variables."""
+
+    async def run(handler: ScriptedHandler, payload: dict[str, Any] | None = None, **env: str) -> Record:
+        with SmtpServer(handler) as server:
+            async with in_process_service(smtp_env(service_env, server.host_port, **env)):
+                key = await xadd(redis_client, stream_key, payload or raw_payload("ann@example.org"))
+                return await db.wait_status(key)
+
+    return run
+
 
 def outcomes(attempts: list[Record], *columns: str) -> list[tuple[object, ...]]:
     """(outcome, *columns) of each attempt row, oldest first."""
     return [tuple(a[c] for c in ("outcome", *columns)) for a in attempts]
 
 
-async def test_4xx_replies_are_retried_then_sent(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_4xx_replies_are_retried_then_sent(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(mail_replies=["421 4.3.2 service shutting down"], data_replies=["451 4.3.0 try later"])
-    with SmtpServer(handler) as server:
-        async with in_process_service(smtp_env(service_env, server.host_port)):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler)
     assert row["status"] == "sent"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "number", "smtp_code") == [
@@ -40,14 +53,9 @@ async def test_4xx_replies_are_retried_then_sent(
     assert await db.dead_letter(row["delivery_id"]) is None
 
 
-async def test_550_to_rcpt_dead_letters_the_delivery(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_550_to_rcpt_dead_letters_the_delivery(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(rcpt_replies={"gone@example.org": "550 5.1.1 no such user"})
-    with SmtpServer(handler) as server:
-        async with in_process_service(smtp_env(service_env, server.host_port)):
-            key = await xadd(redis_client, stream_key, raw_payload("gone@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler, raw_payload("gone@example.org"))
     assert row["status"] == "dead_lettered"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "smtp_code") == [("permanent_failure", 550)]
@@ -61,14 +69,9 @@ async def test_550_to_rcpt_dead_letters_the_delivery(
     assert handler.received == []
 
 
-async def test_5xx_to_data_dead_letters_the_delivery(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_5xx_to_data_dead_letters_the_delivery(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(data_reply="554 5.6.0 message content rejected")
-    with SmtpServer(handler) as server:
-        async with in_process_service(smtp_env(service_env, server.host_port)):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler)
     assert row["status"] == "dead_lettered"
     assert outcomes(await db.attempts(row["delivery_id"]), "smtp_code", "ambiguous") == [
         ("permanent_failure", 554, False)
@@ -78,15 +81,9 @@ async def test_5xx_to_data_dead_letters_the_delivery(
     assert dead["reason"] == "permanent_failure"
 
 
-async def test_5xx_to_mail_from_is_our_misconfiguration_and_never_permanent(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_5xx_to_mail_from_is_our_misconfiguration_and_never_permanent(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(mail_reply="553 5.7.1 sender address rejected")
-    with SmtpServer(handler) as server:
-        env = smtp_env(service_env, server.host_port, MAIL_RETRY_MAX_ATTEMPTS="2")
-        async with in_process_service(env):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler, MAIL_RETRY_MAX_ATTEMPTS="2")
     assert row["status"] == "dead_lettered"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "smtp_code", "error_class") == [("transient_failure", 553, "sender_refused")] * 2
@@ -95,17 +92,12 @@ async def test_5xx_to_mail_from_is_our_misconfiguration_and_never_permanent(
     assert dead["reason"] == "attempts_exhausted"
 
 
-async def test_mixed_recipients_are_sent_with_an_outcome_per_recipient(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_mixed_recipients_are_sent_with_an_outcome_per_recipient(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(
         rcpt_replies={"bob@example.org": "550 5.1.1 no such user", "dave@example.org": "553 5.1.3 bad mailbox"}
     )
     payload = raw_payload("ann@example.org", "bob@example.org", cc=["carol@example.org"], bcc=["dave@example.org"])
-    with SmtpServer(handler) as server:
-        async with in_process_service(smtp_env(service_env, server.host_port)):
-            key = await xadd(redis_client, stream_key, payload)
-            row = await db.wait_status(key)
+    row = await deliver(handler, payload)
     assert row["status"] == "sent"
     assert outcomes(await db.attempts(row["delivery_id"])) == [("sent",)]
     recipients = await db.recipients(row["delivery_id"])
@@ -157,13 +149,10 @@ async def test_a_dripping_server_is_cut_by_the_whole_attempt_deadline(
 
 
 async def test_connection_dropped_after_the_final_dot_is_ambiguous_and_retried_with_the_same_message_id(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
+    deliver: Deliver, db: Ledger
 ) -> None:
     handler = ScriptedHandler(drop_after_data_count=1)
-    with SmtpServer(handler) as server:
-        async with in_process_service(smtp_env(service_env, server.host_port)):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler)
     assert row["status"] == "sent"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "ambiguous", "error_class") == [
@@ -192,16 +181,11 @@ async def test_a_failed_quit_after_250_is_still_sent(
     assert outcomes(await db.attempts(row["delivery_id"])) == [("sent",)]
 
 
-async def test_required_starttls_not_offered_sends_nothing(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
-    with SmtpServer() as server:
-        env = smtp_env(service_env, server.host_port, MAIL_SMTP_TLS="starttls", MAIL_RETRY_MAX_ATTEMPTS="2")
-        async with in_process_service(env):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
-        assert set(server.handler.commands) == {"EHLO"}  # no MAIL FROM, no DATA: nothing in plaintext
-        assert server.handler.received == []
+async def test_required_starttls_not_offered_sends_nothing(deliver: Deliver, db: Ledger) -> None:
+    handler = ScriptedHandler()
+    row = await deliver(handler, MAIL_SMTP_TLS="starttls", MAIL_RETRY_MAX_ATTEMPTS="2")
+    assert set(handler.commands) == {"EHLO"}  # no MAIL FROM, no DATA: nothing in plaintext
+    assert handler.received == []
     assert row["status"] == "dead_lettered"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "error_class") == [("transient_failure", "starttls_unavailable")] * 2
@@ -229,15 +213,9 @@ async def test_a_server_that_is_down_is_retried_until_it_comes_back(
     assert {a["outcome"] for a in attempts[:-1]} == {"transient_failure"}
 
 
-async def test_retries_exhausted_dead_letter_the_delivery(
-    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
-) -> None:
+async def test_retries_exhausted_dead_letter_the_delivery(deliver: Deliver, db: Ledger) -> None:
     handler = ScriptedHandler(mail_reply="451 4.3.0 try again later")
-    with SmtpServer(handler) as server:
-        env = smtp_env(service_env, server.host_port, MAIL_RETRY_MAX_ATTEMPTS="2")
-        async with in_process_service(env):
-            key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
-            row = await db.wait_status(key)
+    row = await deliver(handler, MAIL_RETRY_MAX_ATTEMPTS="2")
     assert row["status"] == "dead_lettered"
     attempts = await db.attempts(row["delivery_id"])
     assert outcomes(attempts, "number", "smtp_code") == [("transient_failure", 1, 451), ("transient_failure", 2, 451)]
