@@ -1,4 +1,4 @@
-"""Shared helpers for the PostgreSQL stores: driver errors become domain errors (`StoreUnavailable`, `NotFound`)."""
+"""Shared helpers for the PostgreSQL stores: driver errors become `StoreUnavailable`; the asyncpg fast path."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
-from mailsvc.errors import MailsvcError, NotFound, StoreUnavailable
+from mailsvc.errors import MailsvcError, StoreUnavailable
 
 _UNAVAILABLE = (
     OSError,
@@ -38,20 +38,6 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def _is_vanished_resend_original(exc: BaseException) -> bool:
-    """A resend whose original was deleted (by retention) between reading it and inserting the copy."""
-    if isinstance(exc, asyncpg.ForeignKeyViolationError):  # straight from asyncpg (`driver_connection`)
-        cause: BaseException | None = exc
-    elif isinstance(exc, IntegrityError):
-        cause = getattr(exc.orig, "__cause__", None)
-    else:
-        return False
-    return (
-        isinstance(cause, asyncpg.ForeignKeyViolationError)
-        and getattr(cause, "constraint_name", None) == "deliveries_resend_of_fkey"
-    )
-
-
 @contextlib.asynccontextmanager
 async def unavailable_as_domain_error() -> AsyncIterator[None]:
     """Connection loss, refusal and timeouts surface as `StoreUnavailable`; bugs stay bugs."""
@@ -62,8 +48,6 @@ async def unavailable_as_domain_error() -> AsyncIterator[None]:
     except Exception as exc:
         if _is_unavailable(exc):
             raise StoreUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        if _is_vanished_resend_original(exc):
-            raise NotFound("the delivery to resend was deleted (retention) while it was being resent") from exc
         raise
 
 

@@ -11,13 +11,14 @@ from datetime import timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+import asyncpg
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.domain.stream_entries import MalformedCommand
-from mailsvc.errors import MailsvcError
+from mailsvc.errors import MailsvcError, NotFound
 from mailsvc.services.acceptance import KeyOutcome, NewDelivery, OffsetAdvance
 
 WORK_CHANNEL = "mailsvc_work"
@@ -195,26 +196,32 @@ class IntakeStore:
         return outcomes
 
     async def _insert_deliveries(self, conn: DriverConnection, created: Sequence[NewDelivery]) -> None:
-        await conn.execute(
-            _INSERT_DELIVERIES,
-            {
-                "ids": [d.delivery_id for d in created],
-                "sources": [d.source for d in created],
-                "statuses": [d.status for d in created],
-                "templates": [d.request.template for d in created],
-                "locales": [d.content.locale for d in created],
-                "digests": [d.content.template_digest for d in created],
-                "priorities": [int(d.request.priority) for d in created],
-                "send_at": [d.send_at for d in created],
-                "expires_at": [d.request.expires_at for d in created],
-                "keys": [d.idempotency_key for d in created],
-                "message_ids": [d.message_id for d in created],
-                "tags": [orjson.dumps(d.request.tags).decode() for d in created],
-                "resend_of": [d.resend_of for d in created],
-                "created": [d.accepted_at for d in created],
-                "traceparents": [d.traceparent for d in created],
-            },
-        )
+        try:
+            await conn.execute(
+                _INSERT_DELIVERIES,
+                {
+                    "ids": [d.delivery_id for d in created],
+                    "sources": [d.source for d in created],
+                    "statuses": [d.status for d in created],
+                    "templates": [d.request.template for d in created],
+                    "locales": [d.content.locale for d in created],
+                    "digests": [d.content.template_digest for d in created],
+                    "priorities": [int(d.request.priority) for d in created],
+                    "send_at": [d.send_at for d in created],
+                    "expires_at": [d.request.expires_at for d in created],
+                    "keys": [d.idempotency_key for d in created],
+                    "message_ids": [d.message_id for d in created],
+                    "tags": [orjson.dumps(d.request.tags).decode() for d in created],
+                    "resend_of": [d.resend_of for d in created],
+                    "created": [d.accepted_at for d in created],
+                    "traceparents": [d.traceparent for d in created],
+                },
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            if exc.constraint_name != "deliveries_resend_of_fkey":
+                raise
+            # retention deleted the original between the resend reading it and this insert
+            raise NotFound("the delivery to resend was deleted (retention) while it was being resent") from exc
         ids, positions, kinds, addresses, names = [], [], [], [], []
         for d in created:
             for position, recipient in enumerate(d.request.recipients):
