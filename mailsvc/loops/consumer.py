@@ -138,55 +138,59 @@ class StreamConsumer:
         log.info("consumer_started", extra={"stream": self.stream_key, "offset": self.offset})
         backoff = 0.1
         ahead: _ReadAhead | None = None  # the next batch, read and prepared while the last one committed
-        while not self._stopping.is_set() and self.lock.held:
-            try:
-                if ahead is None:
-                    read = await self._read(self.offset, self.block_ms)
-                    if read is None:
-                        return  # stopping
-                    (info, entries), prepared = read, None
-                else:
-                    info, entries, prepared, ahead = ahead.info, ahead.entries, ahead.prepared, None
-                self._note_size(info)
-                if await self._detect_gap_or_reset(info, stored):
-                    if prepared is not None:
-                        prepared.abandon(RuntimeError("stream gap or reset"))
-                    stored = self.offset
-                    continue
-                if not entries:
-                    backoff = 0.1
-                    continue
-                last_id = entries[-1][0]
-                if prepared is None:
-                    prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
-                commit = asyncio.ensure_future(
-                    self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
-                )
-                if len(entries) >= self.count:  # a backlog: overlap the next read and prepare with this commit
-                    ahead = await self._read_ahead(last_id, commit)
+        try:
+            while not self._stopping.is_set() and self.lock.held:
                 try:
-                    result = await commit
-                except BaseException as exc:
-                    if ahead is not None:
-                        ahead.prepared.abandon(exc)
-                        ahead = None
-                    raise
-                stored = self.offset = last_id
-                self._note_read(len(entries))
-                self._count(result)
-                self.on_batch(result)
-                backoff = 0.1
-            except OffsetMoved:
-                log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
-                return
-            except (RedisError, OSError, StoreUnavailable) as exc:
-                log.warning(
-                    "consumer_dependency_unavailable",
-                    extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
-                )
-                if await wait_for_event(self._stopping, backoff):
+                    if ahead is None:
+                        read = await self._read(self.offset, self.block_ms)
+                        if read is None:
+                            return  # stopping
+                        (info, entries), prepared = read, None
+                    else:
+                        info, entries, prepared, ahead = ahead.info, ahead.entries, ahead.prepared, None
+                    self._note_size(info)
+                    if await self._detect_gap_or_reset(info, stored):
+                        if prepared is not None:
+                            prepared.abandon(RuntimeError("stream gap or reset"))
+                        stored = self.offset
+                        continue
+                    if not entries:
+                        backoff = 0.1
+                        continue
+                    last_id = entries[-1][0]
+                    if prepared is None:
+                        prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
+                    commit = asyncio.ensure_future(
+                        self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
+                    )
+                    if len(entries) >= self.count:  # a backlog: overlap the next read and prepare with this commit
+                        ahead = await self._read_ahead(last_id, commit)
+                    try:
+                        result = await commit
+                    except BaseException as exc:
+                        if ahead is not None:
+                            ahead.prepared.abandon(exc)
+                            ahead = None
+                        raise
+                    stored = self.offset = last_id
+                    self._note_read(len(entries))
+                    self._count(result)
+                    self.on_batch(result)
+                    backoff = 0.1
+                except OffsetMoved:
+                    log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
                     return
-                backoff = min(backoff * 2, self.max_backoff)
+                except (RedisError, OSError, StoreUnavailable) as exc:
+                    log.warning(
+                        "consumer_dependency_unavailable",
+                        extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
+                    )
+                    if await wait_for_event(self._stopping, backoff):
+                        return
+                    backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            if ahead is not None:  # read ahead, never to be committed by this turn: end its spans
+                ahead.prepared.abandon(RuntimeError("consumer stopped before committing the read-ahead"))
 
     async def _read_ahead(self, after: str, commit: asyncio.Future[BatchResult]) -> _ReadAhead | None:
         """The batch after `after`, read without blocking and prepared while `commit` runs; None
