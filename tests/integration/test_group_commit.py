@@ -94,14 +94,22 @@ async def until_transactions(inner: GatedIntakeStore, count: int) -> None:
     raise AssertionError(f"{inner.transactions}")
 
 
-async def test_calls_arriving_during_a_transaction_share_the_next_one(
+async def first_in_flight(
     engine: AsyncEngine, builder: AcceptanceService
-) -> None:
+) -> tuple[GatedIntakeStore, GroupCommitStore, asyncio.Task[list[KeyOutcome]]]:
+    """A group-commit store whose first transaction (delivery "a") is open and held at the gate."""
     inner = GatedIntakeStore(engine)
     store = GroupCommitStore(inner)
     inner.gate.clear()
     first = asyncio.create_task(accept(store, delivery(builder, "a")))
-    await until_transactions(inner, 1)  # "a" is in flight: the next three queue behind it
+    await until_transactions(inner, 1)
+    return inner, store, first
+
+
+async def test_calls_arriving_during_a_transaction_share_the_next_one(
+    engine: AsyncEngine, builder: AcceptanceService
+) -> None:
+    inner, store, first = await first_in_flight(engine, builder)  # the next three queue behind "a"
     others = [asyncio.create_task(accept(store, delivery(builder, key))) for key in ("b", "c", "d")]
     await asyncio.sleep(0)
     inner.gate.set()
@@ -115,11 +123,7 @@ async def test_calls_arriving_during_a_transaction_share_the_next_one(
 async def test_a_key_repeated_within_one_transaction_is_judged_as_if_sequential(
     engine: AsyncEngine, builder: AcceptanceService
 ) -> None:
-    inner = GatedIntakeStore(engine)
-    store = GroupCommitStore(inner)
-    inner.gate.clear()
-    first = asyncio.create_task(accept(store, delivery(builder, "x")))
-    await until_transactions(inner, 1)
+    inner, store, first = await first_in_flight(engine, builder)
     again = asyncio.create_task(accept(store, delivery(builder, "k")))
     replay = asyncio.create_task(accept(store, delivery(builder, "k")))
     conflict = asyncio.create_task(accept(store, delivery(builder, "k", subject="Another")))
@@ -135,11 +139,7 @@ async def test_a_key_repeated_within_one_transaction_is_judged_as_if_sequential(
 async def test_a_failing_batch_is_retried_one_by_one_so_only_the_bad_request_fails(
     engine: AsyncEngine, builder: AcceptanceService
 ) -> None:
-    inner = GatedIntakeStore(engine)
-    store = GroupCommitStore(inner)
-    inner.gate.clear()
-    first = asyncio.create_task(accept(store, delivery(builder, "a")))
-    await until_transactions(inner, 1)
+    inner, store, first = await first_in_flight(engine, builder)
     good = asyncio.create_task(accept(store, delivery(builder, "b")))
     # a resend of a delivery that no longer exists: the real foreign key refuses the whole statement
     bad = asyncio.create_task(accept(store, delivery(builder, "gone", resend_of=uuid.uuid4())))
@@ -181,11 +181,7 @@ async def test_stream_batches_pass_straight_through(engine: AsyncEngine, builder
 async def test_a_caller_that_goes_away_does_not_cancel_the_batch(
     engine: AsyncEngine, builder: AcceptanceService
 ) -> None:
-    inner = GatedIntakeStore(engine)
-    store = GroupCommitStore(inner)
-    inner.gate.clear()
-    leaving = asyncio.create_task(accept(store, delivery(builder, "a")))
-    await until_transactions(inner, 1)
+    inner, store, leaving = await first_in_flight(engine, builder)
     leaving.cancel()
     staying = asyncio.create_task(accept(store, delivery(builder, "b")))
     await asyncio.sleep(0)
