@@ -21,13 +21,13 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check mailsvc tests migrations
-	$(BIN)/ruff format --check mailsvc tests migrations
+	$(BIN)/ruff check mailsvc bench devtools tests migrations
+	$(BIN)/ruff format --check mailsvc bench devtools tests migrations
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix mailsvc tests migrations
-	$(BIN)/ruff format mailsvc tests migrations
+	$(BIN)/ruff check --fix mailsvc bench devtools tests migrations
+	$(BIN)/ruff format mailsvc bench devtools tests migrations
 
 bench: $(STAMP)
 	$(BIN)/mailsvc bench

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mailsvc.bench.postfix import PostfixUnavailable, prepare_smtp_sink
+from bench.postfix import PostfixUnavailable, prepare_smtp_sink
 from tests.support.infra import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from mailsvc.adapters.embedded import free_port
+from devtools.embedded import free_port
 from tests.support.infra import PostgresServer, redis_host_port, unique_name
 from tests.support.intake import command, connect, raw_payload, wait_for_offset
 from tests.support.process import ServiceProcess, running_service

@@ -7,7 +7,7 @@ import signal
 
 import httpx
 
-from mailsvc.adapters.embedded import free_port
+from devtools.embedded import free_port
 from tests.support.process import running_service, start_service
 
 

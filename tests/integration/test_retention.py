@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.embedded import free_port
+from devtools.embedded import free_port
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.loops.retention import RetentionCounts, RetentionLoop, RetentionPolicy

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from mailsvc.adapters.embedded import EmbeddedRedis, free_port
+from devtools.embedded import EmbeddedRedis, free_port
 from tests.support.infra import wait_until
 from tests.support.intake import (
     Fields,

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from mailsvc.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from mailsvc.settings import parse_host_port
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import mailsvc
-from mailsvc.adapters.embedded import free_port
-from mailsvc.bench.payloads import FROM_EMAIL
-from mailsvc.bench.processes import BenchError, stop_process
+from bench.payloads import FROM_EMAIL
+from bench.processes import BenchError, stop_process
+from devtools.embedded import free_port
 
 _READY_TIMEOUT = 60.0
 _SHUTDOWN = 10

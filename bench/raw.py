@@ -9,8 +9,8 @@ import time
 
 from aiosmtplib import SMTP
 
-from mailsvc.bench.payloads import PayloadKind, raw_message
-from mailsvc.bench.sinks import Sink, wait_for_count
+from bench.payloads import PayloadKind, raw_message
+from bench.sinks import Sink, wait_for_count
 
 
 async def _connection(port: int, quota: list[int], sender: str, recipients: list[str], message: bytes) -> None:

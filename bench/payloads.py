@@ -68,8 +68,8 @@ def http_payload(index: int) -> dict[str, Any]:
 def _content(payload: dict[str, Any]) -> tuple[str, str, str | None]:
     if "template" not in payload:
         return payload["subject"], payload["text"], payload["html"]
+    from bench.service import template_dir
     from mailsvc.adapters.templates import TemplateCatalog
-    from mailsvc.bench.service import template_dir
 
     rendered = TemplateCatalog.load(template_dir()).render(payload["template"], None, payload["variables"])
     return rendered.subject, rendered.text, rendered.html

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import mailsvc
-from mailsvc.bench.stats import median_figures
+from bench.stats import median_figures
 
 _PACKAGES = ("mailsvc", "aiosmtplib", "asyncpg", "redis", "sqlalchemy", "starlette", "uvicorn", "uvloop", "orjson",
              "aiosmtpd", "httpx")  # fmt: skip

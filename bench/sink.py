@@ -1,6 +1,6 @@
 """The Python SMTP sink: a separate process that accepts every message, counts it and stamps its arrival.
 
-    python -m mailsvc.bench.sink [--host 127.0.0.1] [--port 0]
+    python -m bench.sink [--host 127.0.0.1] [--port 0]
 
 Protocol (one JSON object per line on stdout, commands one per line on stdin):
 
@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from mailsvc.bench.stats import summarize_ns
+from bench.stats import summarize_ns
 
 _SENT_HEADER = re.compile(rb"(?im)^X-Bench-Sent-Ns:[ \t]*(\d+)")
 
@@ -130,7 +130,7 @@ async def serve(host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailsvc.bench.sink", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (reported in the ready line)")
     args = parser.parse_args(argv)

@@ -22,9 +22,9 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from mailsvc.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
+from bench.processes import BenchError
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from mailsvc.adapters.postgres.migrations import upgrade
-from mailsvc.bench.processes import BenchError
 from mailsvc.settings import parse_host_port
 
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -12,11 +12,11 @@ from typing import Any
 
 import asyncpg
 
-from mailsvc.bench.infra import BenchEnv, unique_token
-from mailsvc.bench.payloads import PayloadKind
-from mailsvc.bench.processes import BenchError
-from mailsvc.bench.service import Running, ServiceOptions, running_services
-from mailsvc.bench.sinks import Sink, start_sink
+from bench.infra import BenchEnv, unique_token
+from bench.payloads import PayloadKind
+from bench.processes import BenchError
+from bench.service import Running, ServiceOptions, running_services
+from bench.sinks import Sink, start_sink
 
 RunResult = dict[str, Any]  # {"figures": {name: number}, "details": {...}}
 

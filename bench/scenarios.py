@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mailsvc.bench.context import Bench, RunResult, run_token, table_counts, wait_for_offset
-from mailsvc.bench.payloads import fields_for, xadd_backlog, xadd_paced
-from mailsvc.bench.processes import BenchError
-from mailsvc.bench.raw import raw_ceiling
-from mailsvc.bench.sinks import wait_for_count
+from bench.context import Bench, RunResult, run_token, table_counts, wait_for_offset
+from bench.payloads import fields_for, xadd_backlog, xadd_paced
+from bench.processes import BenchError
+from bench.raw import raw_ceiling
+from bench.sinks import wait_for_count
 
 _QUICK_E2E = 5_000
 

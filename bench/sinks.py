@@ -1,6 +1,6 @@
 """The driver's side of the SMTP sinks: start one in its own process, count, wait, stop.
 
-- `python`: `mailsvc.bench.sink` (aiosmtpd); stamps each arrival and reads `X-Bench-Sent-Ns`, so it
+- `python`: `bench.sink` (aiosmtpd); stamps each arrival and reads `X-Bench-Sent-Ns`, so it
   is the one for latency. Tops out near 2,500 messages/s on a 2-core machine.
 - `postfix`: Postfix's C `smtp-sink -c`, whose running counters go to a file we read the tail of;
   an arrival is timed when we see the counter move (polled every few milliseconds).
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mailsvc.adapters.embedded import free_port
-from mailsvc.bench.postfix import PostfixUnavailable, SmtpSinkBinary, prepare_smtp_sink
-from mailsvc.bench.processes import BenchError, stop_process
+from bench.postfix import PostfixUnavailable, SmtpSinkBinary, prepare_smtp_sink
+from bench.processes import BenchError, stop_process
+from devtools.embedded import free_port
 
 SinkKind = Literal["python", "postfix"]
 _POLL = 0.005
@@ -76,7 +76,7 @@ class PythonSink:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "mailsvc.bench.sink",
+            "bench.sink",
             "--port",
             "0",
             stdin=asyncio.subprocess.PIPE,

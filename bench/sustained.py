@@ -10,14 +10,14 @@ from typing import Any
 
 import orjson
 
-from mailsvc.bench.context import Bench, RunResult, run_token, table_counts
-from mailsvc.bench.http_client import Connection, HttpError
-from mailsvc.bench.payloads import fields_for, http_payload, xadd_paced
-from mailsvc.bench.processes import BenchError
-from mailsvc.bench.scenarios import fixed_rate
-from mailsvc.bench.service import Running
-from mailsvc.bench.sinks import wait_for_count
-from mailsvc.bench.stats import summarize_ns
+from bench.context import Bench, RunResult, run_token, table_counts
+from bench.http_client import Connection, HttpError
+from bench.payloads import fields_for, http_payload, xadd_paced
+from bench.processes import BenchError
+from bench.scenarios import fixed_rate
+from bench.service import Running
+from bench.sinks import wait_for_count
+from bench.stats import summarize_ns
 
 _PATH = "/api/v1/internal/deliveries"
 

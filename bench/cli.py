@@ -81,12 +81,12 @@ def _settings(args: argparse.Namespace, scenarios: list[str]) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from mailsvc.bench import report, scenarios, sustained
-    from mailsvc.bench.context import Bench, Sizes
-    from mailsvc.bench.infra import DEFAULT_POSTGRES_DSN, DEFAULT_REDIS_ADDR, bench_env
-    from mailsvc.bench.processes import BenchError
-    from mailsvc.bench.service import ServiceOptions
-    from mailsvc.bench.stats import median_figures
+    from bench import report, scenarios, sustained
+    from bench.context import Bench, Sizes
+    from bench.infra import DEFAULT_POSTGRES_DSN, DEFAULT_REDIS_ADDR, bench_env
+    from bench.processes import BenchError
+    from bench.service import ServiceOptions
+    from bench.stats import median_figures
 
     runners: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
         "acceptance": scenarios.acceptance, "e2e": scenarios.e2e, "scaleout": scenarios.scaleout,
