@@ -175,6 +175,9 @@ def _bad_commands() -> list[tuple[str, Fields]]:
         ("validation_failed", command(raw_payload(0, send_at="0001-01-01T00:00:00+01:00"), "year-zero")),
         ("invalid_json", command(b'{"text": "\\ud800"}', "lone-surrogate")),
         ("invalid_json", command(b'{"text": 1e999}', "infinity")),
+        # the fields besides the payload are bounded (16 KiB): refused before anything is decoded
+        ("entry_too_large", {**command(good, "fifty-mb-traceparent"), b"traceparent": b"00-" + b"a" * 50_000_000}),
+        ("entry_too_large", {**command(good, "many-fields"), **{f"f{i}".encode(): b"v" * 64 for i in range(300)}}),
     ]
 
 
