@@ -17,6 +17,8 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from mailsvc.adapters.template_filters import paragraphs, safe_url
+
 MANIFEST = "manifest.toml"
 SUBJECT, BODY_TEXT, BODY_HTML = "subject.txt", "body.txt", "body.html"
 LOCALE_FILES = (SUBJECT, BODY_TEXT, BODY_HTML)  # also the order the digest reads them in
@@ -105,13 +107,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 
 def _environment(*, autoescape: bool) -> jinja2.Environment:
-    return _Sandbox(
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
     )
+    env.filters["safe_url"] = safe_url
+    if autoescape:  # HTML markup: only for the HTML bodies (a text template using it fails to load)
+        env.filters["paragraphs"] = paragraphs
+    return env
 
 
 def _visible(directory: Path) -> list[Path]:

@@ -140,6 +140,11 @@ def _nul_paths(payload: Any) -> list[str]:
     return sorted(found)
 
 
+def utf8_size(text: str) -> int:
+    """Bytes `text` takes in UTF-8, without encoding it when it is ASCII (nearly always)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def valid_idempotency_key(key: str) -> bool:
     return IDEMPOTENCY_KEY.fullmatch(key) is not None
 

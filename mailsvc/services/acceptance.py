@@ -17,8 +17,15 @@ from uuid import UUID
 
 from opentelemetry import trace
 
-from mailsvc.adapters.templates import MissingVariables, TemplateError, UnknownTemplate
-from mailsvc.domain.commands import Problem, SendRequest, ValidationFailed, parse_send_request, request_hash
+from mailsvc.adapters.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
+from mailsvc.domain.commands import (
+    Problem,
+    SendRequest,
+    ValidationFailed,
+    parse_send_request,
+    request_hash,
+    utf8_size,
+)
 from mailsvc.domain.ids import uuid7
 from mailsvc.domain.mime import build_mime, make_message_id
 from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source, Status
@@ -36,7 +43,9 @@ def utc_now() -> datetime:
 
 
 class Renderer(Protocol):
-    def render(self, template_id: str, locale: str | None, variables: Any) -> RenderedContent: ...
+    def render(self, template_id: str, locale: str | None, variables: Any, *, max_bytes: int) -> RenderedContent:
+        """Raise `TemplateError` (`RenderTooLarge` once a body passes `max_bytes`)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +131,12 @@ class BatchResult:
     malformed_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _template_problem(error: TemplateError) -> tuple[str, str]:
+def _template_problem(error: TemplateError) -> ValidationFailed:
     if isinstance(error, MissingVariables):
-        return "missing_variables", f"missing template variables: {', '.join(error.names)}"
-    if isinstance(error, UnknownTemplate):
-        return "unknown_template", str(error)
-    return "render_failed", str(error)
+        message = f"missing template variables: {', '.join(error.names)}"
+    else:
+        message = str(error)
+    return ValidationFailed([Problem(error.field, message)], reason=error.reason)
 
 
 class AcceptanceService:
@@ -140,6 +149,7 @@ class AcceptanceService:
         suppress_auth: bool,
         idempotency_ttl: timedelta,
         stream_key: str,
+        max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
         wake_scheduler: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
@@ -151,6 +161,7 @@ class AcceptanceService:
         self.suppress_auth = suppress_auth
         self.idempotency_ttl = idempotency_ttl
         self.stream_key = stream_key
+        self.max_rendered_bytes = max_rendered_bytes
         self.wake_scheduler = wake_scheduler
         self.clock = clock
         self.instruments = instruments
@@ -158,11 +169,22 @@ class AcceptanceService:
     # -- preparing (pure CPU) -------------------------------------------------------------
 
     def render(self, request: SendRequest) -> RenderedContent:
-        """Render a validated request once; raise `TemplateError` for template problems."""
+        """Render a validated request once; raise `TemplateError` for template problems, and
+        `ValidationFailed` (`render_too_large`) for raw bodies over `max_rendered_bytes`."""
         if request.template is not None:
-            return self.renderer.render(request.template, request.locale, request.variables)
+            return self.renderer.render(
+                request.template, request.locale, request.variables, max_bytes=self.max_rendered_bytes
+            )
         assert request.subject is not None
         assert request.text is not None
+        limit = self.max_rendered_bytes
+        oversized = [
+            Problem(name, f"must be at most {limit} bytes (MAIL_MAX_RENDERED_BYTES)")
+            for name, body in (("text", request.text), ("html", request.html))
+            if body is not None and len(body) * 4 > limit and utf8_size(body) > limit
+        ]
+        if oversized:
+            raise ValidationFailed(oversized, reason="render_too_large")
         return RenderedContent(subject=request.subject, text=request.text, html=request.html)
 
     def prepare(
@@ -179,8 +201,7 @@ class AcceptanceService:
         try:
             content = self.render(request)
         except TemplateError as error:
-            reason, message = _template_problem(error)
-            raise ValidationFailed([Problem("template", message)], reason=reason) from None
+            raise _template_problem(error) from None
         return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
 
     def build(

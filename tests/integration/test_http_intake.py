@@ -299,6 +299,17 @@ async def test_each_rule_is_a_422_naming_the_field(
     assert await intake.deliveries(key) == []
 
 
+async def test_a_render_past_the_limit_is_422_and_stores_nothing(intake: Intake, key: str) -> None:
+    # 256 KiB of short paragraphs: 4 MB of HTML if rendered in full (MAIL_MAX_RENDERED_BYTES is 1 MiB)
+    variables = {"title": "T", "body": "a\n\n" * (256 * 1024 // 3)}
+    response = await intake.post(payload(template="notification.generic", locale="en", variables=variables), key)
+    error = error_of(response, 422, "validation_failed")
+    (detail,) = error["details"]
+    assert detail["field"] == "template"
+    assert "HTML body is longer than 1048576 bytes" in detail["message"]
+    assert await intake.deliveries(key) == []
+
+
 async def test_idn_domain_is_stored_in_punycode(intake: Intake, key: str) -> None:
     assert (await intake.post(payload(to=["ann@bücher.example"]), key)).status_code == 202
     (row,) = await intake.deliveries(key)

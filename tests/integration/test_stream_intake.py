@@ -202,6 +202,50 @@ async def test_bad_bytes_are_recorded_and_the_consumer_keeps_going(
         assert not service.events("loop_crashed")
 
 
+# -- rendering is bounded: subject 998 characters, each body MAIL_MAX_RENDERED_BYTES ---------------
+
+
+def _generic(**variables: str) -> dict[str, Any]:
+    return {
+        "to": ["ann@example.com"],
+        "template": "notification.generic",
+        "variables": {"title": "Title", "body": "Body", **variables},
+    }
+
+
+async def test_renders_past_their_bounds_are_malformed_and_the_rest_is_accepted(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
+) -> None:
+    env = {**service_env, "MAIL_MAX_RENDERED_BYTES": "16KiB"}
+    limit = 16 * 1024
+    too_large = [
+        command(_generic(body="a\n\n" * 2000), "amplified"),  # a 6 KB variable, ~80 KB of HTML paragraphs
+        command(_generic(title="x" * 999), "long-subject"),
+        command(raw_payload(0, text="é" * (limit // 2 + 1)), "raw-text"),  # bytes count, not characters
+        command(raw_payload(0, html="x" * (limit + 1)), "raw-html"),
+    ]
+    fitting = [
+        command(raw_payload(1, text="é" * (limit // 2)), "raw-at-limit"),
+        command(_generic(title="x" * 998, body="a\n\n" * 100), "generic-within"),
+    ]
+    async with connect(database_dsn) as db, running_service(env):
+        ids = await xadd_all(redis_client, stream_key, [*too_large, *fitting])
+        await wait_for_offset(db, stream_key, ids[-1])
+        assert await malformed_by_entry(db) == dict.fromkeys(ids[: len(too_large)], "render_too_large")
+        assert sorted(await delivery_keys(db)) == ["generic-within", "raw-at-limit"]
+        messages = await db.fetch("SELECT idempotency_key, message FROM malformed_commands ORDER BY stream_entry_id")
+        by_key = {row["idempotency_key"]: row["message"] for row in messages}
+        assert "HTML body is longer than 16384 bytes" in by_key["amplified"]
+        assert "subject is longer than 998 characters" in by_key["long-subject"]
+        assert by_key["raw-text"].startswith("text: must be at most 16384 bytes")
+        assert by_key["raw-html"].startswith("html: must be at most 16384 bytes")
+        stored = await db.fetchval(
+            "SELECT length(text_body) FROM delivery_payloads JOIN deliveries USING (delivery_id) "
+            "WHERE idempotency_key = 'raw-at-limit'"
+        )
+        assert stored == limit // 2
+
+
 # -- resets and gaps -------------------------------------------------------------------------
 
 
