@@ -29,6 +29,9 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MANIFEST_KEYS = frozenset({"description", "default_locale", "variables"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default"})
+# an href whose value starts with an expression: the scheme comes from a variable
+_HREF_EXPRESSION = re.compile(r"""\bhref\s*=\s*["']?\s*\{\{(.*?)\}\}""", re.IGNORECASE | re.DOTALL)
+_THROUGH_SAFE_URL = re.compile(r"\|\s*safe_url\s*-?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +290,8 @@ class _TemplateLoader:
                 self._problem(where, "is empty")
                 return None
         env = self._html_env if where.endswith(".html") else self._text_env
+        if env is self._html_env:
+            self._check_links(where, source)
         name = f"{self._id}/{where}"
         try:
             ast = env.parse(source, name=name)
@@ -295,6 +300,13 @@ class _TemplateLoader:
         except jinja2.TemplateSyntaxError as exc:
             self._problem(f"{where}:{exc.lineno}", exc.message or "syntax error")
         return None
+
+    def _check_links(self, where: str, source: str) -> None:
+        """Every `href="{{ … }}"` passes its URL through `safe_url` (SPEC §6: http/https only)."""
+        for match in _HREF_EXPRESSION.finditer(source):
+            if not _THROUGH_SAFE_URL.search(match.group(1).strip()):
+                line = source.count("\n", 0, match.start()) + 1
+                self._problem(f"{where}:{line}", "a link's URL must pass through the safe_url filter")
 
     def _check_names(
         self, where: str, ast: nodes.Template, env: jinja2.Environment, declared: frozenset[str] | None

@@ -310,6 +310,17 @@ async def test_a_render_past_the_limit_is_422_and_stores_nothing(intake: Intake,
     assert await intake.deliveries(key) == []
 
 
+@pytest.mark.parametrize("url", ["javascript:alert(1)", " JavaScript:alert(1)", "data:text/html,<script>x</script>"])
+async def test_a_link_that_is_not_http_or_https_is_422(intake: Intake, key: str, url: str) -> None:
+    variables = {"reset_url": url, "expires_in_minutes": 30}
+    response = await intake.post(payload(template="auth.password_reset", locale="en", variables=variables), key)
+    error = error_of(response, 422, "validation_failed")
+    (detail,) = error["details"]
+    assert detail["field"] == "variables.reset_url"
+    assert url not in response.text  # a reset link carries a token: never echoed back
+    assert await intake.deliveries(key) == []
+
+
 async def test_idn_domain_is_stored_in_punycode(intake: Intake, key: str) -> None:
     assert (await intake.post(payload(to=["ann@bücher.example"]), key)).status_code == 202
     (row,) = await intake.deliveries(key)

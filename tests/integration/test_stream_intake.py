@@ -162,6 +162,14 @@ async def test_repeated_key_in_one_batch_is_judged_against_the_stored_request(
 # -- bad bytes and poison payloads: a malformed record each, never a stuck offset ----------------
 
 
+def _generic(**variables: str) -> dict[str, Any]:
+    return {
+        "to": ["ann@example.com"],
+        "template": "notification.generic",
+        "variables": {"title": "Title", "body": "Body", **variables},
+    }
+
+
 def _bad_commands() -> list[tuple[str, Fields]]:
     good = orjson.dumps(raw_payload(0))
     return [
@@ -175,6 +183,8 @@ def _bad_commands() -> list[tuple[str, Fields]]:
         ("validation_failed", command(raw_payload(0, send_at="0001-01-01T00:00:00+01:00"), "year-zero")),
         ("invalid_json", command(b'{"text": "\\ud800"}', "lone-surrogate")),
         ("invalid_json", command(b'{"text": 1e999}', "infinity")),
+        ("validation_failed", command(_generic(action_url="javascript:alert(1)"), "javascript-link")),
+        ("validation_failed", command(_generic(action_url=" DATA:text/html,<script>x</script>"), "data-link")),
         # the fields besides the payload are bounded (16 KiB): refused before anything is decoded
         ("entry_too_large", {**command(good, "fifty-mb-traceparent"), b"traceparent": b"00-" + b"a" * 50_000_000}),
         ("entry_too_large", {**command(good, "many-fields"), **{f"f{i}".encode(): b"v" * 64 for i in range(300)}}),
@@ -203,14 +213,6 @@ async def test_bad_bytes_are_recorded_and_the_consumer_keeps_going(
 
 
 # -- rendering is bounded: subject 998 characters, each body MAIL_MAX_RENDERED_BYTES ---------------
-
-
-def _generic(**variables: str) -> dict[str, Any]:
-    return {
-        "to": ["ann@example.com"],
-        "template": "notification.generic",
-        "variables": {"title": "Title", "body": "Body", **variables},
-    }
 
 
 async def test_renders_past_their_bounds_are_malformed_and_the_rest_is_accepted(
