@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -36,6 +37,9 @@ from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans, NoCom
 
 log = logging.getLogger("mailsvc.acceptance")
 Clock = Callable[[], datetime]
+# how long a batch is prepared before the event loop gets a turn: HTTP requests, SMTP attempts and
+# the commit in flight wait at most this (plus one entry, itself bounded by the render limit)
+PREPARE_SLICE_S = 0.005
 
 
 def utc_now() -> datetime:
@@ -153,6 +157,7 @@ class AcceptanceService:
         wake_scheduler: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
+        prepare_slice_s: float = PREPARE_SLICE_S,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -165,6 +170,7 @@ class AcceptanceService:
         self.wake_scheduler = wake_scheduler
         self.clock = clock
         self.instruments = instruments
+        self.prepare_slice_s = prepare_slice_s
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -295,19 +301,24 @@ class AcceptanceService:
         """Accept a whole XREAD batch with its offset in one transaction."""
         return await self.commit_stream_batch(await self.prepare_stream_batch(entries), offset)
 
-    async def prepare_stream_batch(
-        self, entries: Sequence[StreamCommand | MalformedCommand], *, yield_every: int = 0
-    ) -> PreparedBatch:
-        """Validate, render and build a batch (pure CPU, nothing persisted). With `yield_every`, it
-        lets the event loop run every so many entries, so a transaction in flight (the previous
-        batch's) keeps moving while this one is prepared."""
+    async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
+        """Validate, render and build a batch (CPU only, nothing persisted).
+
+        Between entries it lets the event loop run once every `prepare_slice_s` of work, so a
+        backlog of large commands never holds HTTP requests, SMTP attempts or the transaction in
+        flight for long; a batch of small commands pays one clock read per entry. `entries` may be
+        lazy (a generator decoding stream entries): the decoding then happens in the slices too.
+        """
         tracing = self.instruments.tracing
         spans = CommandSpans(self.instruments.tracer, self.stream_key) if tracing else NO_COMMAND_SPANS
         batch = PreparedBatch(spans=spans)
         malformed, prepared = batch.malformed, batch.deliveries
-        for index, entry in enumerate(entries, 1):
-            if yield_every and index % yield_every == 0:
+        clock, slice_s = time.perf_counter, self.prepare_slice_s
+        slice_started = clock()
+        for entry in entries:
+            if clock() - slice_started >= slice_s:
                 await asyncio.sleep(0)
+                slice_started = clock()
             span = spans.start(entry)
             if isinstance(entry, MalformedCommand):
                 spans.malformed(span, entry.reason)
