@@ -70,6 +70,9 @@ class NewDelivery:
     stream_entry_id: str | None = None
     raw_fields: bytes | None = None  # for a stream command that turns out to conflict
     traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
+    # set when the request fails validation only because time passed (its `expires_at`): it may
+    # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
+    replay_only: ValidationFailed | None = None
 
     @property
     def send_at(self) -> datetime:
@@ -78,9 +81,14 @@ class NewDelivery:
 
 @dataclass(frozen=True, slots=True)
 class KeyOutcome:
-    """What the store found for one idempotency key."""
+    """What the store found for one idempotency key.
 
-    kind: Literal["created", "duplicate", "conflict"]
+    `refused` is only ever the outcome of a replay-only delivery whose key holds no (unexpired)
+    request: its validation error stands, and `delivery_id` is its own, never stored. A replay-only
+    delivery whose key holds the same request is a `duplicate`, one holding another a `conflict`.
+    """
+
+    kind: Literal["created", "duplicate", "conflict", "refused"]
     delivery_id: UUID
     status: Status
 
@@ -103,7 +111,8 @@ class AcceptanceStore(Protocol):
         idempotency_ttl: timedelta,
     ) -> list[KeyOutcome]:
         """Persist in one transaction, one outcome per delivery (a key may repeat in the batch:
-        each repeat is a duplicate or a conflict); conflicting stream commands become malformed rows."""
+        each repeat is a duplicate or a conflict); a replay-only delivery only reads its key, in the
+        same transaction; conflicting and refused stream commands become malformed rows."""
         ...
 
 
@@ -221,9 +230,11 @@ class AcceptanceService:
         resend_of: UUID | None = None,
     ) -> NewDelivery:
         now = self.clock()
+        replay_only = None
         if request.send_at is None and request.expires_at is not None and request.expires_at <= now:
-            # send_at defaults to now: the delivery would expire before it could start
-            raise ValidationFailed([Problem("expires_at", "has already passed")])
+            # send_at defaults to now: the delivery would expire before it could start. Only time
+            # makes it invalid, so the store still answers a replay of the original with it (SPEC §1)
+            replay_only = ValidationFailed([Problem("expires_at", "has already passed")])
         message_id = make_message_id(self.message_id_domain)
         mime = build_mime(
             from_addr=self.from_address,
@@ -250,19 +261,22 @@ class AcceptanceService:
             mime=mime,
             accepted_at=now,
             resend_of=resend_of,
+            replay_only=replay_only,
         )
 
     # -- the doors ------------------------------------------------------------------------
 
     async def accept_request(self, source: Source, idempotency_key: str, payload: Any) -> Accepted:
-        """HTTP intake: raise `ValidationFailed` or `IdempotencyConflict`; else the delivery."""
+        """HTTP intake: raise `ValidationFailed` or `IdempotencyConflict`; else the delivery (or,
+        for a replay, the original — even when only time made the request invalid since)."""
         prepared = self.prepare(
             source=source, idempotency_key=idempotency_key, payload=payload, digest=request_hash(payload)
         )
         return await self.persist_one(prepared)
 
     async def persist_one(self, prepared: NewDelivery) -> Accepted:
-        """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`."""
+        """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`, or the
+        `ValidationFailed` of a replay-only delivery whose key holds no request."""
         if not self.instruments.tracing:
             return await self._persist_one(prepared)
         with self.instruments.tracer.start_as_current_span(
@@ -287,6 +301,9 @@ class AcceptanceService:
         )
         if outcome.kind == "conflict":
             raise IdempotencyConflict(prepared.idempotency_key)
+        if outcome.kind == "refused":
+            assert prepared.replay_only is not None
+            raise prepared.replay_only
         if outcome.kind == "created":
             self.instruments.deliveries_accepted.add(1, {"source": prepared.source})
             if outcome.status in TERMINAL_STATUSES:  # suppressed at the door
@@ -373,9 +390,10 @@ class AcceptanceService:
         except BaseException as exc:
             spans.failed(exc)
             raise
-        spans.settled(outcomes)
+        spans.settled(outcomes, [d.replay_only.reason if d.replay_only else None for d in batch.deliveries])
         woke = False
-        for outcome in outcomes:
+        reasons = result.malformed_reasons
+        for delivery, outcome in zip(batch.deliveries, outcomes, strict=True):
             if outcome.kind == "created":
                 result.accepted += 1
                 woke |= outcome.status == "queued"
@@ -383,12 +401,13 @@ class AcceptanceService:
                 result.duplicate += 1
             else:
                 result.malformed += 1
-                result.malformed_reasons["idempotency_conflict"] = (
-                    result.malformed_reasons.get("idempotency_conflict", 0) + 1
-                )
+                reason = "idempotency_conflict"
+                if outcome.kind == "refused" and delivery.replay_only is not None:
+                    reason = delivery.replay_only.reason
+                reasons[reason] = reasons.get(reason, 0) + 1
         result.malformed += len(malformed)
         for record in malformed:
-            result.malformed_reasons[record.reason] = result.malformed_reasons.get(record.reason, 0) + 1
+            reasons[record.reason] = reasons.get(record.reason, 0) + 1
         if result.accepted:
             self.instruments.deliveries_accepted.add(result.accepted, {"source": "notification"})
         if woke:

@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devtools.embedded import free_port
-from tests.support.infra import PostgresServer, redis_host_port, unique_name
+from tests.support.infra import PostgresServer, redis_host_port, unique_name, wait_until
 from tests.support.intake import command, connect, raw_payload, wait_for_offset
 from tests.support.process import ServiceProcess, running_service
 
@@ -148,6 +149,29 @@ async def test_same_key_with_a_different_body_is_a_conflict(intake: Intake, key:
     (row,) = await intake.deliveries(key)
     assert str(row["delivery_id"]) == first.json()["delivery_id"]
     assert (await intake.post(payload(), key)).status_code == 200  # the original still replays
+
+
+async def test_a_replay_after_expires_at_passed_returns_the_original(intake: Intake, key: str) -> None:
+    expires_at = datetime.now(UTC) + timedelta(seconds=2)
+    body = payload(expires_at=expires_at.isoformat())
+    first = await intake.post(body, key)
+    assert first.status_code == 202, first.text
+
+    async def passed() -> bool:
+        return datetime.now(UTC) > expires_at
+
+    await wait_until(passed, timeout=10, what="expires_at to pass")
+    again = await intake.post(body, key)
+    assert again.status_code == 200, again.text  # not 422: the same request answers with the original
+    assert again.json() == {**first.json(), "idempotent_replay": True}
+    # the key holding another request is still a conflict, a fresh key the usual validation error
+    other = payload(expires_at=expires_at.isoformat(), variables={"code": "000000", "expires_in_minutes": 10})
+    error_of(await intake.post(other, key), 409, "idempotency_key_conflict")
+    fresh = f"{key}-fresh"
+    error = error_of(await intake.post(body, fresh), 422, "validation_failed")
+    assert error["details"] == [{"field": "expires_at", "message": "has already passed"}]
+    assert len(await intake.deliveries(key)) == 1
+    assert await intake.deliveries(fresh) == []
 
 
 async def test_fifty_concurrent_requests_with_one_key_create_one_delivery(intake: Intake, key: str) -> None:

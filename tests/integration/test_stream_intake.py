@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,34 @@ async def test_repeated_key_in_one_batch_is_judged_against_the_stored_request(
         malformed = await malformed_by_entry(db)
         assert malformed == {conflict_1: "idempotency_conflict", conflict_2: "idempotency_conflict"}
         assert duplicate not in malformed
+
+
+async def test_a_replay_after_expires_at_passed_is_a_duplicate_not_a_malformed_row(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
+) -> None:
+    async with connect(database_dsn) as db, running_service(service_env):
+        expires_at = datetime.now(UTC) + timedelta(seconds=2)
+        original = raw_payload(0, expires_at=expires_at.isoformat())
+        (first,) = await xadd_all(redis_client, stream_key, [command(original, "replayed")])
+        await wait_for_offset(db, stream_key, first)
+
+        async def passed() -> bool:
+            return datetime.now(UTC) > expires_at
+
+        await wait_until(passed, timeout=10, what="expires_at to pass")
+        replay, other, unknown = await xadd_all(
+            redis_client,
+            stream_key,
+            [
+                command(orjson.dumps(original, option=orjson.OPT_INDENT_2), "replayed"),  # the same request
+                command(raw_payload(1, expires_at=expires_at.isoformat()), "replayed"),  # another one
+                command(original, "never-seen"),  # nothing to replay: the usual validation error
+            ],
+        )
+        await wait_for_offset(db, stream_key, unknown)
+        assert await delivery_keys(db) == ["replayed"]
+        assert await malformed_by_entry(db) == {other: "idempotency_conflict", unknown: "validation_failed"}
+        assert replay not in await malformed_by_entry(db)
 
 
 # -- bad bytes and poison payloads: a malformed record each, never a stuck offset ----------------

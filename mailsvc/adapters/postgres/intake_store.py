@@ -44,7 +44,7 @@ _CLAIM_KEYS = text(
 
 _EXISTING_KEYS = text(
     """
-    SELECT k.key, k.request_hash, k.delivery_id, d.status
+    SELECT k.key, k.request_hash, k.delivery_id, k.expires_at, d.status
     FROM idempotency_keys k JOIN deliveries d ON d.delivery_id = k.delivery_id
     WHERE k.source = :source AND k.key = ANY(CAST(:keys AS text[]))
     """
@@ -128,17 +128,10 @@ class IntakeStore:
             created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
             if created:
                 await self._insert_deliveries(conn, created)
-            conflicts = [
-                MalformedCommand(
-                    d.stream_entry_id,
-                    "idempotency_conflict",
-                    f"idempotency key {d.idempotency_key!r} was already used with a different payload",
-                    d.raw_fields or b"",
-                    d.idempotency_key,
-                )
-                for d, o in zip(deliveries, outcomes, strict=True)
-                if o.kind == "conflict" and d.stream_entry_id is not None
+            judged = [
+                _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
             ]
+            conflicts = [m for m in judged if m is not None]
             if malformed or conflicts:
                 await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
             if offset is not None:
@@ -151,46 +144,59 @@ class IntakeStore:
         self, conn: DriverConnection, deliveries: Sequence[NewDelivery], ttl: timedelta
     ) -> list[KeyOutcome]:
         """One outcome per delivery; a key repeated in the batch is claimed by its first delivery
-        and each repeat is judged against the request that holds the key (stored or first)."""
-        firsts: dict[tuple[str, str], NewDelivery] = {}
-        for d in deliveries:
-            firsts.setdefault((d.source, d.idempotency_key), d)
-        claiming = list(firsts.values())
-        claimed = await conn.execute(
-            _CLAIM_KEYS,
-            {
-                "sources": [d.source for d in claiming],
-                "keys": [d.idempotency_key for d in claiming],
-                "hashes": [d.request_hash for d in claiming],
-                "ids": [d.delivery_id for d in claiming],
-                "created": [d.accepted_at for d in claiming],
-                "expires": [d.accepted_at + ttl for d in claiming],
-            },
-        )
-        won = {(row[0], row[1]) for row in claimed}
-        existing: dict[tuple[str, str], Any] = {}
-        lost = [d for d in claiming if (d.source, d.idempotency_key) not in won]
-        for source in {d.source for d in lost}:
-            rows = await conn.execute(
-                _EXISTING_KEYS,
-                {"source": source, "keys": [d.idempotency_key for d in lost if d.source == source]},
+        and each repeat is judged against the request that holds the key (stored or first).
+
+        A replay-only delivery (valid but for the time that passed) claims nothing: it is judged,
+        in this transaction, against the request its key holds — stored and unexpired, or claimed
+        earlier in the batch — and `refused` when there is none (its validation error stands).
+        """
+        firsts: dict[tuple[str, str], tuple[int, NewDelivery]] = {}
+        for index, d in enumerate(deliveries):
+            if d.replay_only is None:
+                firsts.setdefault((d.source, d.idempotency_key), (index, d))
+        claiming = [d for _, d in firsts.values()]
+        won: set[tuple[str, str]] = set()
+        if claiming:
+            claimed = await conn.execute(
+                _CLAIM_KEYS,
+                {
+                    "sources": [d.source for d in claiming],
+                    "keys": [d.idempotency_key for d in claiming],
+                    "hashes": [d.request_hash for d in claiming],
+                    "ids": [d.delivery_id for d in claiming],
+                    "created": [d.accepted_at for d in claiming],
+                    "expires": [d.accepted_at + ttl for d in claiming],
+                },
             )
-            for row in rows:
-                existing[(source, row.key)] = row
+            won = {(row[0], row[1]) for row in claimed}
+        # the stored requests to judge against: keys a claim lost, and the keys replays point at
+        looked_up = [d for d in deliveries if (d.source, d.idempotency_key) not in won]
+        existing: dict[tuple[str, str], Any] = {}
+        for source in {d.source for d in looked_up}:
+            keys = sorted({d.idempotency_key for d in looked_up if d.source == source})
+            for stored in await conn.execute(_EXISTING_KEYS, {"source": source, "keys": keys}):
+                existing[(source, stored.key)] = stored
         outcomes = []
-        for d in deliveries:
+        for index, d in enumerate(deliveries):
             scope = (d.source, d.idempotency_key)
             if scope in won:
-                first = firsts[scope]
+                first_index, first = firsts[scope]
                 if d is first:
                     outcomes.append(KeyOutcome("created", d.delivery_id, d.status))
+                elif first_index > index:  # a replay-only ahead of the claim: the key held nothing yet
+                    outcomes.append(KeyOutcome("refused", d.delivery_id, d.status))
                 else:
                     kind: Literal["duplicate", "conflict"] = (
                         "duplicate" if d.request_hash == first.request_hash else "conflict"
                     )
                     outcomes.append(KeyOutcome(kind, first.delivery_id, first.status))
                 continue
-            row = existing[scope]
+            if d.replay_only is not None:
+                held = existing.get(scope)
+                if held is None or held.expires_at <= d.accepted_at:
+                    outcomes.append(KeyOutcome("refused", d.delivery_id, d.status))
+                    continue
+            row = existing[scope]  # a claim lost to a stored, unexpired key: it is there
             same = bytes(row.request_hash) == d.request_hash
             outcomes.append(KeyOutcome("duplicate" if same else "conflict", UUID(str(row.delivery_id)), row.status))
         return outcomes
@@ -296,6 +302,20 @@ class IntakeStore:
                     ),
                     {"key": stream_key, "new": to_offset},
                 )
+
+
+def _malformed(delivery: NewDelivery, outcome: KeyOutcome) -> MalformedCommand | None:
+    """The malformed row of a stream command judged a conflict or refused (HTTP raises instead)."""
+    if delivery.stream_entry_id is None:
+        return None
+    if outcome.kind == "refused" and delivery.replay_only is not None:
+        reason, message = delivery.replay_only.reason, str(delivery.replay_only)
+    else:
+        reason = "idempotency_conflict"
+        message = f"idempotency key {delivery.idempotency_key!r} was already used with a different payload"
+    return MalformedCommand(
+        delivery.stream_entry_id, reason, message, delivery.raw_fields or b"", delivery.idempotency_key
+    )
 
 
 def _reply_to(delivery: NewDelivery) -> str | None:
