@@ -7,13 +7,11 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any
 from uuid import UUID
 
 from opentelemetry import trace
@@ -33,115 +31,38 @@ from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, So
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
-from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans, NoCommandSpans
+from mailsvc.services.acceptance_types import (
+    AcceptanceStore,
+    Accepted,
+    BatchResult,
+    KeyOutcome,
+    NewDelivery,
+    OffsetAdvance,
+    PreparedBatch,
+    Renderer,
+)
+from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
+from mailsvc.services.loop_share import LoopShare
+
+__all__ = [  # the types live in acceptance_types; the doors and the store import them from here too
+    "AcceptanceService",
+    "AcceptanceStore",
+    "Accepted",
+    "BatchResult",
+    "KeyOutcome",
+    "NewDelivery",
+    "OffsetAdvance",
+    "PreparedBatch",
+    "Renderer",
+    "utc_now",
+]
 
 log = logging.getLogger("mailsvc.acceptance")
 Clock = Callable[[], datetime]
-# how long a batch is prepared before the event loop gets a turn: HTTP requests, SMTP attempts and
-# the commit in flight wait at most this (plus one entry, itself bounded by the render limit)
-PREPARE_SLICE_S = 0.005
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class Renderer(Protocol):
-    def render(self, template_id: str, locale: str | None, variables: Any, *, max_bytes: int) -> RenderedContent:
-        """Raise `TemplateError` (`RenderTooLarge` once a body passes `max_bytes`)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """One delivery ready to persist: rendered, MIME built, ids assigned."""
-
-    delivery_id: UUID
-    source: Source
-    status: Status
-    idempotency_key: str
-    request_hash: bytes
-    request: SendRequest
-    content: RenderedContent
-    message_id: str
-    mime: bytes
-    accepted_at: datetime
-    resend_of: UUID | None = None
-    stream_entry_id: str | None = None
-    raw_fields: bytes | None = None  # for a stream command that turns out to conflict
-    traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
-    # set when the request fails validation only because time passed (its `expires_at`): it may
-    # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
-    replay_only: ValidationFailed | None = None
-
-    @property
-    def send_at(self) -> datetime:
-        return self.request.send_at or self.accepted_at
-
-
-@dataclass(frozen=True, slots=True)
-class KeyOutcome:
-    """What the store found for one idempotency key.
-
-    `refused` is only ever the outcome of a replay-only delivery whose key holds no (unexpired)
-    request: its validation error stands, and `delivery_id` is its own, never stored. A replay-only
-    delivery whose key holds the same request is a `duplicate`, one holding another a `conflict`.
-    """
-
-    kind: Literal["created", "duplicate", "conflict", "refused"]
-    delivery_id: UUID
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetAdvance:
-    stream_key: str
-    expected: str | None  # the offset we read from; None when none was stored yet
-    new: str
-
-
-class AcceptanceStore(Protocol):
-    async def accept(
-        self,
-        deliveries: Sequence[NewDelivery],
-        malformed: Sequence[MalformedCommand],
-        *,
-        stream_key: str,
-        offset: OffsetAdvance | None,
-        idempotency_ttl: timedelta,
-    ) -> list[KeyOutcome]:
-        """Persist in one transaction, one outcome per delivery (a key may repeat in the batch:
-        each repeat is a duplicate or a conflict); a replay-only delivery only reads its key, in the
-        same transaction; conflicting and refused stream commands become malformed rows."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    delivery_id: UUID
-    status: Status
-    idempotent_replay: bool
-
-
-@dataclass
-class PreparedBatch:
-    """A stream batch validated, rendered and built, not yet persisted."""
-
-    deliveries: list[NewDelivery] = field(default_factory=list)
-    malformed: list[MalformedCommand] = field(default_factory=list)
-    spans: NoCommandSpans = NO_COMMAND_SPANS
-
-    def abandon(self, reason: BaseException) -> None:
-        """Never to be committed (read ahead of a batch that failed): end its spans."""
-        self.spans.failed(reason)
-
-
-@dataclass
-class BatchResult:
-    accepted: int = 0
-    duplicate: int = 0
-    malformed: int = 0
-    malformed_reasons: dict[str, int] = field(default_factory=dict)
 
 
 def _template_problem(error: TemplateError) -> ValidationFailed:
@@ -166,7 +87,7 @@ class AcceptanceService:
         wake_scheduler: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
-        prepare_slice_s: float = PREPARE_SLICE_S,
+        loop_share: LoopShare | None = None,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -179,7 +100,8 @@ class AcceptanceService:
         self.wake_scheduler = wake_scheduler
         self.clock = clock
         self.instruments = instruments
-        self.prepare_slice_s = prepare_slice_s
+        # stream batches are prepared in slices that give way to the single acceptances in flight
+        self.loop_share = loop_share or LoopShare()
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -212,12 +134,16 @@ class AcceptanceService:
         resend_of: UUID | None = None,
     ) -> NewDelivery:
         """Validate, render and build; raise `ValidationFailed` (with a reason code)."""
+        request, content = self.validate_and_render(payload)
+        return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
+
+    def validate_and_render(self, payload: Any) -> tuple[SendRequest, RenderedContent]:
+        """Raise `ValidationFailed` (with a reason code) for any payload or template problem."""
         request = parse_send_request(payload)
         try:
-            content = self.render(request)
+            return request, self.render(request)
         except TemplateError as error:
             raise _template_problem(error) from None
-        return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
 
     def build(
         self,
@@ -276,7 +202,12 @@ class AcceptanceService:
 
     async def persist_one(self, prepared: NewDelivery) -> Accepted:
         """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`, or the
-        `ValidationFailed` of a replay-only delivery whose key holds no request."""
+        `ValidationFailed` of a replay-only delivery whose key holds no request. Someone waits for
+        it: the preparation of stream batches gives way meanwhile."""
+        with self.loop_share.waited_for():
+            return await self._traced_persist_one(prepared)
+
+    async def _traced_persist_one(self, prepared: NewDelivery) -> Accepted:
         if not self.instruments.tracing:
             return await self._persist_one(prepared)
         with self.instruments.tracer.start_as_current_span(
@@ -321,33 +252,29 @@ class AcceptanceService:
     async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
         """Validate, render and build a batch (CPU only, nothing persisted).
 
-        Between entries it lets the event loop run once every `prepare_slice_s` of work, so a
-        backlog of large commands never holds HTTP requests, SMTP attempts or the transaction in
-        flight for long; a batch of small commands pays one clock read per entry. `entries` may be
-        lazy (a generator decoding stream entries): the decoding then happens in the slices too.
+        The work is cut into slices of about a millisecond (`LoopShare`): between two steps of an
+        entry (decode, validate and render, build) the event loop runs once a slice is over, and
+        waits a little for HTTP acceptances in flight — so a backlog of large commands never holds
+        HTTP requests, SMTP attempts or the transaction in flight for long. A batch of small
+        commands pays a few clock reads per entry. `entries` may be lazy (a generator decoding
+        stream entries): the decoding then happens in the slices too.
         """
         tracing = self.instruments.tracing
         spans = CommandSpans(self.instruments.tracer, self.stream_key) if tracing else NO_COMMAND_SPANS
         batch = PreparedBatch(spans=spans)
         malformed, prepared = batch.malformed, batch.deliveries
-        clock, slice_s = time.perf_counter, self.prepare_slice_s
-        slice_started = clock()
+        slices = self.loop_share.slices()
         for entry in entries:
-            if clock() - slice_started >= slice_s:
-                await asyncio.sleep(0)
-                slice_started = clock()
+            await slices.checkpoint()
             span = spans.start(entry)
             if isinstance(entry, MalformedCommand):
                 spans.malformed(span, entry.reason)
                 malformed.append(entry)
                 continue
             try:
-                delivery = self.prepare(
-                    source="notification",
-                    idempotency_key=entry.idempotency_key,
-                    payload=entry.payload,
-                    digest=entry.request_hash,
-                )
+                request, content = self.validate_and_render(entry.payload)
+                await slices.checkpoint()
+                delivery = self.build("notification", entry.idempotency_key, entry.request_hash, request, content)
             except ValidationFailed as error:
                 spans.malformed(span, error.reason)
                 malformed.append(

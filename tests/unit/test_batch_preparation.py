@@ -15,6 +15,7 @@ from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
 from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.loop_share import LoopShare
 from tests.unit.test_templates import SHIPPED
 
 ENTRIES = 30
@@ -50,6 +51,7 @@ class Ticker:
     ticks: int = 0
     ticks_at_decode: list[int] = field(default_factory=list)
     largest_gap_s: float = 0.0  # for the failure message only: this machine is shared, time is no assertion
+    under_way: asyncio.Event = field(default_factory=asyncio.Event)  # three entries decoded
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,6 +65,8 @@ class Ticker:
     def decoded(self, raw: list[dict[bytes, bytes]]) -> Iterator[StreamCommand | MalformedCommand]:
         for index, fields in enumerate(raw):
             self.ticks_at_decode.append(self.ticks)
+            if index == 2:
+                self.under_way.set()
             yield decode_entry(f"1-{index}", fields)
 
 
@@ -85,16 +89,20 @@ async def test_preparing_a_batch_of_large_commands_lets_other_tasks_run(acceptan
     assert ticker.ticks_at_decode[-1] > ticker.ticks_at_decode[0]
 
 
-async def test_with_no_time_slice_the_loop_runs_between_every_two_entries(acceptance: AcceptanceService) -> None:
-    eager = AcceptanceService(
+def sharing(acceptance: AcceptanceService, share: LoopShare) -> AcceptanceService:
+    return AcceptanceService(
         store=None,  # type: ignore[arg-type]
         renderer=acceptance.renderer,
         from_address=acceptance.from_address,
         suppress_auth=False,
         idempotency_ttl=timedelta(hours=24),
         stream_key="unused",
-        prepare_slice_s=0.0,
+        loop_share=share,
     )
+
+
+async def test_with_no_time_slice_the_loop_runs_between_every_two_entries(acceptance: AcceptanceService) -> None:
+    eager = sharing(acceptance, LoopShare(slice_s=0.0))
     small = [
         {b"type": b"send_email", b"payload": orjson.dumps({"to": ["a@example.com"], "subject": "s", "text": "t"})}
         for _ in range(10)
@@ -109,3 +117,37 @@ async def test_with_no_time_slice_the_loop_runs_between_every_two_entries(accept
         await asyncio.gather(task, return_exceptions=True)
     assert len(batch.deliveries) == 10
     assert ticker.ticks_at_decode == sorted(set(ticker.ticks_at_decode))  # a tick between every two decodes
+
+
+async def test_preparation_gives_way_while_a_request_is_in_flight(acceptance: AcceptanceService) -> None:
+    """A request with twenty steps (an HTTP acceptance: pool, statements, response) runs them all
+    while the batch waits, instead of each step waiting for a slice of it."""
+    share = LoopShare(slice_s=0.0, give_way_s=30.0)  # a turn after every step; waits as long as it takes
+    service = sharing(acceptance, share)
+    raw = [large_command(n) for n in range(ENTRIES)]
+    ticker = Ticker()
+    decoded_during: list[int] = []
+
+    async def request() -> None:
+        await ticker.under_way.wait()
+        with share.waited_for():
+            started = len(ticker.ticks_at_decode)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            decoded_during.append(len(ticker.ticks_at_decode) - started)
+
+    batch, _ = await asyncio.gather(service.prepare_stream_batch(ticker.decoded(raw)), request())
+    assert len(batch.deliveries) == ENTRIES
+    assert decoded_during == [0]  # not one more entry while the request was in flight
+
+
+async def test_a_request_in_flight_only_delays_the_batch_for_a_bounded_time(acceptance: AcceptanceService) -> None:
+    share = LoopShare(slice_s=0.0, give_way_s=0.001)
+    service = sharing(acceptance, share)
+    small = [
+        {b"type": b"send_email", b"payload": orjson.dumps({"to": ["a@example.com"], "subject": "s", "text": "t"})}
+        for _ in range(5)
+    ]
+    with share.waited_for():  # a request that never finishes: the batch still gets prepared
+        batch = await service.prepare_stream_batch(Ticker().decoded(small))
+    assert len(batch.deliveries) == 5

@@ -6,9 +6,9 @@ round trips, not rows, are what cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -21,7 +21,11 @@ from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import MailsvcError, NotFound
 from mailsvc.services.acceptance import KeyOutcome, NewDelivery, OffsetAdvance
 
+T = TypeVar("T")
 WORK_CHANNEL = "mailsvc_work"
+# bytes of content per statement: the driver encodes a statement's parameters in one go on the
+# event loop, so a batch of 500 large commands (hundreds of MB) is sent as several statements
+STATEMENT_BYTES = 4 * 1024 * 1024
 
 
 class OffsetMoved(MailsvcError):
@@ -240,33 +244,35 @@ class IntakeStore:
             _INSERT_RECIPIENTS,
             {"ids": ids, "positions": positions, "kinds": kinds, "addresses": addresses, "names": names},
         )
-        await conn.execute(
-            _INSERT_PAYLOADS,
-            {
-                "ids": [d.delivery_id for d in created],
-                "subjects": [d.content.subject for d in created],
-                "texts": [d.content.text for d in created],
-                "htmls": [d.content.html for d in created],
-                "reply_tos": [_reply_to(d) for d in created],
-                "headers": [orjson.dumps(d.request.headers).decode() for d in created],
-                "mimes": [d.mime for d in created],
-            },
-        )
+        for chunk in _within(created, _content_bytes):
+            await conn.execute(
+                _INSERT_PAYLOADS,
+                {
+                    "ids": [d.delivery_id for d in chunk],
+                    "subjects": [d.content.subject for d in chunk],
+                    "texts": [d.content.text for d in chunk],
+                    "htmls": [d.content.html for d in chunk],
+                    "reply_tos": [_reply_to(d) for d in chunk],
+                    "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
+                    "mimes": [d.mime for d in chunk],
+                },
+            )
 
     async def _insert_malformed(
         self, conn: DriverConnection, stream_key: str, records: Sequence[MalformedCommand]
     ) -> None:
-        await conn.execute(
-            _INSERT_MALFORMED,
-            {
-                "stream_key": stream_key,
-                "entry_ids": [m.entry_id for m in records],
-                "keys": [m.idempotency_key for m in records],
-                "reasons": [m.reason for m in records],
-                "messages": [m.message.replace("\x00", "\\x00")[:4000] for m in records],
-                "raws": [m.raw_fields for m in records],
-            },
-        )
+        for chunk in _within(records, lambda m: len(m.raw_fields) + len(m.message)):
+            await conn.execute(
+                _INSERT_MALFORMED,
+                {
+                    "stream_key": stream_key,
+                    "entry_ids": [m.entry_id for m in chunk],
+                    "keys": [m.idempotency_key for m in chunk],
+                    "reasons": [m.reason for m in chunk],
+                    "messages": [m.message.replace("\x00", "\\x00")[:4000] for m in chunk],
+                    "raws": [m.raw_fields for m in chunk],
+                },
+            )
 
     async def _advance(self, conn: DriverConnection, offset: OffsetAdvance) -> None:
         params = {"key": offset.stream_key, "new": offset.new, "expected": offset.expected}
@@ -302,6 +308,25 @@ class IntakeStore:
                     ),
                     {"key": stream_key, "new": to_offset},
                 )
+
+
+def _content_bytes(delivery: NewDelivery) -> int:
+    content = delivery.content
+    return len(delivery.mime) + len(content.text) + len(content.html or "")
+
+
+def _within(items: Sequence[T], size: Callable[[T], int]) -> Iterator[Sequence[T]]:
+    """`items` in order, in runs of at most `STATEMENT_BYTES` (one item alone may pass it); all of
+    them at once, as before, when they fit — the usual case, small commands."""
+    start, used = 0, 0
+    for index, item in enumerate(items):
+        weight = size(item)
+        if index > start and used + weight > STATEMENT_BYTES:
+            yield items[start:index]
+            start, used = index, 0
+        used += weight
+    if start < len(items):
+        yield items[start:]
 
 
 def _malformed(delivery: NewDelivery, outcome: KeyOutcome) -> MalformedCommand | None:
