@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -258,6 +259,29 @@ async def test_credentials_are_withheld_without_tls_from_a_non_loopback_server(
     assert result.error_class == "auth_requires_tls"
     assert handler.logins == []
     assert "MAIL" not in handler.commands
+
+
+async def test_a_name_starting_with_127_is_not_a_loopback_server(
+    provider_for: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`127.mail.example.com` is a host like any other: `auto` TLS requires STARTTLS there and
+    AUTH is never sent to it in cleartext (the name resolves to our plaintext server here)."""
+    name = "127.mail.example.com"
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: resolve(HOST if host == name else host, *a, **kw))
+    handler = ScriptedHandler(accept_logins=True)
+    with SmtpServer(handler) as server:
+        addr = HostPort(name, server.port)
+        auto = provider_for(addr, username="svc", password=Secret("s3cret"))
+        result = await send(auto, outgoing("ann@example.org"))
+        assert (result.outcome, result.error_class) == ("transient_failure", "starttls_unavailable")
+        plaintext = provider_for(addr, tls="none", username="svc", password=Secret("s3cret"))
+        result = await send(plaintext, outgoing("ann@example.org"))
+        assert (result.outcome, result.error_class) == ("transient_failure", "auth_requires_tls")
+        # the name does lead to the server: without credentials, plaintext was asked for and is used
+        assert (await send(provider_for(addr, tls="none"), outgoing("ann@example.org"))).outcome == "sent"
+    assert handler.logins == []
+    assert len(handler.received) == 1
 
 
 async def test_starttls_with_a_self_signed_certificate(provider_for: ProviderFactory) -> None:

@@ -34,6 +34,9 @@ def create_engine(
         server_settings["statement_timeout"] = str(int(operation_timeout_s * 1000))
     return create_async_engine(
         async_url(dsn),
+        # an SQL error's text must never carry the statement's parameters (addresses, bodies)
+        # into a log line or an exception message
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=pool_recycle_s,
