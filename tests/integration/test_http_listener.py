@@ -1,0 +1,121 @@
+"""The HTTP listener at the protocol level (SPEC §3), spoken over raw sockets to a real
+`mailsvc serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from tests.support.process import ServiceProcess, running_service, service_environment
+
+PATH = "/api/v1/internal/deliveries"
+
+
+@dataclass
+class Listener:
+    service: ServiceProcess
+    port: int
+    dsn: str
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port, limit=4 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+async def listener(module_database: str, redis_addr: str) -> AsyncIterator[Listener]:
+    env = service_environment(
+        module_database,
+        redis_addr,
+        MAIL_INTERNAL_HTTP_IDLE_TIMEOUT="1s",
+        MAIL_INTERNAL_HTTP_READ_HEADER_TIMEOUT="2s",
+        MAIL_INTERNAL_HTTP_READ_TIMEOUT="3s",
+        MAIL_POSTGRES_MAX_OPEN_CONNS="2",
+        MAIL_POSTGRES_MAX_IDLE_CONNS="2",
+    )
+    async with running_service(env) as service:
+        assert service.port is not None
+        yield Listener(service, service.port, module_database)
+        assert not service.events("http_unhandled_error"), service.output()
+
+
+def body_of(text_size: int = 10) -> bytes:
+    return orjson.dumps({"to": ["a@example.com"], "subject": "s", "text": "x" * text_size})
+
+
+def post_head(body_length: int, *, key: str | None = None, pad_to: int | None = None) -> bytes:
+    """A `POST /deliveries` head; `pad_to` makes the head (up to and including its blank line) exactly that long."""
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: {key or uuid.uuid4().hex}\r\nContent-Length: {body_length}\r\n"
+    ).encode()
+    if pad_to is not None:
+        filler = pad_to - len(head) - len(b"X-Pad: \r\n\r\n")
+        assert filler >= 0
+        head += b"X-Pad: " + b"p" * filler + b"\r\n"
+    head += b"\r\n"
+    assert pad_to is None or len(head) == pad_to
+    return head
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """Whether the server ends the connection (sending nothing more) within `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            return await reader.read() == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+# -- the idle timer ------------------------------------------------------------------------------
+
+
+async def test_a_bare_crlf_after_a_response_does_not_keep_the_connection_open(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    try:
+        writer.write(b"GET /api/v1/internal/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 404
+        # a second request on the same connection, its body dripped for longer than the idle
+        # timeout: the timer stopped when its head was complete, so it is served
+        body = body_of()
+        writer.write(post_head(len(body)))
+        for start in range(0, len(body), 12):
+            writer.write(body[start : start + 12])
+            await asyncio.sleep(0.3)  # the drip itself (5 pieces over 1.5 s), not synchronisation
+        assert (await read_response(reader))[0] == 202
+        writer.write(b"\r\n")  # llhttp skips it without starting a message
+        assert await closed_by_server(reader, within=5), "a bare CRLF kept the idle connection open"
+    finally:
+        writer.close()
+
+
+async def test_stray_bytes_dripped_after_a_response_never_reset_the_idle_timer(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    try:
+        writer.write(b"GET /api/v1/internal/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 404
+        for _ in range(30):  # 6 s of a CRLF every 200 ms, against a 1 s idle timeout
+            try:
+                writer.write(b"\r\n")
+                await writer.drain()
+            except ConnectionError:
+                return
+            if await closed_by_server(reader, within=0.2):
+                return
+        pytest.fail("CRLFs dripped after a response kept the connection open")
+    finally:
+        writer.close()
