@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with the deadlines of SPEC §3, and without its own signal handling.
+"""uvicorn's httptools protocol with the limits and deadlines of SPEC §3, and without its own
+signal handling.
 
 What uvicorn leaves open, and how this protocol closes it:
 
@@ -9,20 +10,39 @@ What uvicorn leaves open, and how this protocol closes it:
   next request's head is complete. uvicorn cancels it on *any* incoming bytes and llhttp skips a
   bare CRLF without starting a message, so a client that sent `\\r\\n` after a response and then
   nothing held the connection forever. Here stray bytes never touch it.
+- **The head limit.** httptools has none. What arrives is counted until the head is complete;
+  past 16 KiB the client gets 431 `headers_too_large` and the connection is closed, without the
+  rest being buffered or parsed. (Bytes that arrive in the same read as the end of the previous
+  request — pipelining — are not counted: the bound is then 16 KiB plus one read, never more.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Generator
 from typing import Any
 
 import httptools
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from mailsvc.http.errors import ApiError, error_document
 from mailsvc.settings import HttpSettings
+
+log = logging.getLogger("mailsvc.http")
+
+MAX_HEAD_BYTES = 16 * 1024
+# After a 431 whatever the client still sends is read and dropped for a moment before the socket
+# closes: closing with unread data makes the kernel answer with a reset, which can destroy the
+# response before the client has read it.
+LINGER_SECONDS = 1.0
+
+_HEAD_TOO_LARGE = orjson.dumps(
+    error_document(ApiError(431, "headers_too_large", f"request head exceeds {MAX_HEAD_BYTES} bytes"))
+)
 
 
 class DeadlineHttpProtocol(HttpToolsProtocol):
@@ -35,6 +55,10 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.idle_timeout  # type: ignore[assignment]  # fractional seconds too
         self._header_timer: asyncio.TimerHandle | None = None
         self._read_timer: asyncio.TimerHandle | None = None
+        self._head_open = True  # what arrives now belongs to a request head
+        self._head_bytes = 0
+        self._heads_completed = 0
+        self._refused = False  # a 431 went out: what still arrives is dropped
 
     def _close(self) -> None:
         if not self.transport.is_closing():
@@ -61,7 +85,28 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # Not uvicorn's version: that one starts by cancelling the idle timer on any bytes at all.
+        self._receive(data)
+
+    def _receive(self, data: bytes | memoryview) -> None:
+        if self._refused:
+            return
+        if self._head_open:
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if len(data) > room:
+                self._receive_past_head_limit(memoryview(data), room)
+                return
+            self._head_bytes += len(data)
         self._feed(data)
+
+    def _receive_past_head_limit(self, data: memoryview, room: int) -> None:
+        """Feed what the head limit allows; refuse if the head is still incomplete, else go on."""
+        completed = self._heads_completed
+        if not self._feed(data[:room]):
+            return
+        if self._heads_completed == completed:
+            self._refuse_head()
+            return
+        self._receive(data[room:])
 
     def _feed(self, data: bytes | memoryview) -> bool:
         """uvicorn's parsing step; False once the connection is being closed."""
@@ -80,6 +125,24 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
             return False
         return not self.transport.is_closing()
 
+    def _refuse_head(self) -> None:
+        log.info("http_request_head_too_large", extra={"limit_bytes": MAX_HEAD_BYTES})
+        self._refused = True
+        self._cancel_timers()
+        self._unset_keepalive_if_required()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._close()  # a pipelined head: the response before it is still being written
+            return
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\nconnection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(_HEAD_TOO_LARGE))
+        self.transport.write(b"".join(head) + _HEAD_TOO_LARGE)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._header_timer = self.loop.call_later(LINGER_SECONDS, self._close)
+
     # -- parser callbacks
 
     def on_message_begin(self) -> None:
@@ -89,6 +152,8 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._read_timer = self.loop.call_later(self.read_timeout, self._close)
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._heads_completed += 1
         self._unset_keepalive_if_required()  # the idle timer ends with a complete head, not before
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -96,6 +161,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._head_open, self._head_bytes = True, 0
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None

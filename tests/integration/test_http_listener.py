@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import pytest
 from tests.support.process import ServiceProcess, running_service, service_environment
 
 PATH = "/api/v1/internal/deliveries"
+KIB = 1024
+HEAD_LIMIT = 16 * KIB
 
 
 @dataclass
@@ -117,5 +120,67 @@ async def test_stray_bytes_dripped_after_a_response_never_reset_the_idle_timer(l
             if await closed_by_server(reader, within=0.2):
                 return
         pytest.fail("CRLFs dripped after a response kept the connection open")
+    finally:
+        writer.close()
+
+
+# -- the request head limit ----------------------------------------------------------------------
+
+
+async def test_a_17_kib_head_is_431_in_our_error_shape_and_the_connection_closes(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    try:
+        body = body_of()
+        writer.write(post_head(len(body), pad_to=17 * KIB) + body)
+        status, headers, content = await read_response(reader)
+        assert status == 431
+        assert headers["content-type"].startswith("application/json")
+        assert headers["connection"] == "close"
+        error = orjson.loads(content)["error"]
+        assert error["code"] == "headers_too_large"
+        assert error["message"]
+        assert await closed_by_server(reader, within=5)
+    finally:
+        writer.close()
+
+
+async def test_a_30_mib_header_dripped_in_chunks_is_refused_once_it_passes_16_kib(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    sent = 0
+
+    async def drip() -> None:
+        nonlocal sent
+        writer.write(b"GET /api/v1/internal/nothing HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        with contextlib.suppress(ConnectionError):
+            while sent < 30 * 1024 * KIB:
+                writer.write(b"a" * (64 * KIB))
+                await writer.drain()
+                sent += 64 * KIB
+                await asyncio.sleep(0)  # let the reader see an answer between chunks
+
+    dripping = asyncio.create_task(drip())
+    try:
+        async with asyncio.timeout(10):
+            status, _, content = await read_response(reader)
+        assert status == 431
+        assert orjson.loads(content)["error"]["code"] == "headers_too_large"
+        assert await closed_by_server(reader, within=5)
+        assert sent < 30 * 1024 * KIB  # answered long before the header could have ended
+    finally:
+        dripping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dripping
+        writer.close()
+
+
+@pytest.mark.parametrize(("head_size", "status"), [(15 * KIB, 202), (HEAD_LIMIT, 202), (HEAD_LIMIT + 1, 431)])
+async def test_the_head_limit_counts_the_head_only_never_the_body(
+    listener: Listener, head_size: int, status: int
+) -> None:
+    reader, writer = await listener.open()
+    try:
+        body = body_of(300 * KIB)  # written together with the head: most of the bytes are body
+        writer.write(post_head(len(body), pad_to=head_size) + body)
+        assert (await read_response(reader))[0] == status
     finally:
         writer.close()
