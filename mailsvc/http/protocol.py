@@ -14,6 +14,9 @@ What uvicorn leaves open, and how this protocol closes it:
   past 16 KiB the client gets 431 `headers_too_large` and the connection is closed, without the
   rest being buffered or parsed. (Bytes that arrive in the same read as the end of the previous
   request — pipelining — are not counted: the bound is then 16 KiB plus one read, never more.)
+- **Slow bodies.** The application, and with it the concurrency guard, is started only once the
+  whole body has arrived, or as soon as the body is known to exceed the body limit (so a 413 is
+  never delayed). Until then the body waits here, bounded by that limit and the read deadline.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 import httptools
 import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from mailsvc.http.errors import ApiError, error_document
 from mailsvc.settings import HttpSettings
@@ -43,12 +47,14 @@ LINGER_SECONDS = 1.0
 _HEAD_TOO_LARGE = orjson.dumps(
     error_document(ApiError(431, "headers_too_large", f"request head exceeds {MAX_HEAD_BYTES} bytes"))
 )
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class DeadlineHttpProtocol(HttpToolsProtocol):
     read_header_timeout: float = 2.0
     read_timeout: float = 10.0
     idle_timeout: float = 60.0
+    max_body_bytes: int = 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,6 +64,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._head_open = True  # what arrives now belongs to a request head
         self._head_bytes = 0
         self._heads_completed = 0
+        self._waiting: tuple[RequestResponseCycle, ASGI3Application] | None = None  # its body is arriving
         self._refused = False  # a 431 went out: what still arrives is dropped
 
     def _close(self) -> None:
@@ -77,6 +84,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(self.read_header_timeout, self._close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting = None
         self._cancel_timers()
         self._unset_keepalive_if_required()
         super().connection_lost(exc)
@@ -160,12 +168,49 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
             self._header_timer = None
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._waiting is None:
+            super().on_body(body)
+            return
+        cycle = self._waiting[0]
+        cycle.body += body  # reading is never paused here: nobody consumes the body yet, and it is bounded
+        if len(cycle.body) > self.max_body_bytes:
+            self._start_waiting()  # the application refuses it (413) now, not once it has all arrived
+
     def on_message_complete(self) -> None:
         self._head_open, self._head_bytes = True, 0
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
         super().on_message_complete()
+        if self._waiting is not None:
+            self._start_waiting()
+
+    # -- starting the application
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if cycle.more_body and not self._body_over_limit(cycle):
+            self._waiting = (cycle, app)
+            if cycle.waiting_for_100_continue and not self.transport.is_closing():
+                self.transport.write(_CONTINUE)  # uvicorn would send it on the application's first read
+                cycle.waiting_for_100_continue = False
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def _start_waiting(self) -> None:
+        assert self._waiting is not None
+        cycle, app = self._waiting
+        self._waiting = None
+        cycle.message_event.set()
+        super()._start_asgi_task(cycle, app)
+
+    def _body_over_limit(self, cycle: RequestResponseCycle) -> bool:
+        if len(cycle.body) > self.max_body_bytes:
+            return True
+        for name, value in cycle.scope["headers"]:
+            if name == b"content-length":  # llhttp has already checked that it is a number
+                return int(value) > self.max_body_bytes
+        return False
 
 
 def deadline_protocol(settings: HttpSettings) -> type[DeadlineHttpProtocol]:
@@ -176,6 +221,7 @@ def deadline_protocol(settings: HttpSettings) -> type[DeadlineHttpProtocol]:
             "read_header_timeout": settings.read_header_timeout.total_seconds(),
             "read_timeout": settings.read_timeout.total_seconds(),
             "idle_timeout": settings.idle_timeout.total_seconds(),
+            "max_body_bytes": settings.max_body_bytes,
         },
     )
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import orjson
 import pytest
 
@@ -17,6 +18,8 @@ from tests.support.process import ServiceProcess, running_service, service_envir
 PATH = "/api/v1/internal/deliveries"
 KIB = 1024
 HEAD_LIMIT = 16 * KIB
+# MAIL_POSTGRES_MAX_OPEN_CONNS=2 gives the listener a concurrency limit of 2 * 8 = 16 requests.
+CONCURRENCY_LIMIT = 16
 
 
 @dataclass
@@ -182,5 +185,57 @@ async def test_the_head_limit_counts_the_head_only_never_the_body(
         body = body_of(300 * KIB)  # written together with the head: most of the bytes are body
         writer.write(post_head(len(body), pad_to=head_size) + body)
         assert (await read_response(reader))[0] == status
+    finally:
+        writer.close()
+
+
+# -- slow bodies and the concurrency limit ---------------------------------------------------------
+
+
+async def test_slowly_dripped_bodies_hold_no_concurrency_slot(listener: Listener) -> None:
+    slow = [await listener.open() for _ in range(CONCURRENCY_LIMIT + 4)]
+    try:
+        body = body_of()
+        for _, writer in slow:  # whole heads, then only the start of each body
+            writer.write(post_head(len(body)) + body[:10])
+            await writer.drain()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.port}", timeout=10) as client:
+            response = await client.post(PATH, content=body_of(), headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert response.status_code == 202, response.text
+        # the read deadline (3 s here) still bounds the drip: each slow client is hung up on
+        for reader, _ in slow:
+            assert await closed_by_server(reader, within=10)
+    finally:
+        for _, writer in slow:
+            writer.close()
+
+
+# -- what holding the application back until the body is complete must not break -------------------
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    try:
+        body = body_of()
+        writer.write(post_head(len(body)).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+        async with asyncio.timeout(5):  # a client waits for the 100 before it sends the body
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        assert (await read_response(reader))[0] == 202
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(listener: Listener) -> None:
+    reader, writer = await listener.open()
+    try:
+        body = body_of()
+        not_found = b"GET /api/v1/internal/nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(post_head(len(body)) + body + not_found + post_head(len(body)) + body[:20])
+        await writer.drain()
+        assert (await read_response(reader))[0] == 202
+        assert (await read_response(reader))[0] == 404
+        writer.write(body[20:])
+        assert (await read_response(reader))[0] == 202
     finally:
         writer.close()
