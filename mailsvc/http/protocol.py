@@ -66,6 +66,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._heads_completed = 0
         self._waiting: tuple[RequestResponseCycle, ASGI3Application] | None = None  # its body is arriving
         self._refused = False  # a 431 went out: what still arrives is dropped
+        self._client_gone = False
 
     def _close(self) -> None:
         if not self.transport.is_closing():
@@ -83,7 +84,15 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._header_timer = self.loop.call_later(self.read_header_timeout, self._close)
 
+    def eof_received(self) -> None:
+        self._client_gone = True
+        super().eof_received()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and (exc is not None or self._client_gone):
+            # nothing failed on our side: the client left before its answer
+            log.info("http_client_disconnected", extra={"phase": "body" if cycle.more_body else "response"})
         self._waiting = None
         self._cancel_timers()
         self._unset_keepalive_if_required()

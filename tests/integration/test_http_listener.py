@@ -1,5 +1,5 @@
-"""The HTTP listener at the protocol level (SPEC §3), spoken over raw sockets to a real
-`mailsvc serve`."""
+"""The HTTP listener at the protocol level (SPEC §3): the idle timer, the 16 KiB head limit, slow
+bodies and client disconnects, spoken over raw sockets to a real `mailsvc serve`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.infra import wait_until
+from tests.support.intake import connect
 from tests.support.process import ServiceProcess, running_service, service_environment
 
 PATH = "/api/v1/internal/deliveries"
@@ -208,6 +210,67 @@ async def test_slowly_dripped_bodies_hold_no_concurrency_slot(listener: Listener
     finally:
         for _, writer in slow:
             writer.close()
+
+
+# -- clients that go away -------------------------------------------------------------------------
+
+
+def _gone(service: ServiceProcess) -> list[str]:
+    return [e["event"] for e in service.lines if e.get("event") in ("http_client_disconnected", "http_unhandled_error")]
+
+
+async def test_a_client_leaving_mid_body_is_no_unhandled_error(listener: Listener) -> None:
+    before = len(_gone(listener.service))
+    _, writer = await listener.open()
+    body = body_of()
+    writer.write(post_head(len(body)) + body[:10])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    async def reported() -> list[str]:
+        return _gone(listener.service)[before:]
+
+    assert await wait_until(reported, timeout=10, what="the disconnect to be handled") == ["http_client_disconnected"]
+
+
+async def test_a_client_leaving_while_its_request_is_handled_is_no_unhandled_error(listener: Listener) -> None:
+    key = uuid.uuid4().hex
+    body = body_of()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.port}", timeout=10) as client:
+        first = await client.post(PATH, content=body, headers={"Idempotency-Key": key})
+        assert first.status_code == 202, first.text
+        before = len(_gone(listener.service))
+        async with connect(listener.dsn) as blocker:
+            # hold the key's row: the replay below waits on it inside the handler
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT 1 FROM idempotency_keys WHERE key = $1 FOR UPDATE", key)
+            _, writer = await listener.open()
+            writer.write(post_head(len(body), key=key) + body)
+            await writer.drain()
+
+            async def handler_waiting() -> bool:
+                async with connect(listener.dsn) as observer:  # its own transaction: a fresh view
+                    return bool(
+                        await observer.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_keys%'"
+                        )
+                    )
+
+            await wait_until(handler_waiting, timeout=10, what="the replay to wait on the held row")
+            writer.close()
+            await writer.wait_closed()
+
+            async def reported() -> list[str]:
+                return _gone(listener.service)[before:]
+
+            assert await wait_until(reported, timeout=10, what="the disconnect") == ["http_client_disconnected"]
+            await transaction.rollback()
+        again = await client.post(PATH, content=body, headers={"Idempotency-Key": key})
+        assert again.status_code == 200, again.text
+    assert _gone(listener.service)[before:] == ["http_client_disconnected"]
 
 
 # -- what holding the application back until the body is complete must not break -------------------
