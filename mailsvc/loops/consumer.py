@@ -64,6 +64,13 @@ class ConsumerLock(Protocol):
     async def release(self) -> None: ...
 
 
+def stream_missing(error: Exception) -> bool:
+    """Only Redis's "no such key" reply to XINFO STREAM says the stream is gone. redis-py raises
+    `ResponseError` for every error reply — NOPERM (ACL), an unknown or renamed command, BUSY —
+    and none of those says anything about the stream."""
+    return isinstance(error, ResponseError) and str(error).removeprefix("ERR ").strip().lower() == "no such key"
+
+
 class StreamConsumer:
     name = "consumer"
 
@@ -181,10 +188,16 @@ class StreamConsumer:
                     log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
                     return
                 except (RedisError, OSError, StoreUnavailable) as exc:
-                    log.warning(
-                        "consumer_dependency_unavailable",
-                        extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
-                    )
+                    if isinstance(exc, ResponseError):  # Redis answered, with a refusal (NOPERM, BUSY, …)
+                        log.warning(
+                            "consumer_redis_error_reply",
+                            extra={"error_class": type(exc).__name__, "reply": str(exc)[:200], "retry_in_s": backoff},
+                        )
+                    else:
+                        log.warning(
+                            "consumer_dependency_unavailable",
+                            extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
+                        )
                     if await wait_for_event(self._stopping, backoff):
                         return
                     backoff = min(backoff * 2, self.max_backoff)
@@ -211,7 +224,8 @@ class StreamConsumer:
         return _ReadAhead(info, entries, prepared)
 
     async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
-        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping interrupted it."""
+        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping interrupted it.
+        An error reply to XINFO other than "no such key" is raised."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
@@ -228,6 +242,8 @@ class StreamConsumer:
             return None
         info, reply = read_task.result()
         await pipe.reset()  # type: ignore[no-untyped-call]
+        if isinstance(info, Exception) and not stream_missing(info):
+            raise info  # Redis refused to answer: we know nothing about the stream, so nothing is a reset
         if isinstance(reply, Exception):
             raise reply
         entries: list[tuple[str, dict[bytes, bytes]]] = []
@@ -279,14 +295,14 @@ class StreamConsumer:
         in `max-deleted-entry-id`: it shows as a first entry beyond our offset, and
         `entries-added - length` counts what was removed. XDEL shows in `max-deleted-entry-id`.
         """
-        if isinstance(info, ResponseError):  # no such key: the stream does not exist (yet, or any more)
-            self.head = None
+        if isinstance(info, Exception):
+            if not stream_missing(info):
+                raise info
+            self.head = None  # no such key: the stream does not exist (yet, or any more)
             if self.offset != START:
                 await self._record("reset", START, "stream key missing (Redis restarted without persistence?)")
                 return True
             return False
-        if isinstance(info, Exception):
-            raise info
         last_generated = _text(info.get("last-generated-id")) or START
         self.head = last_generated
         offset = parse_id(self.offset)
