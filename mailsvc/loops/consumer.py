@@ -2,8 +2,9 @@
 
 Each batch — accepted, duplicate and malformed alike — is committed together with the new offset,
 so a crash at any instant neither loses nor double-accepts a command. Only the replica holding
-the advisory lock consumes; the offset is compare-and-set, so even a consumer that lost its lock
-without noticing cannot accept a batch twice.
+the advisory lock consumes; every offset write, gap and reset records included, is a
+compare-and-set on the offset this consumer read, so even a consumer that lost its lock without
+noticing can never move it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ class OffsetStore(Protocol):
     async def load_offset(self, stream_key: str) -> str | None: ...
 
     async def record_stream_event(
-        self, stream_key: str, kind: str, from_offset: str, to_offset: str, detail: str, *, reset_offset: bool
+        self,
+        stream_key: str,
+        kind: str,
+        from_offset: str,
+        to_offset: str,
+        detail: str,
+        *,
+        expected: str | None,
+        reset_offset: bool,
     ) -> None: ...
 
 
@@ -300,7 +309,7 @@ class StreamConsumer:
                 raise info
             self.head = None  # no such key: the stream does not exist (yet, or any more)
             if self.offset != START:
-                await self._record("reset", START, "stream key missing (Redis restarted without persistence?)")
+                await self._record("reset", START, "stream key missing (Redis restarted without persistence?)", stored)
                 return True
             return False
         last_generated = _text(info.get("last-generated-id")) or START
@@ -308,7 +317,7 @@ class StreamConsumer:
         offset = parse_id(self.offset)
         if parse_id(last_generated) < offset:
             await self._record(
-                "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}"
+                "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}", stored
             )
             return True
         added, length = _int(info.get("entries-added")), _int(info.get("length"))
@@ -317,7 +326,7 @@ class StreamConsumer:
                 # removed between a read's XINFO and its XREAD: noticed only now, after the offset moved on
                 missed = added - self._added_through_offset
                 detail = f"{missed} entries after {self._counted_since} up to {self.offset} were removed unread"
-                await self._record("gap", self.offset, detail, move=False, from_offset=self._counted_since)
+                await self._record("gap", self.offset, detail, stored, move=False, from_offset=self._counted_since)
             self._added_through_offset, self._counted_since = added, self.offset
         first = info.get("first-entry")
         first_id = _text(first[0]) if first else None
@@ -325,7 +334,10 @@ class StreamConsumer:
         if first_id is None:  # empty: everything up to last-generated-id is gone
             if parse_id(last_generated) > offset:
                 await self._record(
-                    "gap", last_generated, f"entries after {self.offset} up to {last_generated} were removed unread"
+                    "gap",
+                    last_generated,
+                    f"entries after {self.offset} up to {last_generated} were removed unread",
+                    stored,
                 )
                 return True
             return False
@@ -333,7 +345,7 @@ class StreamConsumer:
             # nothing before the first entry is left: were any of the removed entries unread?
             removed = None if added is None or length is None else added - length
             if removed == 0 and self.offset != START:  # the stream never lost an entry, yet ours is not in it
-                await self._record("reset", START, f"stream recreated: it never held our offset {self.offset}")
+                await self._record("reset", START, f"stream recreated: it never held our offset {self.offset}", stored)
                 return True
             read, unread = self._added_through_offset, None
             if removed is not None and read is not None and parse_id(max_deleted) < parse_id(first_id):
@@ -343,26 +355,41 @@ class StreamConsumer:
             if unread is None or unread > 0:
                 how_many = "some may never have been read" if unread is None else f"{unread} never read"
                 detail = f"entries after {self.offset} before {first_id} were trimmed: {how_many}"
-                await self._record("gap", predecessor(first_id), detail)
+                await self._record("gap", predecessor(first_id), detail, stored)
                 return True
         if parse_id(max_deleted) > offset and max_deleted != self._holes_recorded:
             # some entries after our offset were deleted (XDEL) before we read them; XREAD skips them
             self._holes_recorded = max_deleted
             self._added_through_offset = None
             await self._record(
-                "gap", max_deleted, f"entries after {self.offset} up to {max_deleted} were deleted unread", move=False
+                "gap",
+                max_deleted,
+                f"entries after {self.offset} up to {max_deleted} were deleted unread",
+                stored,
+                move=False,
             )
         return False
 
     async def _record(
-        self, kind: str, to_offset: str, detail: str, *, move: bool = True, from_offset: str | None = None
+        self,
+        kind: str,
+        to_offset: str,
+        detail: str,
+        expected: str | None,
+        *,
+        move: bool = True,
+        from_offset: str | None = None,
     ) -> None:
+        """Log and record a gap or reset, fenced by `expected` (the offset stored when we read it):
+        `OffsetMoved` when another consumer has moved it since, and nothing is written."""
         from_offset = from_offset or self.offset
         log.warning(
             f"stream_{kind}_detected",
             extra={"stream": self.stream_key, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
         )
-        await self.offsets.record_stream_event(self.stream_key, kind, from_offset, to_offset, detail, reset_offset=move)
+        await self.offsets.record_stream_event(
+            self.stream_key, kind, from_offset, to_offset, detail, expected=expected, reset_offset=move
+        )
         if move:
             self.offset = self._counted_since = to_offset
             self._added_through_offset = 0 if to_offset == START else None
