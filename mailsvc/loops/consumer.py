@@ -1,10 +1,10 @@
 """The Redis stream consumer (SPEC §2): plain XREAD from the offset stored in PostgreSQL.
 
 Each batch — accepted, duplicate and malformed alike — is committed together with the new offset,
-so a crash at any instant neither loses nor double-accepts a command. Only the replica holding
-the advisory lock consumes; every offset write, gap and reset records included, is a
-compare-and-set on the offset this consumer read, so even a consumer that lost its lock without
-noticing can never move it.
+so a crash at any instant neither loses nor double-accepts a command. Only the replica that can
+prove it holds the advisory lock consumes (see `advisory_lock` for the timing); every offset
+write, gap and reset records included, is a compare-and-set on the offset this consumer read, so
+even a former holder that has not noticed yet can never move it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class ConsumerLock(Protocol):
     async def try_acquire(self) -> bool: ...
 
     async def release(self) -> None: ...
+
+    async def wait_lost(self) -> None: ...
 
 
 def stream_missing(error: Exception) -> bool:
@@ -142,7 +144,7 @@ class StreamConsumer:
             await self.lock.release()
 
     async def _consume(self) -> None:
-        """Consume while holding the lock; return when stopping, on lock loss or offset race."""
+        """Consume while the lock is proven held; return when stopping, on lock loss or offset race."""
         try:
             stored = await self.offsets.load_offset(self.stream_key)
         except StoreUnavailable:
@@ -176,6 +178,9 @@ class StreamConsumer:
                     last_id = entries[-1][0]
                     if prepared is None:
                         prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
+                    if not self.lock.held:  # no commit begins without a current proof of leadership
+                        prepared.abandon(RuntimeError("stream leadership lost"))
+                        return
                     commit = asyncio.ensure_future(
                         self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
                     )
@@ -213,6 +218,8 @@ class StreamConsumer:
         finally:
             if ahead is not None:  # read ahead, never to be committed by this turn: end its spans
                 ahead.prepared.abandon(RuntimeError("consumer stopped before committing the read-ahead"))
+            if not self._stopping.is_set() and not self.lock.held:
+                log.warning("consumer_leadership_lost", extra={"stream": self.stream_key, "offset": self.offset})
 
     async def _read_ahead(self, after: str, commit: asyncio.Future[BatchResult]) -> _ReadAhead | None:
         """The batch after `after`, read without blocking and prepared while `commit` runs; None
@@ -233,17 +240,19 @@ class StreamConsumer:
         return _ReadAhead(info, entries, prepared)
 
     async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
-        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping interrupted it.
-        An error reply to XINFO other than "no such key" is raised."""
+        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping or the loss
+        of the lock interrupted it. An error reply to XINFO other than "no such key" is raised."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
         read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
-        stop_task = asyncio.ensure_future(self._stopping.wait())
+        interrupts = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self.lock.wait_lost())}
         try:
-            done, _ = await asyncio.wait({read_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({read_task, *interrupts}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop_task.cancel()
+            for interrupt in interrupts:
+                interrupt.cancel()
+            await asyncio.gather(*interrupts, return_exceptions=True)
         if read_task not in done:
             read_task.cancel()
             await asyncio.gather(read_task, return_exceptions=True)
