@@ -183,6 +183,7 @@ class HttpSettings:
 class RedisSettings:
     master_addr: HostPort
     password: Secret
+    username: str = ""  # a Redis ACL user for both clients; empty: the default user
     replica_addrs: tuple[HostPort, ...] = ()
     db: int = 0
     operation_timeout: timedelta = timedelta(seconds=1)
@@ -346,6 +347,12 @@ def _no_crlf(text: str) -> str:
     return text
 
 
+def _acl_username(text: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("must be a Redis ACL user name: no spaces or control characters")
+    return text
+
+
 def _stream_key(text: str) -> str:
     value = text.strip()
     if not value:
@@ -383,6 +390,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: Path | None =
     redis = RedisSettings(
         master_addr=redis_master or HostPort("127.0.0.1", 6379),
         password=redis_password or Secret(""),
+        username=r.get("MAIL_REDIS_USERNAME", _acl_username, ""),
         replica_addrs=r.get("MAIL_REDIS_REPLICA_ADDRS", _addr_list, ()),
         db=r.get("MAIL_REDIS_DB", _int_in(0, 15), 0),
         operation_timeout=r.get("MAIL_REDIS_OPERATION_TIMEOUT", pos_dur, RedisSettings.operation_timeout),

@@ -157,6 +157,14 @@ def test_empty_redis_password_is_allowed_but_must_be_set() -> None:
         load_settings(env)
 
 
+def test_redis_username_is_optional_and_must_be_an_acl_name() -> None:
+    assert load_settings(BASE).redis.username == ""
+    assert load_settings({**BASE, "MAIL_REDIS_USERNAME": "mailsvc"}).redis.username == "mailsvc"
+    for bad in ("mail svc", "mail\tsvc", "mail\x00svc"):
+        with pytest.raises(SettingsError, match="MAIL_REDIS_USERNAME"):
+            load_settings({**BASE, "MAIL_REDIS_USERNAME": bad})
+
+
 def test_smtp_mode_requires_address_and_sender() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings({**BASE, "MAIL_SMTP_MODE": "smtp"})
