@@ -3,14 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The runtime dependencies, pinned with hashes (`make lock` writes it from pyproject.toml).
+LOCK := requirements.lock
+# e.g. `make lock LOCK_FLAGS=--upgrade` to move every pin to the newest allowed release
+LOCK_FLAGS ?=
 
-.PHONY: install run test lint format bench
+.PHONY: install run test lint format bench lock
 
-$(STAMP): pyproject.toml
+# The runtime set exactly as locked and hash-checked (what the image installs), then the project
+# and its dev tools on top, with the lock's pins as constraints so no dev tool moves one.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	sed -e 's/ *\\$$//' -e '/^[A-Za-z0-9]/!d' $(LOCK) > $(VENV)/runtime-pins.txt
+	$(BIN)/python -m pip install -q -e '.[dev]' -c $(VENV)/runtime-pins.txt
 	touch $(STAMP)
+
+# Re-resolve the lock after a change to pyproject.toml's dependencies. Universal (one file for every
+# platform and Python >= 3.11, markers where they differ); existing pins are kept where they still fit.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q 'uv>=0.5'
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' --quiet $(LOCK_FLAGS) --output-file $(LOCK)
 
 install: $(STAMP)
 

@@ -138,16 +138,17 @@ def build_execution(
         clock=utc_now,
         instruments=instruments,
     )
+    lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
     pool = WorkerPool(
         execution=execution,
-        writer=ResultWriter(queue, instruments=instruments),
+        writer=ResultWriter(queue, lease=lease, instruments=instruments),
         concurrency=settings.work.attempt_worker_concurrency,
     )
     scheduler = Scheduler(
         store=queue,
         pool=pool,
         wakeup=wakeup,
-        lease=smtp_timeout + timedelta(seconds=30),
+        lease=lease,
         max_attempts=settings.work.retry_max_attempts,
         instruments=instruments,
     )

@@ -12,7 +12,17 @@ class StartupError(MailsvcError):
 
 
 class StoreUnavailable(MailsvcError):
-    """PostgreSQL could not be reached or timed out."""
+    """PostgreSQL could not be reached, timed out, or failed for a reason of its own that a retry
+    clears (connection lost, shutting down, out of connections, deadlock) — never an item's data."""
+
+
+class DataRefused(MailsvcError):
+    """PostgreSQL (or the driver, before sending) refused the data of this statement: SQLSTATE
+    class 22 or 23. That item's failure, never an outage; retrying the same data fails again."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class NotFound(MailsvcError):

@@ -6,6 +6,7 @@ variable); the CLI prints them and exits with code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from mailsvc.domain.mime import ascii_address, make_message_id
 
 T = TypeVar("T")
 
@@ -68,7 +71,20 @@ class HostPort:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        """An IP literal in 127.0.0.0/8 or `::1`, or the name `localhost` (SPEC §4). A name is
+        never loopback for what it looks like: `127.mail.example.com` is a host on the internet."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return ip in _LOOPBACK_V4 if ip.version == 4 else ip == _LOOPBACK_V6
+
+
+# explicit rather than `ip.is_loopback`, which newer Pythons (gh-117566) also give `::ffff:127.x`
+_LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+_LOOPBACK_V6 = ipaddress.ip_address("::1")
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -189,6 +205,7 @@ class HttpSettings:
 class RedisSettings:
     master_addr: HostPort
     password: Secret
+    username: str = ""  # a Redis ACL user for both clients; empty: the default user
     replica_addrs: tuple[HostPort, ...] = ()
     db: int = 0
     operation_timeout: timedelta = timedelta(seconds=1)
@@ -335,16 +352,27 @@ def _dsn_list(text: str) -> tuple[Secret, ...]:
     return tuple(Secret(parse_dsn(item)) for item in parse_list(text))
 
 
-def _email(text: str) -> str:
+def _sender(text: str) -> str:
+    """The From / envelope sender, checked by the rules the MIME builder applies to it (the `From`
+    address and the `Message-ID` domain), so a sender every delivery would fail on fails the start."""
     value = text.strip()
-    if not re.fullmatch(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;]+|[^@\s]+@localhost", value):
-        raise ValueError(f"{value!r} is not an email address")
+    try:
+        ascii_address(value)
+        make_message_id(value.rpartition("@")[2])
+    except ValueError as exc:
+        raise ValueError(f"{value!r} cannot be the From address: {exc}") from None
     return value
 
 
 def _no_crlf(text: str) -> str:
     if "\r" in text or "\n" in text:
         raise ValueError("must not contain line breaks")
+    return text
+
+
+def _acl_username(text: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("must be a Redis ACL user name: no spaces or control characters")
     return text
 
 
@@ -385,6 +413,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: Path | None =
     redis = RedisSettings(
         master_addr=redis_master or HostPort("127.0.0.1", 6379),
         password=redis_password or Secret(""),
+        username=r.get("MAIL_REDIS_USERNAME", _acl_username, ""),
         replica_addrs=r.get("MAIL_REDIS_REPLICA_ADDRS", _addr_list, ()),
         db=r.get("MAIL_REDIS_DB", _int_in(0, 15), 0),
         operation_timeout=r.get("MAIL_REDIS_OPERATION_TIMEOUT", pos_dur, RedisSettings.operation_timeout),
@@ -405,10 +434,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: Path | None =
     mode: SmtpMode = r.get("MAIL_SMTP_MODE", _choice("stub", "smtp"), "stub")
     if mode == "smtp":
         smtp_addr: HostPort | None = r.required("MAIL_SMTP_ADDR", parse_host_port)
-        from_email = r.required("MAIL_SMTP_FROM_EMAIL", _email) or ""
+        from_email = r.required("MAIL_SMTP_FROM_EMAIL", _sender) or ""
     else:
         smtp_addr = r.get("MAIL_SMTP_ADDR", parse_host_port, None)
-        from_email = r.get("MAIL_SMTP_FROM_EMAIL", _email, "mailsvc@localhost")
+        from_email = r.get("MAIL_SMTP_FROM_EMAIL", _sender, "mailsvc@localhost")
     outbox = r.get("MAIL_STUB_OUTBOX_DIR", str, "")
     smtp = SmtpSettings(
         mode=mode,
@@ -443,6 +472,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: Path | None =
     )
     if work.retry_base_delay > work.retry_max_delay:
         r.problems.append("MAIL_RETRY_BASE_DELAY: must not exceed MAIL_RETRY_MAX_DELAY")
+    if work.idempotency_ttl > work.delivery_retention:
+        # retention deletes the delivery and its key with it: a replay after that would send again
+        r.problems.append(
+            f"MAIL_IDEMPOTENCY_TTL: {format_duration(work.idempotency_ttl)} must not exceed MAIL_DELIVERY_RETENTION"
+            f" ({format_duration(work.delivery_retention)}): a key must never outlive its delivery"
+        )
 
     exporter = _choice("otlp", "console", "none")
     protocol = _choice("grpc", "http/protobuf")

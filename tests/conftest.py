@@ -48,6 +48,15 @@ async def database_dsn(pg: PostgresServer, template_database: str) -> AsyncItera
     await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+async def module_database(pg: PostgresServer, template_database: str) -> AsyncIterator[str]:
+    """One migrated database shared by a module's tests (for a module-scoped service)."""
+    name = unique_name("mailsvc_m")
+    await pg.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield pg.dsn_for(name)
+    await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def empty_database_dsn(pg: PostgresServer) -> AsyncIterator[str]:
     name = unique_name("mailsvc_e")

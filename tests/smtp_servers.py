@@ -78,10 +78,11 @@ class ScriptedHandler:
 
     - `mail_reply`: reply to every MAIL FROM instead of accepting it;
     - `mail_reply_once`: reply to the next MAIL FROM only (then cleared);
-    - `rcpt_replies`: address → reply, for refused recipients;
+    - `rcpt_replies`: address → reply, for refused recipients (bytes go out exactly as given);
     - `mail_replies`: replies to the next MAIL FROMs, one each, in order (then accepted);
     - `data_reply`: reply after the final "." (the message is still recorded);
-    - `data_replies`: replies after the next final "."s, one each, in order (still recorded);
+    - `data_replies`: replies after the next final "."s, one each, in order (still recorded; bytes
+      go out exactly as given, e.g. a reply that is not UTF-8);
     - `delay`: seconds to wait before answering EHLO, MAIL, RCPT and DATA;
     - `data_delay`: seconds to wait before answering the final "." (after recording);
     - `hold_data`: a `Gate` the reply to the final "." waits for (after recording);
@@ -94,9 +95,9 @@ class ScriptedHandler:
     mail_reply: str | None = None
     mail_reply_once: str | None = None
     mail_replies: list[str] = field(default_factory=list)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    rcpt_replies: dict[str, str | bytes] = field(default_factory=dict)
     data_reply: str | None = None
-    data_replies: list[str] = field(default_factory=list)
+    data_replies: list[str | bytes] = field(default_factory=list)
     delay: float = 0.0
     data_delay: float = 0.0
     hold_data: Gate | None = None
@@ -138,7 +139,9 @@ class ScriptedHandler:
         envelope.mail_options.extend(options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str | bytes:
         self.commands.append("RCPT")
         await self._pause()
         reply = self.rcpt_replies.get(address)
@@ -147,7 +150,7 @@ class ScriptedHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str | bytes:
         self.commands.append("DATA")
         await self._pause()
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))

@@ -11,6 +11,7 @@ def _client(settings: RedisSettings, socket_timeout: float, name: str) -> Redis:
     return Redis(
         host=settings.master_addr.host or "127.0.0.1",
         port=settings.master_addr.port,
+        username=settings.username or None,
         password=settings.password.reveal() or None,
         db=settings.db,
         socket_timeout=socket_timeout,

@@ -10,6 +10,8 @@
 - Classification (SPEC §1): 4xx, connection and TLS failures, timeouts → transient; 5xx to RCPT
   or DATA → permanent; 5xx to AUTH or MAIL FROM → transient and logged as an error (it is our
   configuration, not the message); some recipients refused → sent, per-recipient results.
+- Server text is hostile: every reply that reaches a `SendResult` passes `server_text` first
+  (SPEC §1), so no byte a server sends can make a result unwritable.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from mailsvc.domain.model import (
     RecipientResult,
     SendResult,
 )
+from mailsvc.domain.server_text import server_text
 from mailsvc.logs import mask_address, mask_addresses
 from mailsvc.settings import SmtpSettings, SmtpTls
 
@@ -52,7 +55,6 @@ __all__ = ["SmtpProvider"]
 
 _log = logging.getLogger(__name__)
 
-_REPLY_LIMIT = 300
 _VALIDATE_IDLE_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUIT_TIMEOUT = 2.0
 _LINE_ENDINGS = re.compile(rb"\r\n?|\n")
@@ -60,12 +62,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
-def _trim(text: str | None) -> str | None:
-    return None if text is None else text[:_REPLY_LIMIT]
-
-
 def _transient(error_class: str, code: int | None = None, reply: str | None = None) -> SendResult:
-    return SendResult("transient_failure", smtp_code=code, smtp_reply=_trim(reply), error_class=error_class)
+    return SendResult("transient_failure", smtp_code=code, smtp_reply=server_text(reply), error_class=error_class)
 
 
 class _Failed(Exception):
@@ -208,14 +206,14 @@ class SmtpProvider:
             except SMTPRecipientRefused as exc:
                 if exc.code == SMTPStatus.domain_unavailable:
                     raise  # the server is closing the session: nothing about this recipient
-                results.append(RecipientResult(original, False, exc.code, _trim(exc.message)))
+                results.append(RecipientResult(original, False, exc.code, server_text(exc.message)))
             else:
-                results.append(RecipientResult(original, True, reply.code, _trim(reply.message)))
+                results.append(RecipientResult(original, True, reply.code, server_text(reply.message)))
         if not any(r.accepted for r in results):
             return _all_refused(results)
         state.phase = "data"
         reply = await self._data(client, state, payload)
-        return SendResult("sent", reply.code, _trim(reply.message), recipients=tuple(results))
+        return SendResult("sent", reply.code, server_text(reply.message), recipients=tuple(results))
 
     async def _data(self, client: SMTP, state: _Attempt, payload: bytes) -> SMTPResponse:
         start = await client.execute_command(b"DATA")
@@ -338,7 +336,7 @@ class SmtpProvider:
                 return _transient("sender_refused", code, reply)
             error_class = f"{_PHASE_NAMES.get(phase, phase)}_refused"
             if 500 <= code < 600 and phase in ("rcpt", "data", "after_dot"):
-                return SendResult("permanent_failure", code, _trim(reply), error_class)
+                return SendResult("permanent_failure", code, server_text(reply), error_class)
             return _transient(error_class, code, reply)
         if isinstance(exc, TimeoutError):
             return SendResult("transient_failure", error_class="timeout", ambiguous=after_dot)

@@ -8,6 +8,8 @@ from enum import IntEnum
 from typing import Literal
 from uuid import UUID
 
+from mailsvc.domain.server_text import SERVER_TEXT_LIMIT
+
 Source = Literal["notification", "auth", "resend"]
 Status = Literal["queued", "sending", "sent", "dead_lettered", "suppressed"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"sent", "dead_lettered", "suppressed"})
@@ -85,7 +87,7 @@ class SendResult:
 
     outcome: ProviderOutcome
     smtp_code: int | None = None
-    smtp_reply: str | None = None  # truncated server text, never carries our secrets
+    smtp_reply: str | None = None  # server text as `server_text` leaves it; never carries our secrets
     error_class: str | None = None
     ambiguous: bool = False  # connection lost after the final "." of DATA, before the reply
     recipients: tuple[RecipientResult, ...] = field(default=())
@@ -99,7 +101,7 @@ class SendResult:
             parts.append(self.error_class)
         if self.smtp_reply:
             parts.append(self.smtp_reply)
-        return " ".join(parts)[:500]
+        return " ".join(parts)[:SERVER_TEXT_LIMIT]  # `last_error`: bounded like the reply it quotes
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,20 @@ class RetryPolicy:
     def delay(self, attempt_number: int, jitter: float) -> timedelta:
         """Exponential backoff (base · 2^(n-1)) with ±20 % jitter, kept within [base, max].
 
-        `jitter` is a number in [0, 1); passing it in keeps this function pure and testable.
+        Any attempt number works (below 1 counts as 1): the doubling stops once it passes the
+        maximum, so it can never overflow. `jitter` is a number in [0, 1); passing it in keeps
+        this function pure and testable.
         """
-        exponent = min(attempt_number - 1, 40)
-        raw = min(self.base_delay * (1 << exponent), self.max_delay)
-        jittered = raw * (0.8 + 0.4 * jitter)
+        raw = min(self.base_delay, self.max_delay)
+        for _ in range(max(0, attempt_number - 1)):  # ends after at most ~log2(max / base) turns
+            if not raw:
+                break
+            if raw > self.max_delay / 2:
+                raw = self.max_delay
+                break
+            raw *= 2
+        factor = 0.8 + 0.4 * jitter
+        jittered = raw * factor if raw <= self.max_delay / factor else self.max_delay
         return max(self.base_delay, min(jittered, self.max_delay))
 
     def decide(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
@@ -41,6 +41,12 @@ async def _store_unavailable(_: Request, exc: Exception) -> Response:
     return error_response(unavailable())
 
 
+async def _client_disconnected(_: Request, exc: Exception) -> Response:
+    # The client left while its body was being read: no failure of ours, and nobody to answer
+    # (the protocol logs `http_client_disconnected`). 499 is what the metrics record.
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("http_unhandled_error", extra={"route": request.url.path})
     return error_response(ApiError(500, "internal", "internal error"))
@@ -59,6 +65,7 @@ def create_app(
             ApiError: _api_error,
             HTTPException: _http_exception,
             StoreUnavailable: _store_unavailable,
+            ClientDisconnect: _client_disconnected,
             Exception: _unexpected,
         },
     )

@@ -30,11 +30,16 @@ class JsonResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(error: ApiError) -> Response:
+def error_document(error: ApiError) -> dict[str, Any]:
+    """The JSON body of every error: `{"error": {"code", "message", "details"?}}`."""
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.details is not None:
         body["details"] = error.details
-    return JsonResponse({"error": body}, status_code=error.status, headers=error.headers)
+    return {"error": body}
+
+
+def error_response(error: ApiError) -> Response:
+    return JsonResponse(error_document(error), status_code=error.status, headers=error.headers)
 
 
 def not_found(message: str = "no such route") -> ApiError:

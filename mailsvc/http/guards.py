@@ -65,7 +65,11 @@ class TokenGuard:
 
 
 class ConcurrencyGuard:
-    """Refuses requests beyond `limit` in flight with a quick 503 instead of an unbounded queue."""
+    """Refuses requests beyond `limit` in flight with a quick 503 instead of an unbounded queue.
+
+    The listener's protocol starts the application only once a request's body has fully arrived
+    (`mailsvc/http/protocol.py`), so a slot is held by work, never by a client uploading slowly.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit, self.in_flight = app, limit, 0

@@ -1,4 +1,4 @@
-"""The HTTP listener: uvicorn with our deadlines, bound from `MAIL_INTERNAL_HTTP_ADDR`."""
+"""The HTTP listener: uvicorn with our deadlines and limits, bound from `MAIL_INTERNAL_HTTP_ADDR`."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def bind_socket(settings: HttpSettings) -> socket.socket:
 def build_server(app: ASGIApp, settings: HttpSettings) -> EmbeddedServer:
     config = uvicorn.Config(
         app,
-        http=deadline_protocol(settings.read_header_timeout.total_seconds(), settings.read_timeout.total_seconds()),
+        http=deadline_protocol(settings),  # the deadlines, the idle timer and the limits live there
+        ws="none",  # no route speaks WebSocket: an upgrade must never leave our protocol
         lifespan="off",
-        timeout_keep_alive=int(max(1, settings.idle_timeout.total_seconds())),
         timeout_graceful_shutdown=None,
         log_config=None,
         access_log=False,

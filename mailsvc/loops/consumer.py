@@ -1,9 +1,10 @@
 """The Redis stream consumer (SPEC §2): plain XREAD from the offset stored in PostgreSQL.
 
 Each batch — accepted, duplicate and malformed alike — is committed together with the new offset,
-so a crash at any instant neither loses nor double-accepts a command. Only the replica holding
-the advisory lock consumes; the offset is compare-and-set, so even a consumer that lost its lock
-without noticing cannot accept a batch twice.
+so a crash at any instant neither loses nor double-accepts a command. Only the replica that can
+prove it holds the advisory lock consumes (see `advisory_lock` for the timing); every offset
+write, gap and reset records included, is a compare-and-set on the offset this consumer read, so
+even a former holder that has not noticed yet can never move it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ class OffsetStore(Protocol):
     async def load_offset(self, stream_key: str) -> str | None: ...
 
     async def record_stream_event(
-        self, stream_key: str, kind: str, from_offset: str, to_offset: str, detail: str, *, reset_offset: bool
+        self,
+        stream_key: str,
+        kind: str,
+        from_offset: str,
+        to_offset: str,
+        detail: str,
+        *,
+        expected: str | None,
+        reset_offset: bool,
     ) -> None: ...
 
 
@@ -62,6 +71,15 @@ class ConsumerLock(Protocol):
     async def try_acquire(self) -> bool: ...
 
     async def release(self) -> None: ...
+
+    async def wait_lost(self) -> None: ...
+
+
+def stream_missing(error: Exception) -> bool:
+    """Only Redis's "no such key" reply to XINFO STREAM says the stream is gone. redis-py raises
+    `ResponseError` for every error reply — NOPERM (ACL), an unknown or renamed command, BUSY —
+    and none of those says anything about the stream."""
+    return isinstance(error, ResponseError) and str(error).removeprefix("ERR ").strip().lower() == "no such key"
 
 
 class StreamConsumer:
@@ -126,7 +144,7 @@ class StreamConsumer:
             await self.lock.release()
 
     async def _consume(self) -> None:
-        """Consume while holding the lock; return when stopping, on lock loss or offset race."""
+        """Consume while the lock is proven held; return when stopping, on lock loss or offset race."""
         try:
             stored = await self.offsets.load_offset(self.stream_key)
         except StoreUnavailable:
@@ -160,6 +178,9 @@ class StreamConsumer:
                     last_id = entries[-1][0]
                     if prepared is None:
                         prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
+                    if not self.lock.held:  # no commit begins without a current proof of leadership
+                        prepared.abandon(RuntimeError("stream leadership lost"))
+                        return
                     commit = asyncio.ensure_future(
                         self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
                     )
@@ -181,16 +202,24 @@ class StreamConsumer:
                     log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
                     return
                 except (RedisError, OSError, StoreUnavailable) as exc:
-                    log.warning(
-                        "consumer_dependency_unavailable",
-                        extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
-                    )
+                    if isinstance(exc, ResponseError):  # Redis answered, with a refusal (NOPERM, BUSY, …)
+                        log.warning(
+                            "consumer_redis_error_reply",
+                            extra={"error_class": type(exc).__name__, "reply": str(exc)[:200], "retry_in_s": backoff},
+                        )
+                    else:
+                        log.warning(
+                            "consumer_dependency_unavailable",
+                            extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
+                        )
                     if await wait_for_event(self._stopping, backoff):
                         return
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
             if ahead is not None:  # read ahead, never to be committed by this turn: end its spans
                 ahead.prepared.abandon(RuntimeError("consumer stopped before committing the read-ahead"))
+            if not self._stopping.is_set() and not self.lock.held:
+                log.warning("consumer_leadership_lost", extra={"stream": self.stream_key, "offset": self.offset})
 
     async def _read_ahead(self, after: str, commit: asyncio.Future[BatchResult]) -> _ReadAhead | None:
         """The batch after `after`, read without blocking and prepared while `commit` runs; None
@@ -211,16 +240,19 @@ class StreamConsumer:
         return _ReadAhead(info, entries, prepared)
 
     async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
-        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping interrupted it."""
+        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping or the loss
+        of the lock interrupted it. An error reply to XINFO other than "no such key" is raised."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
         read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
-        stop_task = asyncio.ensure_future(self._stopping.wait())
+        interrupts = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self.lock.wait_lost())}
         try:
-            done, _ = await asyncio.wait({read_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({read_task, *interrupts}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop_task.cancel()
+            for interrupt in interrupts:
+                interrupt.cancel()
+            await asyncio.gather(*interrupts, return_exceptions=True)
         if read_task not in done:
             read_task.cancel()
             await asyncio.gather(read_task, return_exceptions=True)
@@ -228,6 +260,8 @@ class StreamConsumer:
             return None
         info, reply = read_task.result()
         await pipe.reset()  # type: ignore[no-untyped-call]
+        if isinstance(info, Exception) and not stream_missing(info):
+            raise info  # Redis refused to answer: we know nothing about the stream, so nothing is a reset
         if isinstance(reply, Exception):
             raise reply
         entries: list[tuple[str, dict[bytes, bytes]]] = []
@@ -279,20 +313,20 @@ class StreamConsumer:
         in `max-deleted-entry-id`: it shows as a first entry beyond our offset, and
         `entries-added - length` counts what was removed. XDEL shows in `max-deleted-entry-id`.
         """
-        if isinstance(info, ResponseError):  # no such key: the stream does not exist (yet, or any more)
-            self.head = None
+        if isinstance(info, Exception):
+            if not stream_missing(info):
+                raise info
+            self.head = None  # no such key: the stream does not exist (yet, or any more)
             if self.offset != START:
-                await self._record("reset", START, "stream key missing (Redis restarted without persistence?)")
+                await self._record("reset", START, "stream key missing (Redis restarted without persistence?)", stored)
                 return True
             return False
-        if isinstance(info, Exception):
-            raise info
         last_generated = _text(info.get("last-generated-id")) or START
         self.head = last_generated
         offset = parse_id(self.offset)
         if parse_id(last_generated) < offset:
             await self._record(
-                "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}"
+                "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}", stored
             )
             return True
         added, length = _int(info.get("entries-added")), _int(info.get("length"))
@@ -301,7 +335,7 @@ class StreamConsumer:
                 # removed between a read's XINFO and its XREAD: noticed only now, after the offset moved on
                 missed = added - self._added_through_offset
                 detail = f"{missed} entries after {self._counted_since} up to {self.offset} were removed unread"
-                await self._record("gap", self.offset, detail, move=False, from_offset=self._counted_since)
+                await self._record("gap", self.offset, detail, stored, move=False, from_offset=self._counted_since)
             self._added_through_offset, self._counted_since = added, self.offset
         first = info.get("first-entry")
         first_id = _text(first[0]) if first else None
@@ -309,7 +343,10 @@ class StreamConsumer:
         if first_id is None:  # empty: everything up to last-generated-id is gone
             if parse_id(last_generated) > offset:
                 await self._record(
-                    "gap", last_generated, f"entries after {self.offset} up to {last_generated} were removed unread"
+                    "gap",
+                    last_generated,
+                    f"entries after {self.offset} up to {last_generated} were removed unread",
+                    stored,
                 )
                 return True
             return False
@@ -317,7 +354,7 @@ class StreamConsumer:
             # nothing before the first entry is left: were any of the removed entries unread?
             removed = None if added is None or length is None else added - length
             if removed == 0 and self.offset != START:  # the stream never lost an entry, yet ours is not in it
-                await self._record("reset", START, f"stream recreated: it never held our offset {self.offset}")
+                await self._record("reset", START, f"stream recreated: it never held our offset {self.offset}", stored)
                 return True
             read, unread = self._added_through_offset, None
             if removed is not None and read is not None and parse_id(max_deleted) < parse_id(first_id):
@@ -327,26 +364,41 @@ class StreamConsumer:
             if unread is None or unread > 0:
                 how_many = "some may never have been read" if unread is None else f"{unread} never read"
                 detail = f"entries after {self.offset} before {first_id} were trimmed: {how_many}"
-                await self._record("gap", predecessor(first_id), detail)
+                await self._record("gap", predecessor(first_id), detail, stored)
                 return True
         if parse_id(max_deleted) > offset and max_deleted != self._holes_recorded:
             # some entries after our offset were deleted (XDEL) before we read them; XREAD skips them
             self._holes_recorded = max_deleted
             self._added_through_offset = None
             await self._record(
-                "gap", max_deleted, f"entries after {self.offset} up to {max_deleted} were deleted unread", move=False
+                "gap",
+                max_deleted,
+                f"entries after {self.offset} up to {max_deleted} were deleted unread",
+                stored,
+                move=False,
             )
         return False
 
     async def _record(
-        self, kind: str, to_offset: str, detail: str, *, move: bool = True, from_offset: str | None = None
+        self,
+        kind: str,
+        to_offset: str,
+        detail: str,
+        expected: str | None,
+        *,
+        move: bool = True,
+        from_offset: str | None = None,
     ) -> None:
+        """Log and record a gap or reset, fenced by `expected` (the offset stored when we read it):
+        `OffsetMoved` when another consumer has moved it since, and nothing is written."""
         from_offset = from_offset or self.offset
         log.warning(
             f"stream_{kind}_detected",
             extra={"stream": self.stream_key, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
         )
-        await self.offsets.record_stream_event(self.stream_key, kind, from_offset, to_offset, detail, reset_offset=move)
+        await self.offsets.record_stream_event(
+            self.stream_key, kind, from_offset, to_offset, detail, expected=expected, reset_offset=move
+        )
         if move:
             self.offset = self._counted_since = to_offset
             self._added_through_offset = 0 if to_offset == START else None

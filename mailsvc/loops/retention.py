@@ -1,9 +1,14 @@
 """The retention worker (SPEC §5): a first pass at startup, then one every `MAIL_CLEANUP_INTERVAL`.
 
-A pass deletes terminal deliveries finished longer than `MAIL_DELIVERY_RETENTION` ago (with their
-children), malformed commands older than `MAIL_MALFORMED_COMMAND_RETENTION`, stream gap/reset
-events older than that same retention, and expired idempotency keys. Cut-offs are pure functions
-of the `now` the pass is given.
+A pass runs each step of `retention_steps` in turn: terminal deliveries finished longer than
+`MAIL_DELIVERY_RETENTION` ago (with their children), malformed commands older than
+`MAIL_MALFORMED_COMMAND_RETENTION`, expired idempotency keys, and stream gap/reset events older than
+that same retention. Cut-offs are pure functions of the `now` the pass is given.
+
+Steps are independent: one that fails — an unreachable database, a statement past its timeout, one
+the database refuses, any error — is logged with its name, ends only that step for this pass, and
+is reported; the other steps still run. A failed batch is never retried on the spot: the next pass
+comes after `retry_interval`, doubling while passes keep failing, never later than the interval.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -27,26 +32,15 @@ log = logging.getLogger("mailsvc.retention")
 
 
 class RetentionStore(Protocol):
-    async def delete_finished_deliveries(self, finished_before: datetime, stopping: Callable[[], bool]) -> int: ...
+    """Each method deletes one batch of at most `limit` rows older than the cutoff; the count."""
 
-    async def delete_malformed_commands(self, received_before: datetime, stopping: Callable[[], bool]) -> int: ...
+    async def delete_finished_deliveries(self, finished_before: datetime, limit: int) -> int: ...
 
-    async def delete_expired_idempotency_keys(self, now: datetime, stopping: Callable[[], bool]) -> int: ...
+    async def delete_malformed_commands(self, received_before: datetime, limit: int) -> int: ...
 
-    async def delete_stream_events(self, detected_before: datetime, stopping: Callable[[], bool]) -> int: ...
+    async def delete_expired_idempotency_keys(self, now: datetime, limit: int) -> int: ...
 
-
-@dataclass(frozen=True, slots=True)
-class RetentionCounts:
-    """Rows deleted by one pass, per table (a delivery's children go with it, uncounted)."""
-
-    deliveries: int = 0
-    malformed_commands: int = 0
-    idempotency_keys: int = 0
-    stream_events: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    async def delete_stream_events(self, detected_before: datetime, limit: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +54,53 @@ class RetentionPolicy:
     def malformed_cutoff(self, now: datetime) -> datetime:
         return now - self.malformed_retention
 
+    def key_cutoff(self, now: datetime) -> datetime:
+        """Keys carry their own expiry: one is gone once `expires_at <= now`."""
+        return now
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionStep:
+    """One cleanup. `table` names it in logs, span attributes and the `mail.retention.deleted`
+    metric; `delete(cutoff, limit)` removes one batch of its rows older than `cutoff(now)`."""
+
+    table: str
+    delete: Callable[[datetime, int], Awaitable[int]]
+    cutoff: Callable[[datetime], datetime]
+
+
+def retention_steps(store: RetentionStore, policy: RetentionPolicy) -> tuple[RetentionStep, ...]:
+    """Every step of a pass, in order. A new cleanup is one more line here (and its store method)."""
+    return (
+        RetentionStep("deliveries", store.delete_finished_deliveries, policy.delivery_cutoff),
+        RetentionStep("malformed_commands", store.delete_malformed_commands, policy.malformed_cutoff),
+        RetentionStep("idempotency_keys", store.delete_expired_idempotency_keys, policy.key_cutoff),
+        RetentionStep("stream_events", store.delete_stream_events, policy.malformed_cutoff),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """What one pass did: rows deleted per step's table, zeros included (a delivery's children go
+    with it, uncounted), and the tables whose step failed (their count is what committed first)."""
+
+    deleted: Mapping[str, int]
+    failed: tuple[str, ...] = ()
+
+
+def retry_delay(failed_passes: int, first: float, cap: float) -> float:
+    """Seconds to wait after `failed_passes` (>= 1) failed passes in a row: `first`, doubling, at
+    most `cap`."""
+    return min(cap, first * 2.0 ** min(failed_passes - 1, 32))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    for _ in range(8):  # adapters wrap driver errors once or twice; a cycle cannot keep us here
+        if exc.__cause__ is None:
+            break
+        exc = exc.__cause__
+    return exc
+
 
 class RetentionLoop:
     name = "retention"
@@ -71,14 +112,15 @@ class RetentionLoop:
         policy: RetentionPolicy,
         interval: timedelta,
         retry_interval: timedelta = timedelta(minutes=1),
+        batch_size: int = 1000,
         clock: Clock = utc_now,
-        on_pass: Callable[[RetentionCounts], None] = lambda counts: None,
+        on_pass: Callable[[RetentionReport], None] = lambda report: None,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
-        self.store = store
-        self.policy = policy
+        self.steps = retention_steps(store, policy)
         self.interval = interval.total_seconds()
         self.retry_interval = min(retry_interval.total_seconds(), self.interval)
+        self.batch_size = batch_size
         self.clock = clock
         self.on_pass = on_pass
         self.instruments = instruments
@@ -88,46 +130,77 @@ class RetentionLoop:
         self._stop.set()
 
     async def run(self) -> None:
-        """Pass, wait, pass... until stopped. An unreachable database is retried sooner."""
+        """Pass, wait, pass... until stopped; sooner again after a pass in which a step failed."""
+        failed_passes = 0
         while not self._stop.is_set():
-            try:
-                await self.run_once()
-                wait = self.interval
-            except StoreUnavailable as exc:
-                log.warning("retention_store_unavailable", extra={"error_class": type(exc).__name__})
-                wait = self.retry_interval
+            report = await self.run_once()
+            failed_passes = failed_passes + 1 if report.failed else 0
+            wait = retry_delay(failed_passes, self.retry_interval, self.interval) if failed_passes else self.interval
             await wait_for_event(self._stop, wait)
 
-    async def run_once(self, now: datetime | None = None) -> RetentionCounts:
-        """One full pass with cut-offs computed from `now` (default: the clock), in its own span."""
+    async def run_once(self, now: datetime | None = None) -> RetentionReport:
+        """One full pass with cut-offs computed from `now` (default: the clock), in its own span.
+        A failing step does not raise: it is logged and named in the report's `failed`."""
         with self.instruments.tracer.start_as_current_span(
             "mail.retention pass", record_exception=False, set_status_on_exception=False
         ) as span:
             try:
-                counts = await self._pass(now)
+                report = await self._pass(now)
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
             if span.is_recording():
-                span.set_attributes({f"mail.retention.deleted.{table}": n for table, n in counts.as_dict().items()})
-        for table, deleted in counts.as_dict().items():
+                span.set_attributes({f"mail.retention.deleted.{table}": n for table, n in report.deleted.items()})
+                if report.failed:
+                    span.set_attribute("mail.retention.failed", report.failed)
+            if report.failed:
+                span.set_status(Status(StatusCode.ERROR, "failed: " + ", ".join(report.failed)))
+        for table, deleted in report.deleted.items():
             # zero too: every table's series exists from the first pass
             self.instruments.retention_deleted.add(deleted, {"table": table})
-        self.on_pass(counts)
-        return counts
+        self.on_pass(report)
+        return report
 
-    async def _pass(self, now: datetime | None) -> RetentionCounts:
+    async def _pass(self, now: datetime | None) -> RetentionReport:
         now = self.clock() if now is None else now
         started = time.monotonic()
-        stopping = self._stop.is_set
-        counts = RetentionCounts(
-            deliveries=await self.store.delete_finished_deliveries(self.policy.delivery_cutoff(now), stopping),
-            malformed_commands=await self.store.delete_malformed_commands(self.policy.malformed_cutoff(now), stopping),
-            idempotency_keys=await self.store.delete_expired_idempotency_keys(now, stopping),
-            stream_events=await self.store.delete_stream_events(self.policy.malformed_cutoff(now), stopping),
-        )
-        log.info(
+        deleted: dict[str, int] = {}
+        failed: list[str] = []
+        for step in self.steps:
+            if self._stop.is_set():
+                break
+            deleted[step.table], ok = await self._run_step(step, now)
+            if not ok:
+                failed.append(step.table)
+        report = RetentionReport(deleted, tuple(failed))
+        log.log(
+            logging.WARNING if failed else logging.INFO,
             "retention_pass",
-            extra={**counts.as_dict(), "duration_ms": int((time.monotonic() - started) * 1000)},
+            extra={"deleted": deleted, "failed": failed, "duration_ms": int((time.monotonic() - started) * 1000)},
         )
-        return counts
+        return report
+
+    async def _run_step(self, step: RetentionStep, now: datetime) -> tuple[int, bool]:
+        """Batch after batch until one comes back short (or the loop is stopping): the rows
+        deleted, and False when a batch failed — which ends the step for this pass."""
+        cutoff = step.cutoff(now)
+        deleted = 0
+        try:
+            while True:
+                batch = await step.delete(cutoff, self.batch_size)
+                deleted += batch
+                if batch < self.batch_size or self._stop.is_set():
+                    return deleted, True
+        except Exception as exc:
+            # classes only: a database error's text can quote the row it refused
+            log.log(
+                logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR,
+                "retention_step_failed",
+                extra={
+                    "step": step.table,
+                    "error_class": type(exc).__name__,
+                    "cause_class": type(_root_cause(exc)).__name__,
+                    "deleted": deleted,
+                },
+            )
+            return deleted, False

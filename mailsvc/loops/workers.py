@@ -1,8 +1,8 @@
 """The bounded attempt worker pool, and the group-commit writer for attempt results.
 
 Workers only run already-claimed deliveries. A worker keeps its slot until its result is durably
-written, so the scheduler never claims more than can run. Results from many workers are written
-together in one statement (group commit) while the previous batch is in flight.
+written (or can no longer be), so the scheduler never claims more than can run. Results from many
+workers are written together in one statement (group commit) while the previous batch is in flight.
 """
 
 from __future__ import annotations
@@ -11,42 +11,65 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
 from mailsvc.domain.model import TERMINAL_STATUSES, ClaimedDelivery
-from mailsvc.errors import StoreUnavailable
+from mailsvc.errors import DataRefused, StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.services.execution import AttemptRecord, ExecutionService
 
 log = logging.getLogger("mailsvc.workers")
 
+_Entry = tuple[AttemptRecord, asyncio.Future[bool]]  # a record, and the future its worker awaits
+
 
 class ResultStore(Protocol):
     async def finish(self, records: list[AttemptRecord]) -> set[UUID]: ...
 
+    async def expire_claims(self, records: list[AttemptRecord]) -> None: ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
 
 class ResultWriter:
-    """Collects attempt records and writes them in batches; `write` returns once durable."""
+    """Collects attempt records and writes them in batches; `write` returns once durable.
+
+    A failure is classified, never retried blindly (SPEC §4):
+    - `StoreUnavailable` (the connection): the batch is retried, each record only while its claim
+      can still be applied — once `started_at + lease` has passed, stale recovery owns the claim;
+    - anything else (one record's data, e.g. `DataRefused`): the batch is halved until the record
+      that fails stands alone, so every other record commits; that record is written again without
+      its server text, and if even that fails its claim is handed to stale recovery at once.
+    """
 
     def __init__(
         self,
         store: ResultStore,
         *,
+        lease: timedelta,
         max_batch: int = 500,
         retry_delay: float = 0.5,
+        clock: Callable[[], datetime] = _utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
+        self.lease = lease
         self.max_batch = max_batch
         self.retry_delay = retry_delay
+        self.clock = clock
         self.instruments = instruments
-        self._pending: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._pending: list[_Entry] = []
         self._ready = asyncio.Event()
         self.on_written: Callable[[AttemptRecord, bool], None] = lambda record, applied: None
 
     async def write(self, record: AttemptRecord) -> bool:
-        """True when the result was applied, False when the claim had been lost (a late worker)."""
+        """True when the result was applied, False when it was not: the claim had been lost (a late
+        worker), or the result could not be written before the claim's deadline."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((record, future))
         self._ready.set()
@@ -66,28 +89,106 @@ class ResultWriter:
                 stopper.cancel()
                 continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            try:
-                applied = await self.store.finish([record for record, _ in batch])
-            except Exception as exc:
-                if isinstance(exc, StoreUnavailable):
-                    log.warning("result_write_failed", extra={"error_class": type(exc).__name__, "pending": len(batch)})
-                else:
-                    log.exception("result_write_failed", extra={"pending": len(batch)})
-                self._pending[:0] = batch  # keep order; the claims stay valid until their deadline
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Entry]) -> None:
+        """Settle every entry of `batch`, or put it back to be retried (connection failures only)."""
+        try:
+            applied = await self.store.finish([record for record, _ in batch])
+        except StoreUnavailable as exc:
+            log.warning("result_write_failed", extra={"error_class": type(exc).__name__, "pending": len(batch)})
+            if self._retry_later(batch):
                 await asyncio.sleep(self.retry_delay)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                await self._write_alone(batch[0], exc)
+                return
+            # one record's data fails the whole statement: halve until it stands alone
+            log.warning("result_batch_split", extra={"error_class": type(exc).__name__, "records": len(batch)})
+            middle = len(batch) // 2
+            await self._write(batch[:middle])
+            await self._write(batch[middle:])
+            return
+        for record, future in batch:
+            ok = record.delivery_id in applied
+            if not ok:
+                log.warning(
+                    "late_result_discarded",
+                    extra={"delivery_id": str(record.delivery_id), "attempt": record.attempt_number},
+                )
+            self._settle(record, future, ok)
+
+    def _retry_later(self, batch: list[_Entry]) -> bool:
+        """Queue `batch` again in front (keeping its order), except records whose claim deadline
+        has passed: those can no longer be applied. True when something was queued."""
+        now = self.clock()
+        keep: list[_Entry] = []
+        for record, future in batch:
+            if now < record.started_at + self.lease:
+                keep.append((record, future))
                 continue
-            for record, future in batch:
-                ok = record.delivery_id in applied
-                if not ok:
-                    log.warning(
-                        "late_result_discarded",
-                        extra={"delivery_id": str(record.delivery_id), "attempt": record.attempt_number},
-                    )
-                elif record.status in TERMINAL_STATUSES:  # counted once durable, never for a late worker
-                    self.instruments.deliveries_finished.add(1, {"status": record.status})
-                self.on_written(record, ok)
-                if not future.done():
-                    future.set_result(ok)
+            log.error(
+                "result_abandoned",
+                extra={
+                    "delivery_id": str(record.delivery_id),
+                    "attempt": record.attempt_number,
+                    "reason": "the store stayed unavailable past the claim deadline",
+                },
+            )
+            self._settle(record, future, False)
+        self._pending[:0] = keep
+        return bool(keep)
+
+    async def _write_alone(self, entry: _Entry, exc: Exception) -> None:
+        """A record the store refused on its own: never retried as it is."""
+        record, future = entry
+        extra = {
+            "delivery_id": str(record.delivery_id),
+            "attempt": record.attempt_number,
+            "error_class": type(exc).__name__,
+            "sqlstate": getattr(exc, "sqlstate", None),
+        }
+        if isinstance(exc, DataRefused):
+            log.error("result_refused", extra=extra)
+        else:
+            log.error("result_refused", extra=extra, exc_info=exc)
+        bare = _without_server_text(record)
+        if bare is not record:
+            try:
+                applied = await self.store.finish([bare])
+            except StoreUnavailable:
+                self._retry_later([(bare, future)])
+                return
+            except Exception:
+                log.exception("result_refused_without_server_text", extra=extra)
+            else:
+                self._settle(bare, future, bare.delivery_id in applied)
+                return
+        # nothing of it can be written: stale recovery records the attempt as abandoned (counted
+        # towards the maximum), without waiting for the claim deadline
+        try:
+            await self.store.expire_claims([record])
+        except Exception:
+            log.exception("claim_expiry_failed", extra=extra)  # recovery still takes it at the deadline
+        self._settle(record, future, False)
+
+    def _settle(self, record: AttemptRecord, future: asyncio.Future[bool], applied: bool) -> None:
+        if applied and record.status in TERMINAL_STATUSES:  # counted once durable, never for a late worker
+            self.instruments.deliveries_finished.add(1, {"status": record.status})
+        self.on_written(record, applied)
+        if not future.done():
+            future.set_result(applied)
+
+
+def _without_server_text(record: AttemptRecord) -> AttemptRecord:
+    """`record` with every piece of server text dropped (the part a server controls), or `record`
+    itself when it has none."""
+    result = record.result
+    if result is None or (result.smtp_reply is None and all(r.smtp_reply is None for r in result.recipients)):
+        return record
+    recipients = tuple(replace(r, smtp_reply=None) for r in result.recipients)
+    return replace(record, result=replace(result, smtp_reply=None, recipients=recipients))
 
 
 class WorkerPool:

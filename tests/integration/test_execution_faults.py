@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from mailsvc.settings import HostPort
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port, message_id_of
 from tests.support.deliveries import Ledger, in_process_service, raw_payload, smtp_env, xadd
+from tests.support.infra import wait_until
 
 Deliver = Callable[..., Awaitable[Record]]
 
@@ -249,3 +250,43 @@ async def test_expiry_while_the_server_is_down_dead_letters_the_delivery(
     assert attempts
     assert "sent" not in {a["outcome"] for a in attempts}
     assert all(a["started_at"] < row["expires_at"] or a["outcome"] == "expired" for a in attempts)
+
+
+async def test_reply_bytes_no_column_can_hold_are_stored_sanitised_and_sending_goes_on(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
+) -> None:
+    # a Latin-1 byte and a NUL in a refusal, a reply that is not UTF-8 at all after DATA
+    handler = ScriptedHandler(rcpt_replies={"bob@example.org": b"550 5.1.1 M\xfcller\x00 unknown"})
+    with SmtpServer(handler) as server:
+        env = smtp_env(service_env, server.host_port, MAIL_RETRY_BASE_DELAY="1h", MAIL_RETRY_MAX_DELAY="1h")
+        async with in_process_service(env):
+            mixed = await xadd(redis_client, stream_key, raw_payload("ann@example.org", "bob@example.org"))
+            row = await db.wait_status(mixed)
+            assert row["status"] == "sent"
+            recipients = await db.recipients(row["delivery_id"])
+            assert [(r["address"], r["outcome"], r["smtp_code"], r["smtp_reply"]) for r in recipients] == [
+                ("ann@example.org", "accepted", 250, "OK"),
+                ("bob@example.org", "refused", 550, "5.1.1 M\ufffdller unknown"),
+            ]
+
+            handler.data_replies = [b"451 \xff"]
+            deferred = await xadd(redis_client, stream_key, raw_payload("carol@example.org"))
+            [attempt] = await db.wait_attempts(deferred, 1)
+            assert (attempt["outcome"], attempt["smtp_code"], attempt["smtp_reply"]) == (
+                "transient_failure",
+                451,
+                "\ufffd",
+            )
+            waiting = await db.wait_status(deferred, "queued")
+            assert waiting["last_error"] == "transient_failure 451 data_refused \ufffd"
+            assert waiting["next_attempt_at"] is not None
+
+            # nothing is stuck: the same running service delivers what comes next
+            keys = [await xadd(redis_client, stream_key, raw_payload(f"u{i}@example.org")) for i in range(100)]
+
+            async def all_sent() -> bool:
+                return await db.count("status = 'sent' AND idempotency_key = ANY($1)", keys) == len(keys)
+
+            await wait_until(all_sent, timeout=60, what="the 100 ordinary deliveries sent")
+    assert len(handler.received) == 102  # the mixed one, the deferred one, and the 100
+    assert await db.count("status = 'sending'") == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.model import Address
-from mailsvc.errors import NotFound, StoreUnavailable
+from mailsvc.errors import DataRefused, NotFound, StoreUnavailable
 from mailsvc.services.acceptance import AcceptanceService, KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.services.group_commit import GroupCommitStore
 from tests.conftest import REPO
@@ -151,6 +152,26 @@ async def test_a_failing_batch_is_retried_one_by_one_so_only_the_bad_request_fai
         await bad
     assert inner.transactions == [["a"], ["b", "gone"], ["b"], ["gone"]]
     assert await stored_keys(engine) == {"a", "b"}
+
+
+@pytest.mark.parametrize("bad_subject", ["a\x00b", "M\udcfcller"], ids=["nul", "lone-surrogate"])
+async def test_one_item_whose_data_postgresql_refuses_fails_alone_and_the_group_commits(
+    engine: AsyncEngine, builder: AcceptanceService, bad_subject: str
+) -> None:
+    inner, store, first = await first_in_flight(engine, builder)
+    good = asyncio.create_task(accept(store, delivery(builder, "b")))
+    item = delivery(builder, "bad")
+    # past validation by construction: the store is the last line (NUL: PostgreSQL; surrogate: asyncpg)
+    bad = asyncio.create_task(accept(store, replace(item, content=replace(item.content, subject=bad_subject))))
+    also_good = asyncio.create_task(accept(store, delivery(builder, "c")))
+    await asyncio.sleep(0)
+    inner.gate.set()
+    assert [(await task)[0].kind for task in (first, good, also_good)] == ["created"] * 3
+    with pytest.raises(DataRefused) as refused:  # its own failure, never "unavailable" (503)
+        await bad
+    assert (refused.value.sqlstate or "").startswith("22")
+    assert inner.transactions == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+    assert await stored_keys(engine) == {"a", "b", "c"}
 
 
 async def test_store_unavailable_fails_the_whole_batch_without_retrying(builder: AcceptanceService) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,28 +17,12 @@ import pytest
 from redis.asyncio import Redis
 
 from devtools.embedded import free_port
-from tests.support.infra import PostgresServer, redis_host_port, unique_name, wait_until
+from tests.support.infra import redis_host_port, wait_until
 from tests.support.intake import command, connect, raw_payload, wait_for_offset
-from tests.support.process import ServiceProcess, running_service
+from tests.support.process import ServiceProcess, running_service, service_environment
 
-REPO = Path(__file__).resolve().parents[2]
 PATH = "/api/v1/internal/deliveries"
 MIB = 1024 * 1024
-
-
-def environment(database_dsn: str, redis_addr: str, **overrides: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "OTEL_"))}
-    return {
-        **keep,
-        "MAIL_REDIS_MASTER_ADDR": redis_addr,
-        "MAIL_REDIS_PASSWORD": "",
-        "MAIL_POSTGRES_PRIMARY_DSN": database_dsn,
-        "MAIL_REDIS_COMMAND_STREAM": f"mailsvc-test:{unique_name('http')}:commands",
-        "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
-        "MAIL_TEMPLATE_DIR": str(REPO / "templates"),
-        "MAIL_SHUTDOWN_TIMEOUT": "10s",
-        **overrides,
-    }
 
 
 @dataclass
@@ -65,17 +47,9 @@ class Intake:
 
 
 @pytest.fixture(scope="module")
-async def module_database(pg: PostgresServer, template_database: str) -> AsyncIterator[str]:
-    name = unique_name("mailsvc_http")
-    await pg.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield pg.dsn_for(name)
-    await pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
 async def intake(module_database: str, redis_addr: str) -> AsyncIterator[Intake]:
     """One stub-mode service for the module; tests isolate themselves with fresh keys."""
-    env = environment(module_database, redis_addr)
+    env = service_environment(module_database, redis_addr)
     async with running_service(env) as service:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=30) as client:
             yield Intake(service, client, module_database, env["MAIL_REDIS_COMMAND_STREAM"])
@@ -430,7 +404,7 @@ async def test_line_breaks_in_addresses_names_and_headers_are_422(
 
 
 async def test_auth_delivery_in_smtp_mode_is_queued(database_dsn: str, redis_addr: str, key: str) -> None:
-    env = environment(
+    env = service_environment(
         database_dsn,
         redis_addr,
         MAIL_SMTP_MODE="smtp",
@@ -456,7 +430,7 @@ async def test_auth_delivery_in_smtp_mode_is_queued(database_dsn: str, redis_add
 
 @pytest.fixture(scope="module")
 async def guarded(module_database: str, redis_addr: str) -> AsyncIterator[httpx.AsyncClient]:
-    env = environment(
+    env = service_environment(
         module_database,
         redis_addr,
         MAIL_INTERNAL_HTTP_INTAKE_TOKENS="intake-token-1,intake-token-2",

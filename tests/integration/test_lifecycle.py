@@ -22,6 +22,21 @@ async def test_invalid_configuration_exits_2_naming_each_variable(service_env: d
     assert "MAIL_POSTGRES_PRIMARY_DSN: required" in errors
 
 
+async def test_configuration_that_cannot_work_exits_2(service_env: dict[str, str]) -> None:
+    env = {
+        **service_env,
+        "MAIL_SMTP_MODE": "smtp",
+        "MAIL_SMTP_ADDR": "127.mail.example.com:587",
+        "MAIL_SMTP_FROM_EMAIL": "josé@example.com",  # every delivery's From header would fail
+        "MAIL_IDEMPOTENCY_TTL": "48h",
+        "MAIL_DELIVERY_RETENTION": "24h",
+    }
+    service = await start_service(env)
+    assert await service.wait_exit() == 2
+    problems = [line.strip() for line in service.stderr if line.startswith("  ")]
+    assert [p.split(":")[0] for p in problems] == ["MAIL_SMTP_FROM_EMAIL", "MAIL_IDEMPOTENCY_TTL"], service.output()
+
+
 async def test_refuses_to_start_when_redis_is_down(service_env: dict[str, str]) -> None:
     service = await start_service({**service_env, "MAIL_REDIS_MASTER_ADDR": f"127.0.0.1:{free_port()}"})
     assert await service.wait_exit() == 1

@@ -115,3 +115,47 @@ async def test_one_idempotency_key_per_scope_and_cascades(database_dsn: str) -> 
             assert count == 0, table
     finally:
         await conn.close()
+
+
+FOREIGN_KEYS = """
+SELECT c.conname, c.conrelid::regclass::text AS child,
+       array(SELECT a.attname FROM unnest(c.conkey) AS k(attnum)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS columns
+FROM pg_constraint c
+WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
+"""
+
+# the key columns of every valid index, in order (an expression column has attnum 0 and no name)
+INDEXES = """
+SELECT i.indrelid::regclass::text AS child, pg_get_expr(i.indpred, i.indrelid) AS predicate,
+       array(SELECT coalesce(a.attname, '') FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n)
+             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n) AS columns
+FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+WHERE t.relnamespace = 'public'::regnamespace AND i.indisvalid
+"""
+
+
+def _serves(index: asyncpg.Record, child: str, columns: list[str]) -> bool:
+    """Can the cascade's `WHERE fk_columns = $parent_key` use this index? Its leading columns are
+    the foreign key's (in any order), and a partial index only leaves out rows with a NULL key."""
+    if index["child"] != child or set(index["columns"][: len(columns)]) != set(columns):
+        return False
+    return index["predicate"] is None or (len(columns) == 1 and index["predicate"] == f"({columns[0]} IS NOT NULL)")
+
+
+async def test_every_foreign_key_leads_an_index(database_dsn: str) -> None:
+    """A delete on the parent (retention's cascade, a `SET NULL`) finds the child rows through an
+    index, never by scanning the child table once per deleted row (SPEC §5)."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        foreign_keys = await conn.fetch(FOREIGN_KEYS)
+        indexes = await conn.fetch(INDEXES)
+    finally:
+        await conn.close()
+    assert ("idempotency_keys", ["delivery_id"]) in [(fk["child"], fk["columns"]) for fk in foreign_keys]
+    unindexed = [
+        f"{fk['conname']}: {fk['child']} ({', '.join(fk['columns'])})"
+        for fk in foreign_keys
+        if not any(_serves(index, fk["child"], fk["columns"]) for index in indexes)
+    ]
+    assert unindexed == [], "foreign keys without an index: " + "; ".join(unindexed)

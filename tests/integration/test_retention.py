@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devtools.embedded import free_port
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.retention_store import RetentionStore
-from mailsvc.loops.retention import RetentionCounts, RetentionLoop, RetentionPolicy
+from mailsvc.loops.retention import RetentionLoop, RetentionPolicy, RetentionReport, retry_delay
 from tests.support.infra import wait_until
 from tests.support.operator_api import in_process, operator_env
 
@@ -111,6 +111,12 @@ async def remaining(conn: asyncpg.Connection, table: str, column: str = "deliver
     return {row[0] for row in await conn.fetch(f"SELECT {column} FROM {table}")}
 
 
+def report(*, failed: tuple[str, ...] = (), **deleted: int) -> RetentionReport:
+    """The report of a pass that deleted `deleted` (zero for every other table)."""
+    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    return RetentionReport({table: deleted.get(table, 0) for table in tables}, failed)
+
+
 async def test_a_pass_deletes_exactly_what_has_expired(conn: asyncpg.Connection, engine: AsyncEngine) -> None:
     days = timedelta(days=1)
     old_sent = await delivery(conn, "sent", 31 * days, key_expires_in=-30 * days)
@@ -123,10 +129,10 @@ async def test_a_pass_deletes_exactly_what_has_expired(conn: asyncpg.Connection,
     old_malformed, young_malformed = await malformed(conn, 8 * days), await malformed(conn, 6 * days)
     old_event, young_event = await stream_event(conn, 8 * days), await stream_event(conn, days)
 
-    loop = RetentionLoop(store=RetentionStore(engine, batch_size=2), policy=POLICY, interval=timedelta(hours=1))
-    counts = await loop.run_once(NOW)
+    loop = RetentionLoop(store=RetentionStore(engine), policy=POLICY, interval=timedelta(hours=1), batch_size=2)
+    result = await loop.run_once(NOW)
 
-    assert counts == RetentionCounts(deliveries=3, malformed_commands=1, idempotency_keys=2, stream_events=1)
+    assert result == report(deliveries=3, malformed_commands=1, idempotency_keys=2, stream_events=1)
     kept = {young_sent, young_resend, ancient_queued, ancient_sending}
     assert await remaining(conn, "deliveries") == kept
     for table in CHILDREN[:3]:
@@ -141,23 +147,179 @@ async def test_a_pass_deletes_exactly_what_has_expired(conn: asyncpg.Connection,
     assert old_malformed not in await remaining(conn, "malformed_commands", "malformed_id")
     assert old_event not in await remaining(conn, "stream_events", "event_id")
 
-    assert await loop.run_once(NOW) == RetentionCounts()
+    assert await loop.run_once(NOW) == report()
 
 
 async def test_large_backlogs_go_in_bounded_batches(conn: asyncpg.Connection, engine: AsyncEngine) -> None:
     for _ in range(11):
         await delivery(conn, "sent", timedelta(days=60))
     keep = await delivery(conn, "sent", timedelta(days=1))
-    store = RetentionStore(engine, batch_size=4)
-    assert await store.delete_finished_deliveries(NOW - timedelta(days=30), lambda: False) == 11
+    store = RetentionStore(engine)
+    assert await store.delete_finished_deliveries(NOW - timedelta(days=30), 4) == 4  # one statement, at most 4
+    loop = RetentionLoop(store=store, policy=POLICY, interval=timedelta(hours=1), batch_size=4)
+    assert (await loop.run_once(NOW)).deleted["deliveries"] == 7
     assert await remaining(conn, "deliveries") == {keep}
+
+
+# Deliveries for the volume test, built in one statement: `live` queued ones (never deleted) and
+# `expired` sent ones finished long ago, each of those with its own key.
+SCALE_DELIVERIES = """
+INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id, next_attempt_at,
+                        created_at, updated_at, finished_at)
+SELECT gen_random_uuid(), 'notification', CASE WHEN g <= $1::int THEN 'queued' ELSE 'sent' END, $3::timestamptz,
+       'scale-' || g, '<' || g || '@scale.test>', CASE WHEN g <= $1::int THEN $3::timestamptz END, $3, $3,
+       CASE WHEN g > $1::int THEN $3::timestamptz END
+FROM generate_series(1, $1::int + $2::int) AS g
+"""
+
+# `$1` keys spread over the live deliveries in runs (so each index is filled in order), plus the
+# expired deliveries' own keys, none of them expired: the cascade is the only thing deleting keys.
+SCALE_KEYS = """
+WITH live AS (SELECT delivery_id, row_number() OVER () - 1 AS n FROM deliveries WHERE status = 'queued')
+INSERT INTO idempotency_keys (source, key, request_hash, delivery_id, expires_at)
+SELECT 'notification', lpad(g::text, 7, '0'), '\\x00'::bytea, live.delivery_id, $2::timestamptz
+FROM generate_series(0, $1::int - 1) AS g JOIN live ON live.n = g / ($1::int / (SELECT count(*) FROM live))
+UNION ALL
+SELECT 'auth', idempotency_key, '\\x00'::bytea, delivery_id, $2::timestamptz FROM deliveries WHERE status = 'sent'
+"""
+
+KEY_TABLE_STATS = "SELECT seq_scan, n_tup_del FROM pg_stat_user_tables WHERE relname = 'idempotency_keys'"
+
+
+async def test_a_pass_over_a_million_idempotency_keys_scans_none_of_them(
+    conn: asyncpg.Connection, database_dsn: str
+) -> None:
+    live, expired, keys = 100, 1000, 1_000_000
+    async with conn.transaction():
+        # bulk load: every key names a delivery inserted above by construction, so the per-row
+        # foreign key checks (half of the load time) are skipped for this one transaction
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(SCALE_DELIVERIES, live, expired, NOW - timedelta(days=60))
+        await conn.execute(SCALE_KEYS, keys, NOW + timedelta(days=1))
+    before = await conn.fetchrow(KEY_TABLE_STATS)
+
+    # the service's own statement timeout: an unindexed cascade runs past it
+    engine = create_engine(database_dsn, operation_timeout_s=20)
+    try:
+        loop = RetentionLoop(store=RetentionStore(engine), policy=POLICY, interval=timedelta(hours=1))
+        result = await loop.run_once(NOW)
+    finally:
+        await engine.dispose()  # its sessions end, and with them their statistics reach the server
+    assert result == report(deliveries=expired)
+
+    async def flushed() -> asyncpg.Record | None:
+        # the cascade deleted the expired deliveries' keys: once those deletes are counted, the
+        # same session's scans of the table are too
+        stats = await conn.fetchrow(KEY_TABLE_STATS)
+        return stats if stats["n_tup_del"] - before["n_tup_del"] >= expired else None
+
+    after = await wait_until(flushed, what="the retention session's table statistics")
+    assert after["seq_scan"] - before["seq_scan"] < 10, "the cascade scanned idempotency_keys per deleted delivery"
+    assert await conn.fetchval("SELECT count(*) FROM deliveries") == live
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == keys
+
+
+async def refuse_deleting_deliveries(conn: asyncpg.Connection) -> None:
+    """From now on the database refuses to delete any delivery (a trigger raises)."""
+    await conn.execute(
+        """
+        CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'deliveries are not to be deleted today'; END $$;
+        CREATE TRIGGER refuse_delete BEFORE DELETE ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+        """
+    )
+
+
+async def stall_deleting_deliveries(conn: asyncpg.Connection) -> None:
+    """From now on deleting a delivery outlasts any statement timeout (`StoreUnavailable`)."""
+    await conn.execute(
+        """
+        CREATE FUNCTION stall_delete() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(60); RETURN OLD; END $$;
+        CREATE TRIGGER stall_delete BEFORE DELETE ON deliveries FOR EACH ROW EXECUTE FUNCTION stall_delete();
+        """
+    )
+
+
+@pytest.mark.parametrize("break_deliveries", [refuse_deleting_deliveries, stall_deleting_deliveries])
+async def test_a_failing_step_does_not_stop_the_others(
+    break_deliveries: Callable[[asyncpg.Connection], Awaitable[None]],
+    conn: asyncpg.Connection,
+    database_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    days = timedelta(days=1)
+    old = await delivery(conn, "sent", 60 * days, key_expires_in=-59 * days)
+    young = await delivery(conn, "sent", days, key_expires_in=-days)
+    await malformed(conn, 8 * days)
+    await stream_event(conn, 8 * days)
+    await break_deliveries(conn)
+    engine = create_engine(database_dsn, operation_timeout_s=0.5)
+    try:
+        loop = RetentionLoop(store=RetentionStore(engine), policy=POLICY, interval=timedelta(hours=1))
+        with caplog.at_level(logging.WARNING, logger="mailsvc.retention"):
+            result = await loop.run_once(NOW)
+    finally:
+        await engine.dispose()
+
+    assert result == report(failed=("deliveries",), malformed_commands=1, idempotency_keys=2, stream_events=1)
+    assert await remaining(conn, "deliveries") == {old, young}
+    assert await remaining(conn, "malformed_commands", "malformed_id") == set()
+    assert await remaining(conn, "stream_events", "event_id") == set()
+    assert await remaining(conn, "idempotency_keys") == set()
+    failures = [r for r in caplog.records if r.getMessage() == "retention_step_failed"]
+    assert [r.__dict__["step"] for r in failures] == ["deliveries"]
+    assert "deliveries are not to be deleted" not in caplog.text  # classes are logged, not the database's text
+
+
+async def test_a_failing_step_is_retried_by_later_passes_not_on_the_spot(
+    conn: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    old = await delivery(conn, "sent", timedelta(days=60))
+    await refuse_deleting_deliveries(conn)
+    passes: list[RetentionReport] = []
+    loop = RetentionLoop(
+        store=RetentionStore(engine),
+        policy=POLICY,
+        interval=timedelta(hours=1),
+        retry_interval=timedelta(milliseconds=20),
+        clock=lambda: NOW,
+        on_pass=passes.append,
+    )
+    task = asyncio.create_task(loop.run())
+
+    async def failed_twice() -> bool:
+        return len(passes) >= 2
+
+    await wait_until(failed_twice, what="a second pass after the failed one")
+    assert all(p.failed == ("deliveries",) for p in passes)
+    await conn.execute("DROP TRIGGER refuse_delete ON deliveries")
+
+    async def recovered() -> bool:
+        return bool(passes[-1].deleted.get("deliveries"))
+
+    await wait_until(recovered, what="a pass that deletes once the database lets it")
+    assert passes[-1].failed == ()
+    assert old not in await remaining(conn, "deliveries")
+    settled = len(passes)
+    loop.stop()
+    await asyncio.wait_for(task, 5)
+    assert len(passes) == settled  # a clean pass waits the whole interval
+
+
+@pytest.mark.parametrize(
+    ("failed_passes", "expected"),
+    [(1, 60.0), (2, 120.0), (3, 240.0), (6, 1920.0), (7, 3600.0), (10_000, 3600.0)],
+)
+def test_failed_passes_back_off_to_the_interval(failed_passes: int, expected: float) -> None:
+    assert retry_delay(failed_passes, 60.0, 3600.0) == expected
 
 
 async def test_the_loop_passes_at_once_then_waits_for_the_interval(
     conn: asyncpg.Connection, engine: AsyncEngine
 ) -> None:
     old = await delivery(conn, "dead_lettered", timedelta(days=90))
-    passes: list[RetentionCounts] = []
+    passes: list[RetentionReport] = []
     loop = RetentionLoop(
         store=RetentionStore(engine),
         policy=POLICY,
@@ -171,7 +333,7 @@ async def test_the_loop_passes_at_once_then_waits_for_the_interval(
         return bool(passes)
 
     await wait_until(passed, what="the first retention pass")
-    assert passes == [RetentionCounts(deliveries=1)]
+    assert passes == [report(deliveries=1)]
     assert old not in await remaining(conn, "deliveries")
     loop.stop()
     await asyncio.wait_for(task, 5)
@@ -180,18 +342,20 @@ async def test_the_loop_passes_at_once_then_waits_for_the_interval(
 
 async def test_an_unreachable_database_is_retried_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     engine = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing", operation_timeout_s=1)
+    passes: list[RetentionReport] = []
     loop = RetentionLoop(
         store=RetentionStore(engine),
         policy=POLICY,
         interval=timedelta(hours=1),
         retry_interval=timedelta(milliseconds=20),
+        on_pass=passes.append,
     )
     try:
         with caplog.at_level(logging.WARNING, logger="mailsvc.retention"):
             task = asyncio.create_task(loop.run())
 
             async def retried() -> bool:
-                return sum(r.getMessage() == "retention_store_unavailable" for r in caplog.records) >= 2
+                return len(passes) >= 2
 
             await wait_until(retried, what="two failed passes")
             assert not task.done()
@@ -199,6 +363,9 @@ async def test_an_unreachable_database_is_retried_not_fatal(caplog: pytest.LogCa
             await asyncio.wait_for(task, 5)
     finally:
         await engine.dispose()
+    assert passes[0].failed == ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    failures = [r for r in caplog.records if r.getMessage() == "retention_step_failed"]
+    assert {r.__dict__["error_class"] for r in failures} == {"StoreUnavailable"}
 
 
 async def test_the_service_runs_a_pass_at_startup(database_dsn: str, redis_addr: str, conn: asyncpg.Connection) -> None:

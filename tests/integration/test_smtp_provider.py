@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -155,7 +156,7 @@ async def test_5xx_to_mail_from_is_transient(provider_for: ProviderFactory, capl
 
 
 async def test_mixed_recipients_are_sent_with_per_recipient_results(provider_for: ProviderFactory) -> None:
-    handler = ScriptedHandler(rcpt_replies={"bob@example.org": "550 5.1.1 no such user " + "x" * 400})
+    handler = ScriptedHandler(rcpt_replies={"bob@example.org": "550 5.1.1 no such user " + "x" * 600})
     with SmtpServer(handler) as server:
         msg = outgoing("ann@example.org", "bob@example.org", "cy@example.org")
         result = await send(provider_for(server.host_port), msg)
@@ -168,7 +169,7 @@ async def test_mixed_recipients_are_sent_with_per_recipient_results(provider_for
         reply = result.recipients[1].smtp_reply
         assert reply is not None
         assert reply.startswith("5.1.1 no such user")
-        assert len(reply) == 300
+        assert len(reply) == 512  # SPEC §1: server text cut to 512 characters
         assert handler.received[0].rcpt_tos == ["ann@example.org", "cy@example.org"]
 
 
@@ -258,6 +259,29 @@ async def test_credentials_are_withheld_without_tls_from_a_non_loopback_server(
     assert result.error_class == "auth_requires_tls"
     assert handler.logins == []
     assert "MAIL" not in handler.commands
+
+
+async def test_a_name_starting_with_127_is_not_a_loopback_server(
+    provider_for: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`127.mail.example.com` is a host like any other: `auto` TLS requires STARTTLS there and
+    AUTH is never sent to it in cleartext (the name resolves to our plaintext server here)."""
+    name = "127.mail.example.com"
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: resolve(HOST if host == name else host, *a, **kw))
+    handler = ScriptedHandler(accept_logins=True)
+    with SmtpServer(handler) as server:
+        addr = HostPort(name, server.port)
+        auto = provider_for(addr, username="svc", password=Secret("s3cret"))
+        result = await send(auto, outgoing("ann@example.org"))
+        assert (result.outcome, result.error_class) == ("transient_failure", "starttls_unavailable")
+        plaintext = provider_for(addr, tls="none", username="svc", password=Secret("s3cret"))
+        result = await send(plaintext, outgoing("ann@example.org"))
+        assert (result.outcome, result.error_class) == ("transient_failure", "auth_requires_tls")
+        # the name does lead to the server: without credentials, plaintext was asked for and is used
+        assert (await send(provider_for(addr, tls="none"), outgoing("ann@example.org"))).outcome == "sent"
+    assert handler.logins == []
+    assert len(handler.received) == 1
 
 
 async def test_starttls_with_a_self_signed_certificate(provider_for: ProviderFactory) -> None:

@@ -43,6 +43,8 @@ class ReceivedPoint:
     attributes: dict[str, Any]
     value: float
     count: int | None = None  # histograms
+    kind: str = ""  # the OTLP data field: "sum", "gauge", "histogram", ...
+    monotonic: bool = False  # sums only: a counter
 
 
 @dataclass
@@ -121,15 +123,20 @@ class OtlpReceiver:
                 for metric in scope_metrics.metrics:
                     kind = metric.WhichOneof("data")
                     data = getattr(metric, kind)
+                    monotonic = kind == "sum" and data.is_monotonic
                     for point in data.data_points:
                         attributes = {a.key: _value(a.value) for a in point.attributes}
                         if kind == "histogram":
                             self.points.append(
-                                ReceivedPoint(metric.name, metric.unit, attributes, point.sum, point.count)
+                                ReceivedPoint(
+                                    metric.name, metric.unit, attributes, point.sum, point.count, kind, monotonic
+                                )
                             )
                         else:
                             value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
-                            self.points.append(ReceivedPoint(metric.name, metric.unit, attributes, value))
+                            self.points.append(
+                                ReceivedPoint(metric.name, metric.unit, attributes, value, None, kind, monotonic)
+                            )
 
     def spans_named(self, prefix: str) -> list[ReceivedSpan]:
         with self.lock:

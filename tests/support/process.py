@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tests.support.infra import unique_name
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -106,3 +112,19 @@ async def running_service(env: dict[str, str], *, ready: bool = True) -> AsyncIt
             service.process.kill()
         with contextlib.suppress(Exception):
             await service.wait_exit(10)
+
+
+def service_environment(database_dsn: str, redis_addr: str, **overrides: str) -> dict[str, str]:
+    """A stub-mode `mailsvc serve` environment on a free loopback port, with its own stream key."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "OTEL_"))}
+    return {
+        **keep,
+        "MAIL_REDIS_MASTER_ADDR": redis_addr,
+        "MAIL_REDIS_PASSWORD": "",
+        "MAIL_POSTGRES_PRIMARY_DSN": database_dsn,
+        "MAIL_REDIS_COMMAND_STREAM": f"mailsvc-test:{unique_name('http')}:commands",
+        "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
+        "MAIL_TEMPLATE_DIR": str(REPO / "templates"),
+        "MAIL_SHUTDOWN_TIMEOUT": "10s",
+        **overrides,
+    }

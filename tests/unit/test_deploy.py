@@ -4,12 +4,14 @@ dependencies, TCP probes, NetworkPolicy, PDB, migration Job).
 
 Offline validators: `kubernetes-validate` (Kubernetes API JSON schemas, strict) and
 `check-jsonschema`'s bundled Compose Specification schema, both from the `dev` extra;
-`docker compose config` and `kubectl kustomize` run when those CLIs are installed.
+`docker-compose config` (Compose v1, from Debian's `docker-compose` package fetched into
+`.tools-cache/` when not installed, no daemon needed); `kubectl kustomize` when kubectl is installed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -24,6 +26,7 @@ import pytest
 import yaml
 
 from mailsvc.settings import load_settings, parse_dsn, parse_duration
+from tests.support.debian_tools import ToolUnavailable, docker_compose
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -517,21 +520,24 @@ def test_compose_validates_against_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker CLI not installed: `docker compose config` cannot run")
-    version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False)
-    if version.returncode != 0:
-        pytest.skip("the docker CLI has no compose plugin: `docker compose config` cannot run")
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    try:
+        command = docker_compose(REPO / ".tools-cache")
+    except ToolUnavailable as exc:
+        pytest.skip(f"docker-compose unavailable (Debian's docker-compose package): {exc}")
+    # an empty environment, env file and home: the file's own defaults, nothing of this machine's
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    (tmp_path / "empty.env").write_text("")
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        [*command, "--env-file", str(tmp_path / "empty.env"), "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
+        cwd=tmp_path,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --------------------------------------------------------------------------------------------

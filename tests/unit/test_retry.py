@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailsvc.domain.retry import Decision, RetryPolicy
 
@@ -105,3 +107,35 @@ def test_exhaustion_wins_over_expiry_and_permanent_over_both() -> None:
     past = NOW - timedelta(seconds=1)
     assert POLICY.decide("transient_failure", 10, NOW, past, 0.5).dead_reason == "attempts_exhausted"
     assert POLICY.decide("permanent_failure", 10, NOW, past, 0.5).dead_reason == "permanent_failure"
+
+
+@pytest.mark.parametrize("base", [timedelta(minutes=5), timedelta(hours=1), timedelta(days=30)])
+@pytest.mark.parametrize("attempt", [41, 64, 1000, 10**9])
+def test_any_attempt_number_with_a_long_base_delay_is_capped_not_overflowing(base: timedelta, attempt: int) -> None:
+    policy = RetryPolicy(base_delay=base, max_delay=base * 12, max_attempts=10)
+    assert policy.delay(attempt, 0.5) == base * 12
+    assert policy.delay(attempt, ALMOST_ONE) == base * 12
+    assert policy.decide("transient_failure", 1, NOW, None, 0.5).status == "queued"
+
+
+@pytest.mark.parametrize("attempt", [0, -1, -(10**9)])
+def test_attempt_numbers_below_one_count_as_the_first(attempt: int) -> None:
+    assert POLICY.delay(attempt, 0.5) == POLICY.delay(1, 0.5) == BASE
+
+
+def test_a_maximum_near_the_largest_timedelta_does_not_overflow_with_jitter() -> None:
+    huge = RetryPolicy(base_delay=timedelta(days=1), max_delay=timedelta.max, max_attempts=10)
+    assert huge.delay(10**6, ALMOST_ONE) == timedelta.max
+    assert huge.delay(2, 0.5) == timedelta(days=2)
+
+
+@given(
+    base_s=st.integers(min_value=0, max_value=10**7),  # 0: a zero base stays zero
+    factor=st.integers(min_value=1, max_value=10**4),
+    attempt=st.integers(min_value=-(10**12), max_value=10**12),
+    jitter=st.floats(min_value=0.0, max_value=ALMOST_ONE),
+)
+def test_delay_never_raises_and_stays_in_base_and_max(base_s: int, factor: int, attempt: int, jitter: float) -> None:
+    base = timedelta(seconds=base_s)
+    policy = RetryPolicy(base_delay=base, max_delay=base * factor, max_attempts=10)
+    assert base <= policy.delay(attempt, jitter) <= base * factor

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsvc.domain.mime import ascii_address
 from mailsvc.settings import (
     HostPort,
     SettingsError,
@@ -62,6 +63,66 @@ def test_host_port_forms() -> None:
             parse_host_port(bad)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.10.20.30", "127.255.255.255", "::1", "localhost", "LocalHost"])
+def test_loopback_is_a_loopback_ip_literal_or_localhost(host: str) -> None:
+    assert HostPort(host, 25).is_loopback
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.mail.example.com",  # a name that merely starts with 127.
+        "127.0.0.1.example.com",
+        "127.0.0.1.nip.io",
+        "localhost.example.com",
+        "128.0.0.1",
+        "10.0.0.1",
+        "0.0.0.0",
+        "::",
+        "::ffff:127.0.0.1",  # not the literal the SPEC names
+        "",  # all interfaces
+    ],
+)
+def test_nothing_else_is_loopback(host: str) -> None:
+    assert not HostPort(host, 25).is_loopback
+
+
+SMTP = {**BASE, "MAIL_SMTP_MODE": "smtp", "MAIL_SMTP_ADDR": "mx.example.com:587"}
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["noreply@example.com", "no-reply+mail@mail.example.com", "ops@bücher.example", "svc@localhost", "a@[192.0.2.1]"],
+)
+def test_a_sender_the_mime_builder_takes_is_accepted(sender: str) -> None:
+    assert load_settings({**SMTP, "MAIL_SMTP_FROM_EMAIL": sender}).smtp.from_email == sender
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["josé@example.com", "no reply@example.com", '"quoted"@example.com', "noreply", "a@b@example.com", "a@-x-"],
+)
+def test_a_sender_the_mime_builder_refuses_fails_the_start(sender: str) -> None:
+    for mode in (SMTP, BASE):  # stub mode builds the same From header
+        with pytest.raises(SettingsError) as caught:
+            load_settings({**mode, "MAIL_SMTP_FROM_EMAIL": sender})
+        assert [p.split(":")[0] for p in caught.value.problems] == ["MAIL_SMTP_FROM_EMAIL"]
+        with pytest.raises(ValueError):  # the builder's own verdict, which the check follows
+            ascii_address(sender)
+
+
+def test_an_idempotency_ttl_longer_than_retention_fails_the_start() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "MAIL_IDEMPOTENCY_TTL": "49h", "MAIL_DELIVERY_RETENTION": "48h"})
+    assert caught.value.problems == [
+        "MAIL_IDEMPOTENCY_TTL: 49h must not exceed MAIL_DELIVERY_RETENTION (48h): a key must never outlive its delivery"
+    ]
+    with pytest.raises(SettingsError, match="MAIL_IDEMPOTENCY_TTL"):
+        load_settings({**BASE, "MAIL_DELIVERY_RETENTION": "12h"})  # against the 24h default TTL
+    equal = load_settings({**BASE, "MAIL_IDEMPOTENCY_TTL": "48h", "MAIL_DELIVERY_RETENTION": "48h"})
+    assert equal.work.idempotency_ttl == equal.work.delivery_retention
+
+
 def test_defaults_follow_the_spec() -> None:
     settings = load_settings(BASE)
     assert settings.http.addr == HostPort("", 8080)
@@ -94,6 +155,14 @@ def test_empty_redis_password_is_allowed_but_must_be_set() -> None:
     env = {k: v for k, v in BASE.items() if k != "MAIL_REDIS_PASSWORD"}
     with pytest.raises(SettingsError, match="MAIL_REDIS_PASSWORD: required"):
         load_settings(env)
+
+
+def test_redis_username_is_optional_and_must_be_an_acl_name() -> None:
+    assert load_settings(BASE).redis.username == ""
+    assert load_settings({**BASE, "MAIL_REDIS_USERNAME": "mailsvc"}).redis.username == "mailsvc"
+    for bad in ("mail svc", "mail\tsvc", "mail\x00svc"):
+        with pytest.raises(SettingsError, match="MAIL_REDIS_USERNAME"):
+            load_settings({**BASE, "MAIL_REDIS_USERNAME": bad})
 
 
 def test_smtp_mode_requires_address_and_sender() -> None:

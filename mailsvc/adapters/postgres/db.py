@@ -1,53 +1,97 @@
-"""Shared helpers for the PostgreSQL stores: driver errors become `StoreUnavailable`; the asyncpg fast path."""
+"""Shared helpers for the PostgreSQL stores: driver errors classified into domain errors; the asyncpg fast path."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
-from mailsvc.errors import MailsvcError, StoreUnavailable
+from mailsvc.errors import DataRefused, MailsvcError, StoreUnavailable
 
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    PoolTimeout,
-    OperationalError,
-    InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.QueryCanceledError,
-)
+ErrorKind = Literal["unavailable", "data", "other"]
+
+# By SQLSTATE, not by exception class (PITFALLS): the connection or the server itself — class 08
+# (connection), 57P0x (shutting down, cannot connect now), 53 (out of connections, memory, disk),
+# 58 (system / I/O error), a cancelled statement (57014: statement_timeout) and the two that a retry
+# clears by definition (40001 serialization failure, 40P01 deadlock).
+_UNAVAILABLE_CLASSES = ("08", "53", "57P", "58")
+_UNAVAILABLE_STATES = frozenset({"57014", "40001", "40P01"})
+# The statement's data: class 22 (data exception; also asyncpg's own "invalid input for query
+# argument", raised before anything is sent) and class 23 (integrity constraint violation).
+_DATA_CLASSES = ("22", "23")
+_TRANSPORT = (OSError, TimeoutError, PoolTimeout)
 
 
-def _is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, _UNAVAILABLE):
-        return True
+def _driver_error(exc: BaseException) -> BaseException:
+    """The asyncpg exception under SQLAlchemy's wrapping (its adapted error's cause), or `exc`."""
     if isinstance(exc, DBAPIError):
-        orig = getattr(exc, "orig", None)
-        cause = getattr(orig, "__cause__", None)
-        return bool(exc.connection_invalidated) or isinstance(cause, _UNAVAILABLE)
-    return False
+        orig = exc.orig
+        return getattr(orig, "__cause__", None) or orig or exc
+    return exc
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    """`unavailable`: PostgreSQL or the way to it failed, retry later; `data`: this statement's
+    data was refused, retrying it cannot help; `other`: neither (a bug, or not a driver error)."""
+    if isinstance(exc, MailsvcError):
+        return "other"
+    if isinstance(exc, _TRANSPORT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return "unavailable"
+    driver = _driver_error(exc)
+    if isinstance(driver, asyncpg_base.DataError):  # the client-side one: an InterfaceError subclass
+        return "data"
+    sqlstate = getattr(driver, "sqlstate", None)
+    if isinstance(driver, asyncpg.PostgresError) and isinstance(sqlstate, str):
+        if sqlstate in _UNAVAILABLE_STATES or sqlstate.startswith(_UNAVAILABLE_CLASSES):
+            return "unavailable"
+        return "data" if sqlstate.startswith(_DATA_CLASSES) else "other"
+    if isinstance(driver, (*_TRANSPORT, asyncpg.InterfaceError)):  # e.g. "connection is closed"
+        return "unavailable"
+    if isinstance(driver, asyncpg_base.InternalClientError):
+        # the connection's protocol state is broken, e.g. "another operation is in progress" on the
+        # first statement after the server terminated an idle session: a new connection clears it
+        return "unavailable"
+    if isinstance(exc, OperationalError | InterfaceError):
+        return "unavailable"
+    return "other"
+
+
+def _describe(exc: BaseException) -> str:
+    """Class, SQLSTATE and constraint — never the message: asyncpg's quotes the refused values."""
+    driver = _driver_error(exc)
+    parts = [type(driver).__name__]
+    if sqlstate := getattr(driver, "sqlstate", None):
+        parts.append(f"SQLSTATE {sqlstate}")
+    if constraint := getattr(driver, "constraint_name", None):
+        parts.append(f"constraint {constraint}")
+    return " ".join(parts)
 
 
 @contextlib.asynccontextmanager
 async def unavailable_as_domain_error() -> AsyncIterator[None]:
-    """Connection loss, refusal and timeouts surface as `StoreUnavailable`; bugs stay bugs."""
+    """Driver errors become domain errors: connection loss, refusal and timeouts `StoreUnavailable`,
+    a statement's refused data `DataRefused`; ours pass through, bugs stay bugs."""
     try:
         yield
-    except StoreUnavailable:
+    except MailsvcError:
         raise
     except Exception as exc:
-        if _is_unavailable(exc):
+        kind = classify_error(exc)
+        if kind == "unavailable":
             raise StoreUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        if kind == "data":
+            driver = _driver_error(exc)
+            raise DataRefused(
+                f"PostgreSQL refused the data: {_describe(exc)}", getattr(driver, "sqlstate", None)
+            ) from exc
         raise
 
 
@@ -79,13 +123,15 @@ class DriverStatement:
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled connection's own asyncpg connection, for the hot statements (claims, results):
     SQLAlchemy's execution layer costs ~150 µs of CPU per statement, more than asyncpg itself.
-    Anything but an SQL error or one of ours invalidates the connection: the pool would not notice."""
+    A connection-level failure, or anything that is not an SQL error, a refused item's data or one
+    of ours, invalidates the connection: the pool would not notice. Refused data leaves it usable."""
     async with engine.connect() as conn:
         fairy = await conn.get_raw_connection()
         try:
             yield fairy.driver_connection
         except BaseException as exc:
-            if _is_unavailable(exc) or not isinstance(exc, asyncpg.PostgresError | MailsvcError):
+            kind = classify_error(exc)
+            if kind == "unavailable" or (kind == "other" and not isinstance(exc, asyncpg.PostgresError | MailsvcError)):
                 await conn.invalidate()
             raise
 

@@ -6,6 +6,7 @@ import re
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from mailsvc.adapters.postgres.tcp_liveness import SERVER_SETTINGS as TCP_LIVENESS
 from mailsvc.settings import PostgresSettings
 
 
@@ -28,12 +29,17 @@ def create_engine(
     operation_timeout_s: float | None = None,
     application_name: str = "mailsvc",
 ) -> AsyncEngine:
-    server_settings = {"application_name": application_name}
+    # a vanished replica's sessions end 15 s after it went silent, with the row locks of any
+    # transaction it had in flight: otherwise they would block its successor's offsets for hours
+    server_settings = {"application_name": application_name, **TCP_LIVENESS}
     if operation_timeout_s is not None:
         # a statement that outlives the operation timeout is cancelled by the server itself
         server_settings["statement_timeout"] = str(int(operation_timeout_s * 1000))
     return create_async_engine(
         async_url(dsn),
+        # an SQL error's text must never carry the statement's parameters (addresses, bodies)
+        # into a log line or an exception message
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=pool_recycle_s,

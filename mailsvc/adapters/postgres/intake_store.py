@@ -106,6 +106,10 @@ _ADVANCE_OFFSET = text(
 _FIRST_OFFSET = text(
     "INSERT INTO stream_offsets (stream_key, last_id) VALUES (:key, :new) ON CONFLICT (stream_key) DO NOTHING"
 )
+_INSERT_STREAM_EVENT = text(
+    "INSERT INTO stream_events (stream_key, kind, from_offset, to_offset, detail) "
+    "VALUES (:key, :kind, :from_offset, :to_offset, :detail)"
+)
 _NOTIFY = text(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
 
 
@@ -289,25 +293,31 @@ class IntakeStore:
         return None if row is None else str(row[0])
 
     async def record_stream_event(
-        self, stream_key: str, kind: str, from_offset: str, to_offset: str, detail: str, *, reset_offset: bool
+        self,
+        stream_key: str,
+        kind: str,
+        from_offset: str,
+        to_offset: str,
+        detail: str,
+        *,
+        expected: str | None,
+        reset_offset: bool,
     ) -> None:
-        """Record a gap or reset durably; for a reset, also move the offset back to `to_offset`."""
-        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+        """Record a gap or reset durably; with `reset_offset`, also move the offset to `to_offset`.
+
+        Fenced like a batch: the stored offset must still be `expected` (the one the consumer read;
+        None when none was stored), else `OffsetMoved` and nothing is written — so a consumer that
+        lost its lock can neither move the offset nor record what its successor already handled.
+        """
+        async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
+            if reset_offset:
+                await self._advance(conn, OffsetAdvance(stream_key, expected, to_offset))
+            elif expected is not None:  # the same compare-and-set, leaving the offset where it is
+                await self._advance(conn, OffsetAdvance(stream_key, expected, expected))
             await conn.execute(
-                text(
-                    "INSERT INTO stream_events (stream_key, kind, from_offset, to_offset, detail) "
-                    "VALUES (:key, :kind, :from_offset, :to_offset, :detail)"
-                ),
+                _INSERT_STREAM_EVENT,
                 {"key": stream_key, "kind": kind, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
             )
-            if reset_offset:
-                await conn.execute(
-                    text(
-                        "INSERT INTO stream_offsets (stream_key, last_id) VALUES (:key, :new) "
-                        "ON CONFLICT (stream_key) DO UPDATE SET last_id = EXCLUDED.last_id, updated_at = now()"
-                    ),
-                    {"key": stream_key, "new": to_offset},
-                )
 
 
 def _content_bytes(delivery: NewDelivery) -> int:

@@ -129,6 +129,16 @@ _RELEASE = text(
     """
 )
 
+# a claim whose result cannot be stored: stale recovery takes it on its next pass, not at the deadline
+_EXPIRE = text(
+    """
+    UPDATE deliveries d
+    SET claim_deadline = now(), updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS r(id, token)
+    WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
+    """
+)
+
 # claims and results run for every delivery: straight through asyncpg (see `driver_connection`)
 _CLAIM_SQL = DriverStatement(_CLAIM)
 _FINISH_SQL = DriverStatement(_FINISH)
@@ -164,7 +174,10 @@ class QueueStore:
         ]
 
     async def finish(self, records: Sequence[AttemptRecord]) -> set[UUID]:
-        """Write attempts and new statuses in one statement; return the ids whose claim still held."""
+        """Write attempts and new statuses in one statement; return the ids whose claim still held.
+
+        Raises `StoreUnavailable` (connection-level) or `DataRefused` (a record's data was refused:
+        nothing of the batch is written)."""
         r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
         for record in records:
             for recipient in refused_recipients(record.result):
@@ -219,6 +232,16 @@ class QueueStore:
         async with unavailable_as_domain_error(), self.single.connect() as conn:
             await conn.execute(
                 _RELEASE, {"ids": [c.delivery_id for c in claims], "tokens": [c.claim_token for c in claims]}
+            )
+
+    async def expire_claims(self, records: Sequence[AttemptRecord]) -> None:
+        """End the claims of attempts whose result could not be stored: the next stale-claim
+        recovery records each as `abandoned` (counted towards the attempts) and queues it again."""
+        if not records:
+            return
+        async with unavailable_as_domain_error(), self.single.connect() as conn:
+            await conn.execute(
+                _EXPIRE, {"ids": [r.delivery_id for r in records], "tokens": [r.claim_token for r in records]}
             )
 
     async def due_backlog(self) -> int:

@@ -1,16 +1,15 @@
-"""Retention deletes (SPEC §5), in bounded batches so no statement holds locks for long.
+"""Retention deletes (SPEC §5), one bounded batch per call so no statement holds locks for long.
 
-Each batch is its own short transaction: it picks at most `batch_size` rows with
-`FOR UPDATE SKIP LOCKED` (rows a worker or acceptance holds are left for the next pass) and deletes
-them; the schema's `ON DELETE CASCADE` removes a delivery's recipients, payload, attempts, dead
-letter and idempotency key with it. Only terminal deliveries are ever chosen.
+Each call is its own short transaction: it picks at most `limit` rows with `FOR UPDATE SKIP LOCKED`
+(rows a worker or acceptance holds are left for the next batch) and deletes them; the schema's
+`ON DELETE CASCADE` removes a delivery's recipients, payload, attempts, dead letter and idempotency
+key with it, through indexed foreign keys (migration 0003). Only terminal deliveries are ever
+chosen. The retention loop repeats a batch until one comes back short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +22,7 @@ _FINISHED_DELIVERIES = text(
         SELECT delivery_id FROM deliveries
         WHERE finished_at < :cutoff AND status IN ('sent', 'dead_lettered', 'suppressed')
         ORDER BY finished_at
-        LIMIT :batch
+        LIMIT :limit
         FOR UPDATE SKIP LOCKED)
     """
 )
@@ -34,7 +33,7 @@ _MALFORMED_COMMANDS = text(
         SELECT malformed_id FROM malformed_commands
         WHERE received_at < :cutoff
         ORDER BY received_at
-        LIMIT :batch
+        LIMIT :limit
         FOR UPDATE SKIP LOCKED)
     """
 )
@@ -46,7 +45,7 @@ _EXPIRED_KEYS = text(
         SELECT source, key FROM idempotency_keys
         WHERE expires_at <= :cutoff
         ORDER BY expires_at
-        LIMIT :batch
+        LIMIT :limit
         FOR UPDATE SKIP LOCKED)
     """
 )
@@ -57,38 +56,39 @@ _STREAM_EVENTS = text(
         SELECT event_id FROM stream_events
         WHERE detected_at < :cutoff
         ORDER BY event_id
-        LIMIT :batch
+        LIMIT :limit
         FOR UPDATE SKIP LOCKED)
     """
 )
 
 
 class RetentionStore:
-    def __init__(self, engine: AsyncEngine, *, batch_size: int = 1000) -> None:
+    """One method per retention step; each deletes one batch and returns how many rows it deleted.
+
+    Raises `StoreUnavailable` when PostgreSQL cannot be reached or the statement timed out; any
+    other database error propagates as it is (the loop logs it and moves on to the next step).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.batch_size = batch_size
 
-    async def _batched(self, statement: TextClause, cutoff: datetime, stopping: Callable[[], bool]) -> int:
-        """Delete batch after batch until one comes back short (or `stopping()`); the total."""
-        total = 0
-        params: dict[str, Any] = {"cutoff": cutoff, "batch": self.batch_size}
-        while True:
-            async with unavailable_as_domain_error(), self.engine.begin() as conn:
-                deleted = (await conn.execute(statement, params)).rowcount
-            total += deleted
-            if deleted < self.batch_size or stopping():
-                return total
+    async def _batch(self, statement: TextClause, cutoff: datetime, limit: int) -> int:
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            return (await conn.execute(statement, {"cutoff": cutoff, "limit": limit})).rowcount
 
-    async def delete_finished_deliveries(self, finished_before: datetime, stopping: Callable[[], bool]) -> int:
-        """Terminal deliveries finished before the cutoff, with all their children. Never a
-        `queued` or `sending` one, however old."""
-        return await self._batched(_FINISHED_DELIVERIES, finished_before, stopping)
+    async def delete_finished_deliveries(self, finished_before: datetime, limit: int) -> int:
+        """At most `limit` terminal deliveries finished before the cutoff, with all their children.
+        Never a `queued` or `sending` one, however old."""
+        return await self._batch(_FINISHED_DELIVERIES, finished_before, limit)
 
-    async def delete_malformed_commands(self, received_before: datetime, stopping: Callable[[], bool]) -> int:
-        return await self._batched(_MALFORMED_COMMANDS, received_before, stopping)
+    async def delete_malformed_commands(self, received_before: datetime, limit: int) -> int:
+        """At most `limit` malformed command records received before the cutoff."""
+        return await self._batch(_MALFORMED_COMMANDS, received_before, limit)
 
-    async def delete_expired_idempotency_keys(self, now: datetime, stopping: Callable[[], bool]) -> int:
-        return await self._batched(_EXPIRED_KEYS, now, stopping)
+    async def delete_expired_idempotency_keys(self, now: datetime, limit: int) -> int:
+        """At most `limit` idempotency keys expired at `now` (the deliveries they named stay)."""
+        return await self._batch(_EXPIRED_KEYS, now, limit)
 
-    async def delete_stream_events(self, detected_before: datetime, stopping: Callable[[], bool]) -> int:
-        return await self._batched(_STREAM_EVENTS, detected_before, stopping)
+    async def delete_stream_events(self, detected_before: datetime, limit: int) -> int:
+        """At most `limit` stream gap/reset records detected before the cutoff."""
+        return await self._batch(_STREAM_EVENTS, detected_before, limit)
