@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("acceptance", "e2e", "scaleout", "latency", "http", "soak")
+SCENARIOS = ("acceptance", "e2e", "scaleout", "latency", "http", "http-backlog", "soak")
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -36,6 +36,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--http-requests", type=int, help="http: stop after this many requests instead of --duration")
     size.add_argument("--clients", type=int, default=16, help="http: concurrent clients")
     size.add_argument("--minutes", type=float, default=10.0, help="soak length")
+    size.add_argument("--backlog", type=int, default=2_000, help="http-backlog: large commands XADDed first")
+    size.add_argument("--backlog-kib", type=int, default=256, help="http-backlog: size of each (KiB, at most 256)")
+    size.add_argument("--backlog-rate", type=float, default=50.0,
+                      help="http-backlog: POST /deliveries per second while the backlog is worked through")  # fmt: skip
     size.add_argument("--payload", choices=["template", "raw"], default="template",
                       help="commands render notification.generic, or carry their own subject/text/html")  # fmt: skip
     size.add_argument("--repeat", type=int, default=1, help="run each scenario K times; the median is reported")
@@ -90,7 +94,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     runners: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
         "acceptance": scenarios.acceptance, "e2e": scenarios.e2e, "scaleout": scenarios.scaleout,
-        "latency": scenarios.latency, "http": sustained.http, "soak": sustained.soak,
+        "latency": scenarios.latency, "http": sustained.http, "http-backlog": scenarios.http_backlog,
+        "soak": sustained.soak,
     }  # fmt: skip
     chosen = _selected(args.scenarios)
     extra = tuple(tuple(item.split("=", 1)) for item in args.service_env if "=" in item)
@@ -98,6 +103,7 @@ async def _run(args: argparse.Namespace) -> int:
         count=args.count, raw_count=args.raw_count, rate=args.rate, latency_fraction=args.latency_fraction,
         soak_fraction=args.soak_fraction, latency_seconds=args.duration or 20.0, http_seconds=args.duration or 10.0,
         http_requests=args.http_requests, clients=args.clients, soak_minutes=args.minutes, payload=args.payload,
+        backlog_count=args.backlog, backlog_kib=args.backlog_kib, backlog_rate=args.backlog_rate,
     )  # fmt: skip
     service = ServiceOptions(args.replicas, args.concurrency, args.service_log_level, extra)
     cache_dir = Path(args.cache_dir)

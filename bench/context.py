@@ -34,6 +34,9 @@ class Sizes:
     clients: int = 16
     soak_minutes: float = 10.0
     payload: PayloadKind = "template"
+    backlog_count: int = 2_000  # http-backlog: large commands waiting for the consumer
+    backlog_kib: int = 256  # ... each this big (SPEC §2's largest payload)
+    backlog_rate: float = 50.0  # ... while POST /deliveries arrive at this rate
 
 
 @dataclass

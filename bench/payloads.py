@@ -14,6 +14,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any, Literal, TypeAlias
 
+import orjson
 from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
@@ -94,6 +95,38 @@ def raw_message(kind: PayloadKind, index: int = 1) -> tuple[str, list[str], byte
     return FROM_EMAIL, recipients, message.as_bytes(policy=email.policy.SMTP)
 
 
+def large_payload(index: int, size: int, kind: PayloadKind = "template") -> dict[str, Any]:
+    """A command of `size` bytes of JSON (within SPEC §2's 256 KiB), its bulk a long text body
+    made of the usual paragraphs: it renders well within `MAIL_MAX_RENDERED_BYTES`, so the
+    service does all the work of accepting it (render, MIME, store) rather than refusing it."""
+    payload = command_payload(index, kind)
+    bulk = "variables" if kind == "template" else None
+
+    def with_body(body: str) -> dict[str, Any]:
+        if bulk is not None:
+            return {**payload, bulk: {**payload[bulk], "body": body}}
+        half = body[: len(body) // 2]
+        return {**payload, "text": half, "html": f"<p>{half}</p>"}
+
+    paragraph = _BODY + "\n\n"
+    body = paragraph * (size // len(paragraph) + 1)
+    low, high = 0, len(body)  # the longest prefix of the body that keeps the JSON within `size`
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(orjson.dumps(with_body(body[:middle]))) <= size:
+            low = middle
+        else:
+            high = middle - 1
+    return with_body(body[:low])
+
+
+def large_fields_for(run: str, size: int, kind: PayloadKind) -> Build:
+    def build(index: int, sent_ns: int | None) -> dict[str, str]:
+        return command_fields(large_payload(index, size, kind), f"bench-{run}-big-{index}", None)
+
+    return build
+
+
 def fields_for(run: str, kind: PayloadKind) -> Build:
     def build(index: int, sent_ns: int | None) -> dict[str, str]:
         return command_fields(command_payload(index, kind, sent_ns), f"bench-{run}-{index}", None)
@@ -101,12 +134,12 @@ def fields_for(run: str, kind: PayloadKind) -> Build:
     return build
 
 
-async def xadd_backlog(redis: Redis, stream: str, count: int, build: Build) -> str:
-    """XADD `count` commands, pipelined in chunks; the last entry id."""
+async def xadd_backlog(redis: Redis, stream: str, count: int, build: Build, *, chunk: int = _CHUNK) -> str:
+    """XADD `count` commands, pipelined in chunks of `chunk`; the last entry id."""
     last = ""
-    for start in range(0, count, _CHUNK):
+    for start in range(0, count, chunk):
         pipe = redis.pipeline(transaction=False)
-        for index in range(start, min(count, start + _CHUNK)):
+        for index in range(start, min(count, start + chunk)):
             pipe.xadd(stream, build(index, None))  # type: ignore[arg-type]
         ids = await pipe.execute()
         last = ids[-1].decode() if isinstance(ids[-1], bytes) else str(ids[-1])

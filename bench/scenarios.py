@@ -1,4 +1,5 @@
-"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), scaleout, latency.
+"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), scaleout, latency,
+http-backlog (HTTP latency while the consumer works through large commands).
 
 A backlog scenario XADDs every command before the service starts, then times from the moment the
 (first) service answers to the moment the last command is accepted / the sink has the last mail.
@@ -9,13 +10,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from bench.context import Bench, RunResult, run_token, table_counts, wait_for_offset
-from bench.payloads import fields_for, xadd_backlog, xadd_paced
+from bench.http_client import Connection, HttpError
+from bench.payloads import fields_for, http_payload, large_fields_for, xadd_backlog, xadd_paced
 from bench.processes import BenchError
 from bench.raw import raw_ceiling
 from bench.sinks import wait_for_count
+from bench.stats import summarize_ns
 
 _QUICK_E2E = 5_000
+_PATH = "/api/v1/internal/deliveries"
+_LARGE_CHUNK = 50  # large commands per XADD pipeline (50 x 256 KiB = 12.5 MiB)
+# requests due in the service's first second are not measured (as in `http`): its pools fill then,
+# backlog or not, which is not what this figure is about
+_BACKLOG_WARMUP_S = 1.0
+Sample = tuple[float, int, int]  # (loop time the request was due, latency ns from then, HTTP status; 0: failed)
 
 
 async def acceptance(bench: Bench) -> RunResult:
@@ -115,4 +126,85 @@ async def latency(bench: Bench) -> RunResult:
     figures = {"rate": rate, "achieved_rate": sent / paced, "samples": float(sent)}
     figures.update({name: value for name, value in stats.latency.items() if name.endswith("_ms")})
     details = {"sink": sink.kind, "rate_source": source, "warmup_s": warmup, "services": running.summary()}
+    return {"figures": figures, "details": details}
+
+
+async def _paced_posts(port: int, rate: float, until: asyncio.Future[float], min_seconds: float) -> list[Sample]:
+    """POST /deliveries at `rate` per second until `until` is done and `min_seconds` passed.
+
+    Open loop: each request is sent on its schedule, on an idle keep-alive connection or a new one,
+    whatever the earlier ones are doing, and its latency runs from the moment it was due — a
+    stalled service shows as latency instead of as fewer requests (no coordinated omission)."""
+    loop = asyncio.get_running_loop()
+    token, idle, samples = run_token(), list[Connection](), list[Sample]()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(index: int, due: float) -> None:
+        connection = idle.pop() if idle else Connection("127.0.0.1", port)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": f"bench-{token}-http-{index}"}
+        try:
+            async with asyncio.timeout(10.0):
+                status, _ = await connection.post(_PATH, orjson.dumps(http_payload(index)), headers)
+            idle.append(connection)
+        except (HttpError, TimeoutError):
+            await connection.close()
+            status = 0
+        samples.append((due, int((loop.time() - due) * 1e9), status))
+
+    start, index = loop.time(), 0
+    while not (until.done() and loop.time() - start >= min_seconds):
+        due = start + index / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        task = asyncio.create_task(one(index, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        index += 1
+    await asyncio.gather(*tasks)
+    await asyncio.gather(*(connection.close() for connection in idle))
+    return samples
+
+
+async def http_backlog(bench: Bench) -> RunResult:
+    """A backlog of large commands XADDed first; while the consumer works through it, POST
+    /deliveries at a modest fixed rate: the HTTP latency (SPEC §2: a backlog of large commands
+    delays HTTP requests by no more than a few tens of milliseconds)."""
+    sizes = bench.sizes
+    count, size = sizes.backlog_count, sizes.backlog_kib * 1024
+    build = large_fields_for(run_token(), size, sizes.payload)
+    loop = asyncio.get_running_loop()
+    async with bench.sink() as sink, bench.env.run_resources() as (dsn, stream):
+        last_id = await xadd_backlog(bench.env.redis, stream, count, build, chunk=_LARGE_CHUNK)
+        async with bench.services(sink, dsn, stream) as running:
+            finished: list[float] = []  # the loop time the last command was seen accepted
+
+            async def accepted() -> float:
+                done_ns = await wait_for_offset(dsn, stream, last_id, stall=120.0)
+                finished.append(loop.time())
+                return (done_ns - running.ready_ns) / 1e9
+
+            backlog = asyncio.ensure_future(accepted())
+            warm_until = loop.time() + _BACKLOG_WARMUP_S
+            try:
+                port = running.processes[0].port
+                samples = await _paced_posts(port, sizes.backlog_rate, backlog, _BACKLOG_WARMUP_S + 1.0)
+                backlog_s = await backlog
+            finally:
+                backlog.cancel()
+        counts = await table_counts(dsn)
+    warm = [sample for sample in samples if sample[0] >= warm_until]
+    during = [sample for sample in warm if sample[0] < finished[0]]
+    measured = during or warm  # a tiny backlog may be accepted before the warm-up is over
+    latencies = summarize_ns([latency for _, latency, _ in measured]) or {}
+    figures: dict[str, float] = {"rate": sizes.backlog_rate, "requests": float(len(measured))}
+    figures.update({name: value for name, value in latencies.items() if name.endswith("_ms")})
+    figures["errors"] = float(sum(1 for _, _, status in measured if status != 202))
+    figures.update({"backlog_seconds": backlog_s, "backlog_commands_per_s": count / backlog_s})
+    details: dict[str, Any] = {
+        "sink": sink.kind, "backlog": count, "command_bytes": size, "payload": sizes.payload,
+        "warmup_s": _BACKLOG_WARMUP_S, "requests_in_warmup": len(samples) - len(warm),
+        "requests_during_backlog": len(during), "requests_after_backlog": len(warm) - len(during),
+        "rows": counts, "services": running.summary(),
+    }  # fmt: skip
+    if not during:
+        details["note"] = "the backlog was accepted within the warm-up: these are requests after it"
     return {"figures": figures, "details": details}

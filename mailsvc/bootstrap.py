@@ -192,6 +192,7 @@ async def build_runtime(
             suppress_auth=settings.smtp.mode == "stub",
             idempotency_ttl=settings.work.idempotency_ttl,
             stream_key=settings.redis.command_stream,
+            max_rendered_bytes=settings.work.max_rendered_bytes,
             wake_scheduler=wakeup.set,
             instruments=instruments,
         )

@@ -142,6 +142,28 @@ def parse_host_port(text: str) -> HostPort:
     return HostPort(host=host, port=port)
 
 
+_BYTE_SIZE = re.compile(r"(\d+)\s*([kmg]i?b|b)?", re.IGNORECASE)
+_BYTE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_byte_size(text: str) -> int:
+    """A size in bytes: `1048576`, `512KiB`, `1MiB` (binary units), `1MB` (decimal), any case."""
+    match = _BYTE_SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size in bytes (e.g. 1048576, 512KiB, 1MiB)")
+    return int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
+
+
+def _byte_size_in(low: int, high: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = parse_byte_size(text)
+        if not low <= value <= high:
+            raise ValueError(f"{value} bytes is out of range {low}-{high}")
+        return value
+
+    return check
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -228,6 +250,7 @@ class WorkSettings:
     retry_base_delay: timedelta = timedelta(seconds=30)
     retry_max_delay: timedelta = timedelta(hours=1)
     retry_max_attempts: int = 10
+    max_rendered_bytes: int = 1024 * 1024  # each rendered body (text, HTML), in UTF-8 bytes
 
 
 @dataclass(frozen=True)
@@ -443,6 +466,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: Path | None =
         retry_base_delay=r.get("MAIL_RETRY_BASE_DELAY", pos_dur, WorkSettings.retry_base_delay),
         retry_max_delay=r.get("MAIL_RETRY_MAX_DELAY", pos_dur, WorkSettings.retry_max_delay),
         retry_max_attempts=r.get("MAIL_RETRY_MAX_ATTEMPTS", _int_in(1, 1000), 10),
+        max_rendered_bytes=r.get(
+            "MAIL_MAX_RENDERED_BYTES", _byte_size_in(1024, 64 * 1024 * 1024), WorkSettings.max_rendered_bytes
+        ),
     )
     if work.retry_base_delay > work.retry_max_delay:
         r.problems.append("MAIL_RETRY_BASE_DELAY: must not exceed MAIL_RETRY_MAX_DELAY")

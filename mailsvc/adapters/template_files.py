@@ -17,6 +17,8 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from mailsvc.adapters.template_filters import paragraphs, safe_url
+
 MANIFEST = "manifest.toml"
 SUBJECT, BODY_TEXT, BODY_HTML = "subject.txt", "body.txt", "body.html"
 LOCALE_FILES = (SUBJECT, BODY_TEXT, BODY_HTML)  # also the order the digest reads them in
@@ -27,6 +29,9 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MANIFEST_KEYS = frozenset({"description", "default_locale", "variables"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default"})
+# an href whose value starts with an expression: the scheme comes from a variable
+_HREF_EXPRESSION = re.compile(r"""\bhref\s*=\s*["']?\s*\{\{(.*?)\}\}""", re.IGNORECASE | re.DOTALL)
+_THROUGH_SAFE_URL = re.compile(r"\|\s*safe_url\s*-?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +110,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 
 def _environment(*, autoescape: bool) -> jinja2.Environment:
-    return _Sandbox(
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
     )
+    env.filters["safe_url"] = safe_url
+    if autoescape:  # HTML markup: only for the HTML bodies (a text template using it fails to load)
+        env.filters["paragraphs"] = paragraphs
+    return env
 
 
 def _visible(directory: Path) -> list[Path]:
@@ -281,6 +290,8 @@ class _TemplateLoader:
                 self._problem(where, "is empty")
                 return None
         env = self._html_env if where.endswith(".html") else self._text_env
+        if env is self._html_env:
+            self._check_links(where, source)
         name = f"{self._id}/{where}"
         try:
             ast = env.parse(source, name=name)
@@ -289,6 +300,13 @@ class _TemplateLoader:
         except jinja2.TemplateSyntaxError as exc:
             self._problem(f"{where}:{exc.lineno}", exc.message or "syntax error")
         return None
+
+    def _check_links(self, where: str, source: str) -> None:
+        """Every `href="{{ … }}"` passes its URL through `safe_url` (SPEC §6: http/https only)."""
+        for match in _HREF_EXPRESSION.finditer(source):
+            if not _THROUGH_SAFE_URL.search(match.group(1).strip()):
+                line = source.count("\n", 0, match.start()) + 1
+                self._problem(f"{where}:{line}", "a link's URL must pass through the safe_url filter")
 
     def _check_names(
         self, where: str, ast: nodes.Template, env: jinja2.Environment, declared: frozenset[str] | None

@@ -12,8 +12,13 @@ from typing import ClassVar
 import jinja2
 
 from mailsvc.adapters.template_files import CompiledLocale, CompiledTemplate, load_catalog, locale_key
+from mailsvc.adapters.template_filters import UnsafeUrl
+from mailsvc.domain.commands import MAX_SUBJECT, utf8_size
 from mailsvc.domain.model import RenderedContent
 from mailsvc.errors import MailsvcError
+from mailsvc.settings import WorkSettings
+
+DEFAULT_MAX_RENDERED_BYTES = WorkSettings.max_rendered_bytes
 
 # control characters (C0, DEL, C1) and Unicode line/paragraph separators: none may reach a header
 _SUBJECT_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -28,9 +33,11 @@ class CatalogError(MailsvcError):
 
 
 class TemplateError(MailsvcError):
-    """A render request that can never succeed; `reason` is a stable machine-readable code."""
+    """A render request that can never succeed; `reason` is a stable machine-readable code and
+    `field` the request field to blame."""
 
     reason: ClassVar[str] = "template_error"
+    field: str = "template"
 
 
 class UnknownTemplate(TemplateError):
@@ -57,6 +64,36 @@ class TemplateRenderError(TemplateError):
         super().__init__(f"template {template_id!r} ({locale}) failed to render: {message}")
         self.template_id = template_id
         self.locale = locale
+
+
+class RenderTooLarge(TemplateError):
+    """The rendered subject passes 998 characters, or a rendered body the byte limit."""
+
+    reason = "render_too_large"
+
+    def __init__(self, template_id: str, locale: str, message: str) -> None:
+        super().__init__(f"template {template_id!r} ({locale}): {message}")
+        self.template_id = template_id
+        self.locale = locale
+
+
+class RejectedVariable(TemplateError):
+    """A variable's value that the template refuses to render (a link that is not http(s))."""
+
+    reason = "validation_failed"
+
+    def __init__(self, template_id: str, names: list[str], message: str) -> None:
+        super().__init__(message)
+        self.template_id = template_id
+        self.field = f"variables.{names[0]}" if len(names) == 1 else "variables"
+
+
+class _TooLarge(Exception):
+    """Raised out of a render the moment its output passes the limit (internal to this module)."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__(part)
+        self.part = part
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +131,23 @@ class TemplateCatalog:
     def templates(self) -> list[TemplateInfo]:
         return [_info(self._templates[tid]) for tid in sorted(self._templates)]
 
-    def render(self, template_id: str, locale: str | None, variables: Mapping[str, object]) -> RenderedContent:
+    def render(
+        self,
+        template_id: str,
+        locale: str | None,
+        variables: Mapping[str, object],
+        *,
+        max_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
+    ) -> RenderedContent:
         """Render `template_id` in `locale` (falling back `pt-BR` → `pt` → the default locale).
 
         Undeclared variables are ignored; a declared one whose value is absent or `None` counts as
         missing unless the manifest gives it a default. Raises `UnknownTemplate`,
-        `MissingVariables` (naming every missing variable, checked before rendering) or
-        `TemplateRenderError` (anything the template raises, sandbox refusals included).
+        `MissingVariables` (naming every missing variable, checked before rendering),
+        `RenderTooLarge` (the subject passes 998 characters or a body `max_bytes` UTF-8 bytes:
+        rendering stops right there, so its cost is bounded by the limit, not by how much the
+        template multiplies its input), `RejectedVariable` (a link that is not http(s)) or
+        `TemplateRenderError` (anything else the template raises, sandbox refusals included).
         The subject is always one line: control characters a variable carries become spaces.
         """
         template = self._templates.get(template_id)
@@ -120,9 +167,20 @@ class TemplateCatalog:
             raise MissingVariables(template_id, missing)
         chosen = _resolve_locale(template, locale)
         try:
-            subject = _SUBJECT_BREAKS.sub(" ", chosen.subject.render(context)).strip()
-            text = chosen.text.render(context)
-            html = None if chosen.html is None else chosen.html.render(context)
+            subject = _SUBJECT_BREAKS.sub(" ", _bounded(chosen.subject, context, "subject", max_bytes)).strip()
+            if len(subject) > MAX_SUBJECT:
+                raise _TooLarge("subject")
+            text = _bounded(chosen.text, context, "text body", max_bytes)
+            html = None if chosen.html is None else _bounded(chosen.html, context, "HTML body", max_bytes)
+        except _TooLarge as exc:
+            if exc.part == "subject":
+                message = f"the rendered subject is longer than {MAX_SUBJECT} characters"
+            else:
+                message = f"the rendered {exc.part} is longer than {max_bytes} bytes (MAIL_MAX_RENDERED_BYTES)"
+            raise RenderTooLarge(template_id, chosen.locale, message) from None
+        except UnsafeUrl as exc:
+            names = sorted(name for name, value in context.items() if isinstance(value, str) and value == exc.value)
+            raise RejectedVariable(template_id, names, f"{', '.join(names) or 'a variable'}: {exc}") from None
         except jinja2.TemplateError as exc:
             raise TemplateRenderError(template_id, chosen.locale, exc.message or type(exc).__name__) from exc
         except Exception as exc:
@@ -132,6 +190,21 @@ class TemplateCatalog:
         return RenderedContent(
             subject=subject, text=text, html=html, locale=chosen.locale, template_digest=chosen.digest
         )
+
+
+def _bounded(template: jinja2.Template, context: Mapping[str, object], part: str, limit: int) -> str:
+    """The template's output, piece by piece (`generate`), stopped with `_TooLarge` as soon as it
+    passes `limit` UTF-8 bytes: a template that turns each line of a 256 KiB variable into markup
+    is cut off at the limit instead of producing (and paying for) 15 MB."""
+    pieces: list[str] = []
+    size = 0
+    # leaving the loop drops the generator, which closes it: the render stops where it stood
+    for piece in template.generate(context):
+        size += len(piece) if piece.isascii() else utf8_size(piece)
+        if size > limit:
+            raise _TooLarge(part)
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _resolve_locale(template: CompiledTemplate, requested: str | None) -> CompiledLocale:

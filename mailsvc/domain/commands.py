@@ -31,8 +31,12 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 HEADER_NAME = re.compile(r"X-[A-Za-z0-9][A-Za-z0-9-]{0,75}")
 LOCALE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8}){0,3}")
 TEMPLATE_ID = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
-# C0 controls (CR, LF, NUL ...), DEL and the Unicode line separators: never inside a header value
-_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
+# C0 controls (CR, LF, NUL, tab ...), DEL, C1 controls (NEL \x85 among them) and the Unicode
+# line separators: never inside a header value (the template path turns them into spaces)
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# headers a relay reads as instructions (add recipients, change routing or tracking), not as mail:
+# SendGrid, Amazon SES, Mailgun, Postmark, Mandrill, SparkPost
+_RELAY_CONTROL = re.compile(r"x-(?:smtpapi|msys-api|(?:ses|mailgun|pm|mc)-.*)", re.IGNORECASE)
 _KNOWN_FIELDS = frozenset(
     {
         "to",
@@ -134,6 +138,11 @@ def _nul_paths(payload: Any) -> list[str]:
         elif isinstance(value, list):
             stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
     return sorted(found)
+
+
+def utf8_size(text: str) -> int:
+    """Bytes `text` takes in UTF-8, without encoding it when it is ASCII (nearly always)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def valid_idempotency_key(key: str) -> bool:
@@ -291,6 +300,8 @@ class _Checker:
         for name, value in headers.items():
             if not HEADER_NAME.fullmatch(name):
                 self.fail(f"headers.{name}", "only X-* headers may be added (letters, digits and '-')")
+            elif _RELAY_CONTROL.fullmatch(name):
+                self.fail(f"headers.{name}", "a relay reads this header as instructions: it may not be added")
             elif name.lower() in seen:
                 self.fail(f"headers.{name}", "given twice (header names are case-insensitive)")
             if has_header_unsafe(value):

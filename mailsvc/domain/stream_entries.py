@@ -10,6 +10,7 @@ import orjson
 from mailsvc.domain.commands import ValidationFailed, request_hash, valid_idempotency_key
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ENTRY_BYTES = 16 * 1024  # every field but `payload`, names and values together
 MAX_RAW_BYTES = 64 * 1024
 COMMAND_TYPE = "send_email"
 
@@ -37,27 +38,51 @@ def raw_fields_blob(fields: dict[bytes, bytes]) -> bytes:
     """The fields as Redis gave them, readable and unambiguous, at most 64 KiB.
 
     JSON with undecodable bytes backslash-escaped: nothing is lost, and NUL stays an escape
-    (the column is `bytea`, so even the escape never meets a `text` column).
+    (the column is `bytea`, so even the escape never meets a `text` column). Each input byte
+    becomes at least one output byte, so the fields are cut to the budget *before* decoding:
+    what is cut could never have shown, and a 50 MB value costs no more than a 64 KiB one.
     """
-    readable = {
-        name.decode("utf-8", "backslashreplace"): value.decode("utf-8", "backslashreplace")
-        for name, value in fields.items()
-    }
+    readable: dict[str, str] = {}
+    budget = MAX_RAW_BYTES
+    for full_name, full_value in fields.items():
+        if budget <= 0:
+            break
+        name = full_name[:budget]
+        value = full_value[: budget - len(name)]
+        budget -= len(name) + len(value)
+        readable[name.decode("utf-8", "backslashreplace")] = value.decode("utf-8", "backslashreplace")
     return orjson.dumps(readable)[:MAX_RAW_BYTES]
+
+
+def _entry_size(fields: dict[bytes, bytes]) -> int:
+    """Bytes in every field but `payload` (names and values), counted without decoding any."""
+    size = 0
+    for name, value in fields.items():
+        if name != b"payload":
+            size += len(name) + len(value)
+            if size > MAX_ENTRY_BYTES:
+                break  # enough to refuse it: no need to count a million more fields
+    return size
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | MalformedCommand:
     def malformed(reason: str, message: str, key: str | None = None) -> MalformedCommand:
         return MalformedCommand(entry_id, reason, message, raw_fields_blob(fields), key)
 
+    if _entry_size(fields) > MAX_ENTRY_BYTES:
+        return malformed(
+            "entry_too_large", f"the fields other than payload pass {MAX_ENTRY_BYTES} bytes (names and values)"
+        )
     text: dict[str, str] = {}
     for name, value in fields.items():
+        if name == b"payload":
+            continue  # decoded below, once its size is known to be within the limit
         try:
             decoded_name, decoded = name.decode("utf-8"), value.decode("utf-8")
         except UnicodeDecodeError:
-            return malformed("invalid_encoding", f"field {name!r} is not valid UTF-8")
+            return malformed("invalid_encoding", f"field {name[:64]!r} is not valid UTF-8")
         if "\x00" in decoded or "\x00" in decoded_name:
-            return malformed("invalid_encoding", f"field {decoded_name!r} contains a NUL character")
+            return malformed("invalid_encoding", f"field {decoded_name[:64]!r} contains a NUL character")
         text[decoded_name] = decoded
 
     key = text.get("idempotency_key")
@@ -76,6 +101,12 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | M
         return malformed(
             "payload_too_large", f"payload is {len(raw_payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", key
         )
+    try:
+        raw_payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return malformed("invalid_encoding", "field 'payload' is not valid UTF-8", key)
+    if b"\x00" in raw_payload:
+        return malformed("invalid_encoding", "field 'payload' contains a NUL character", key)
     try:
         payload = orjson.loads(raw_payload)
     except orjson.JSONDecodeError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -236,7 +236,7 @@ class StreamConsumer:
             return None
         info, entries = read
         # yields now and then, so the commit in flight gets its replies handled while this runs
-        prepared = await self.acceptance.prepare_stream_batch(_decode(entries), yield_every=50)
+        prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
         return _ReadAhead(info, entries, prepared)
 
     async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
@@ -411,8 +411,9 @@ class _ReadAhead:
     prepared: PreparedBatch
 
 
-def _decode(entries: list[tuple[str, dict[bytes, bytes]]]) -> list[StreamCommand | MalformedCommand]:
-    return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+def _decode(entries: list[tuple[str, dict[bytes, bytes]]]) -> Iterator[StreamCommand | MalformedCommand]:
+    # lazy: each entry is decoded (JSON, hash) inside the preparation's time slices, not all up front
+    return (decode_entry(entry_id, fields) for entry_id, fields in entries)
 
 
 def _text(value: Any) -> str | None:

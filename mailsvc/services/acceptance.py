@@ -7,25 +7,55 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any
 from uuid import UUID
 
 from opentelemetry import trace
 
-from mailsvc.adapters.templates import MissingVariables, TemplateError, UnknownTemplate
-from mailsvc.domain.commands import Problem, SendRequest, ValidationFailed, parse_send_request, request_hash
+from mailsvc.adapters.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
+from mailsvc.domain.commands import (
+    Problem,
+    SendRequest,
+    ValidationFailed,
+    parse_send_request,
+    request_hash,
+    utf8_size,
+)
 from mailsvc.domain.ids import uuid7
 from mailsvc.domain.mime import build_mime, make_message_id
 from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source, Status
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
-from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans, NoCommandSpans
+from mailsvc.services.acceptance_types import (
+    AcceptanceStore,
+    Accepted,
+    BatchResult,
+    KeyOutcome,
+    NewDelivery,
+    OffsetAdvance,
+    PreparedBatch,
+    Renderer,
+)
+from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
+from mailsvc.services.loop_share import LoopShare
+
+__all__ = [  # the types live in acceptance_types; the doors and the store import them from here too
+    "AcceptanceService",
+    "AcceptanceStore",
+    "Accepted",
+    "BatchResult",
+    "KeyOutcome",
+    "NewDelivery",
+    "OffsetAdvance",
+    "PreparedBatch",
+    "Renderer",
+    "utc_now",
+]
 
 log = logging.getLogger("mailsvc.acceptance")
 Clock = Callable[[], datetime]
@@ -35,99 +65,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Renderer(Protocol):
-    def render(self, template_id: str, locale: str | None, variables: Any) -> RenderedContent: ...
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """One delivery ready to persist: rendered, MIME built, ids assigned."""
-
-    delivery_id: UUID
-    source: Source
-    status: Status
-    idempotency_key: str
-    request_hash: bytes
-    request: SendRequest
-    content: RenderedContent
-    message_id: str
-    mime: bytes
-    accepted_at: datetime
-    resend_of: UUID | None = None
-    stream_entry_id: str | None = None
-    raw_fields: bytes | None = None  # for a stream command that turns out to conflict
-    traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
-
-    @property
-    def send_at(self) -> datetime:
-        return self.request.send_at or self.accepted_at
-
-
-@dataclass(frozen=True, slots=True)
-class KeyOutcome:
-    """What the store found for one idempotency key."""
-
-    kind: Literal["created", "duplicate", "conflict"]
-    delivery_id: UUID
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetAdvance:
-    stream_key: str
-    expected: str | None  # the offset we read from; None when none was stored yet
-    new: str
-
-
-class AcceptanceStore(Protocol):
-    async def accept(
-        self,
-        deliveries: Sequence[NewDelivery],
-        malformed: Sequence[MalformedCommand],
-        *,
-        stream_key: str,
-        offset: OffsetAdvance | None,
-        idempotency_ttl: timedelta,
-    ) -> list[KeyOutcome]:
-        """Persist in one transaction, one outcome per delivery (a key may repeat in the batch:
-        each repeat is a duplicate or a conflict); conflicting stream commands become malformed rows."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    delivery_id: UUID
-    status: Status
-    idempotent_replay: bool
-
-
-@dataclass
-class PreparedBatch:
-    """A stream batch validated, rendered and built, not yet persisted."""
-
-    deliveries: list[NewDelivery] = field(default_factory=list)
-    malformed: list[MalformedCommand] = field(default_factory=list)
-    spans: NoCommandSpans = NO_COMMAND_SPANS
-
-    def abandon(self, reason: BaseException) -> None:
-        """Never to be committed (read ahead of a batch that failed): end its spans."""
-        self.spans.failed(reason)
-
-
-@dataclass
-class BatchResult:
-    accepted: int = 0
-    duplicate: int = 0
-    malformed: int = 0
-    malformed_reasons: dict[str, int] = field(default_factory=dict)
-
-
-def _template_problem(error: TemplateError) -> tuple[str, str]:
+def _template_problem(error: TemplateError) -> ValidationFailed:
     if isinstance(error, MissingVariables):
-        return "missing_variables", f"missing template variables: {', '.join(error.names)}"
-    if isinstance(error, UnknownTemplate):
-        return "unknown_template", str(error)
-    return "render_failed", str(error)
+        message = f"missing template variables: {', '.join(error.names)}"
+    else:
+        message = str(error)
+    return ValidationFailed([Problem(error.field, message)], reason=error.reason)
 
 
 class AcceptanceService:
@@ -140,9 +83,11 @@ class AcceptanceService:
         suppress_auth: bool,
         idempotency_ttl: timedelta,
         stream_key: str,
+        max_rendered_bytes: int = DEFAULT_MAX_RENDERED_BYTES,
         wake_scheduler: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
+        loop_share: LoopShare | None = None,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -151,18 +96,32 @@ class AcceptanceService:
         self.suppress_auth = suppress_auth
         self.idempotency_ttl = idempotency_ttl
         self.stream_key = stream_key
+        self.max_rendered_bytes = max_rendered_bytes
         self.wake_scheduler = wake_scheduler
         self.clock = clock
         self.instruments = instruments
+        # stream batches are prepared in slices that give way to the single acceptances in flight
+        self.loop_share = loop_share or LoopShare()
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
     def render(self, request: SendRequest) -> RenderedContent:
-        """Render a validated request once; raise `TemplateError` for template problems."""
+        """Render a validated request once; raise `TemplateError` for template problems, and
+        `ValidationFailed` (`render_too_large`) for raw bodies over `max_rendered_bytes`."""
         if request.template is not None:
-            return self.renderer.render(request.template, request.locale, request.variables)
+            return self.renderer.render(
+                request.template, request.locale, request.variables, max_bytes=self.max_rendered_bytes
+            )
         assert request.subject is not None
         assert request.text is not None
+        limit = self.max_rendered_bytes
+        oversized = [
+            Problem(name, f"must be at most {limit} bytes (MAIL_MAX_RENDERED_BYTES)")
+            for name, body in (("text", request.text), ("html", request.html))
+            if body is not None and len(body) * 4 > limit and utf8_size(body) > limit
+        ]
+        if oversized:
+            raise ValidationFailed(oversized, reason="render_too_large")
         return RenderedContent(subject=request.subject, text=request.text, html=request.html)
 
     def prepare(
@@ -175,13 +134,16 @@ class AcceptanceService:
         resend_of: UUID | None = None,
     ) -> NewDelivery:
         """Validate, render and build; raise `ValidationFailed` (with a reason code)."""
+        request, content = self.validate_and_render(payload)
+        return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
+
+    def validate_and_render(self, payload: Any) -> tuple[SendRequest, RenderedContent]:
+        """Raise `ValidationFailed` (with a reason code) for any payload or template problem."""
         request = parse_send_request(payload)
         try:
-            content = self.render(request)
+            return request, self.render(request)
         except TemplateError as error:
-            reason, message = _template_problem(error)
-            raise ValidationFailed([Problem("template", message)], reason=reason) from None
-        return self.build(source, idempotency_key, digest, request, content, resend_of=resend_of)
+            raise _template_problem(error) from None
 
     def build(
         self,
@@ -194,9 +156,11 @@ class AcceptanceService:
         resend_of: UUID | None = None,
     ) -> NewDelivery:
         now = self.clock()
+        replay_only = None
         if request.send_at is None and request.expires_at is not None and request.expires_at <= now:
-            # send_at defaults to now: the delivery would expire before it could start
-            raise ValidationFailed([Problem("expires_at", "has already passed")])
+            # send_at defaults to now: the delivery would expire before it could start. Only time
+            # makes it invalid, so the store still answers a replay of the original with it (SPEC §1)
+            replay_only = ValidationFailed([Problem("expires_at", "has already passed")])
         message_id = make_message_id(self.message_id_domain)
         mime = build_mime(
             from_addr=self.from_address,
@@ -223,19 +187,27 @@ class AcceptanceService:
             mime=mime,
             accepted_at=now,
             resend_of=resend_of,
+            replay_only=replay_only,
         )
 
     # -- the doors ------------------------------------------------------------------------
 
     async def accept_request(self, source: Source, idempotency_key: str, payload: Any) -> Accepted:
-        """HTTP intake: raise `ValidationFailed` or `IdempotencyConflict`; else the delivery."""
+        """HTTP intake: raise `ValidationFailed` or `IdempotencyConflict`; else the delivery (or,
+        for a replay, the original — even when only time made the request invalid since)."""
         prepared = self.prepare(
             source=source, idempotency_key=idempotency_key, payload=payload, digest=request_hash(payload)
         )
         return await self.persist_one(prepared)
 
     async def persist_one(self, prepared: NewDelivery) -> Accepted:
-        """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`."""
+        """Persist one prepared delivery (HTTP, resend); raise `IdempotencyConflict`, or the
+        `ValidationFailed` of a replay-only delivery whose key holds no request. Someone waits for
+        it: the preparation of stream batches gives way meanwhile."""
+        with self.loop_share.waited_for():
+            return await self._traced_persist_one(prepared)
+
+    async def _traced_persist_one(self, prepared: NewDelivery) -> Accepted:
         if not self.instruments.tracing:
             return await self._persist_one(prepared)
         with self.instruments.tracer.start_as_current_span(
@@ -260,6 +232,9 @@ class AcceptanceService:
         )
         if outcome.kind == "conflict":
             raise IdempotencyConflict(prepared.idempotency_key)
+        if outcome.kind == "refused":
+            assert prepared.replay_only is not None
+            raise prepared.replay_only
         if outcome.kind == "created":
             self.instruments.deliveries_accepted.add(1, {"source": prepared.source})
             if outcome.status in TERMINAL_STATUSES:  # suppressed at the door
@@ -274,31 +249,32 @@ class AcceptanceService:
         """Accept a whole XREAD batch with its offset in one transaction."""
         return await self.commit_stream_batch(await self.prepare_stream_batch(entries), offset)
 
-    async def prepare_stream_batch(
-        self, entries: Sequence[StreamCommand | MalformedCommand], *, yield_every: int = 0
-    ) -> PreparedBatch:
-        """Validate, render and build a batch (pure CPU, nothing persisted). With `yield_every`, it
-        lets the event loop run every so many entries, so a transaction in flight (the previous
-        batch's) keeps moving while this one is prepared."""
+    async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
+        """Validate, render and build a batch (CPU only, nothing persisted).
+
+        The work is cut into slices of about a millisecond (`LoopShare`): between two steps of an
+        entry (decode, validate and render, build) the event loop runs once a slice is over, and
+        waits a little for HTTP acceptances in flight — so a backlog of large commands never holds
+        HTTP requests, SMTP attempts or the transaction in flight for long. A batch of small
+        commands pays a few clock reads per entry. `entries` may be lazy (a generator decoding
+        stream entries): the decoding then happens in the slices too.
+        """
         tracing = self.instruments.tracing
         spans = CommandSpans(self.instruments.tracer, self.stream_key) if tracing else NO_COMMAND_SPANS
         batch = PreparedBatch(spans=spans)
         malformed, prepared = batch.malformed, batch.deliveries
-        for index, entry in enumerate(entries, 1):
-            if yield_every and index % yield_every == 0:
-                await asyncio.sleep(0)
+        slices = self.loop_share.slices()
+        for entry in entries:
+            await slices.checkpoint()
             span = spans.start(entry)
             if isinstance(entry, MalformedCommand):
                 spans.malformed(span, entry.reason)
                 malformed.append(entry)
                 continue
             try:
-                delivery = self.prepare(
-                    source="notification",
-                    idempotency_key=entry.idempotency_key,
-                    payload=entry.payload,
-                    digest=entry.request_hash,
-                )
+                request, content = self.validate_and_render(entry.payload)
+                await slices.checkpoint()
+                delivery = self.build("notification", entry.idempotency_key, entry.request_hash, request, content)
             except ValidationFailed as error:
                 spans.malformed(span, error.reason)
                 malformed.append(
@@ -341,9 +317,10 @@ class AcceptanceService:
         except BaseException as exc:
             spans.failed(exc)
             raise
-        spans.settled(outcomes)
+        spans.settled(outcomes, [d.replay_only.reason if d.replay_only else None for d in batch.deliveries])
         woke = False
-        for outcome in outcomes:
+        reasons = result.malformed_reasons
+        for delivery, outcome in zip(batch.deliveries, outcomes, strict=True):
             if outcome.kind == "created":
                 result.accepted += 1
                 woke |= outcome.status == "queued"
@@ -351,12 +328,13 @@ class AcceptanceService:
                 result.duplicate += 1
             else:
                 result.malformed += 1
-                result.malformed_reasons["idempotency_conflict"] = (
-                    result.malformed_reasons.get("idempotency_conflict", 0) + 1
-                )
+                reason = "idempotency_conflict"
+                if outcome.kind == "refused" and delivery.replay_only is not None:
+                    reason = delivery.replay_only.reason
+                reasons[reason] = reasons.get(reason, 0) + 1
         result.malformed += len(malformed)
         for record in malformed:
-            result.malformed_reasons[record.reason] = result.malformed_reasons.get(record.reason, 0) + 1
+            reasons[record.reason] = reasons.get(record.reason, 0) + 1
         if result.accepted:
             self.instruments.deliveries_accepted.add(result.accepted, {"source": "notification"})
         if woke:

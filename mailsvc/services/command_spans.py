@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mailsvc.services.acceptance import KeyOutcome
 
 SPAN_NAME = "mail.command consume"
-_RESULTS = {"created": "accepted", "duplicate": "duplicate", "conflict": "malformed"}
+_RESULTS = {"created": "accepted", "duplicate": "duplicate", "conflict": "malformed", "refused": "malformed"}
 
 
 class NoCommandSpans:
@@ -35,8 +35,8 @@ class NoCommandSpans:
         """The `traceparent` to store with the command's delivery."""
         return None
 
-    def settled(self, outcomes: Sequence[KeyOutcome]) -> None:
-        pass
+    def settled(self, outcomes: Sequence[KeyOutcome], refusals: Sequence[str | None]) -> None:
+        """End the spans: one outcome per prepared delivery, and the reason each would be refused."""
 
     def failed(self, error: BaseException) -> None:
         pass
@@ -81,11 +81,13 @@ class CommandSpans(NoCommandSpans):
         self._prepared.append(span)
         return current_traceparent(span)
 
-    def settled(self, outcomes: Sequence[KeyOutcome]) -> None:
-        for span, outcome in zip(self._prepared, outcomes, strict=True):
-            span.set_attributes(
-                {"mail.command.result": _RESULTS[outcome.kind], "mail.delivery_id": str(outcome.delivery_id)}
-            )
+    def settled(self, outcomes: Sequence[KeyOutcome], refusals: Sequence[str | None]) -> None:
+        for span, outcome, refusal in zip(self._prepared, outcomes, refusals, strict=True):
+            span.set_attribute("mail.command.result", _RESULTS[outcome.kind])
+            if outcome.kind == "refused":  # nothing was stored: no delivery id to name
+                span.set_attribute("mail.command.malformed_reason", refusal or "validation_failed")
+            else:
+                span.set_attribute("mail.delivery_id", str(outcome.delivery_id))
             if outcome.kind == "conflict":
                 span.set_attribute("mail.command.malformed_reason", "idempotency_conflict")
             span.end()

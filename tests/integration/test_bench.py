@@ -15,13 +15,15 @@ from bench.postfix import PostfixUnavailable, prepare_smtp_sink
 from tests.support.infra import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["-n", "200", "--rate", "50", "--duration", "2", "--clients", "4", "--minutes", "0.05"]
+TINY = ["-n", "200", "--rate", "50", "--duration", "2", "--clients", "4", "--minutes", "0.05",
+        "--backlog", "40", "--backlog-kib", "64", "--backlog-rate", "20"]  # fmt: skip
 EXPECTED = {
     "acceptance": ("commands_per_s", "seconds"),
     "e2e": ("deliveries_per_s", "raw_messages_per_s", "ratio_to_raw"),
     "scaleout": ("one_replica_per_s", "two_replicas_per_s", "ratio"),
     "latency": ("rate", "p50_ms", "p90_ms", "p99_ms", "max_ms"),
     "http": ("requests_per_s", "p50_ms", "p99_ms", "max_ms"),
+    "http-backlog": ("rate", "requests", "p50_ms", "p99_ms", "max_ms", "backlog_commands_per_s"),
     "soak": ("rss_first_mb", "rss_last_mb", "rss_max_mb", "delivered"),
 }
 

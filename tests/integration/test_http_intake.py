@@ -8,6 +8,7 @@ import email.policy
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devtools.embedded import free_port
-from tests.support.infra import redis_host_port
+from tests.support.infra import redis_host_port, wait_until
 from tests.support.intake import command, connect, raw_payload, wait_for_offset
 from tests.support.process import ServiceProcess, running_service, service_environment
 
@@ -122,6 +123,29 @@ async def test_same_key_with_a_different_body_is_a_conflict(intake: Intake, key:
     (row,) = await intake.deliveries(key)
     assert str(row["delivery_id"]) == first.json()["delivery_id"]
     assert (await intake.post(payload(), key)).status_code == 200  # the original still replays
+
+
+async def test_a_replay_after_expires_at_passed_returns_the_original(intake: Intake, key: str) -> None:
+    expires_at = datetime.now(UTC) + timedelta(seconds=2)
+    body = payload(expires_at=expires_at.isoformat())
+    first = await intake.post(body, key)
+    assert first.status_code == 202, first.text
+
+    async def passed() -> bool:
+        return datetime.now(UTC) > expires_at
+
+    await wait_until(passed, timeout=10, what="expires_at to pass")
+    again = await intake.post(body, key)
+    assert again.status_code == 200, again.text  # not 422: the same request answers with the original
+    assert again.json() == {**first.json(), "idempotent_replay": True}
+    # the key holding another request is still a conflict, a fresh key the usual validation error
+    other = payload(expires_at=expires_at.isoformat(), variables={"code": "000000", "expires_in_minutes": 10})
+    error_of(await intake.post(other, key), 409, "idempotency_key_conflict")
+    fresh = f"{key}-fresh"
+    error = error_of(await intake.post(body, fresh), 422, "validation_failed")
+    assert error["details"] == [{"field": "expires_at", "message": "has already passed"}]
+    assert len(await intake.deliveries(key)) == 1
+    assert await intake.deliveries(fresh) == []
 
 
 async def test_fifty_concurrent_requests_with_one_key_create_one_delivery(intake: Intake, key: str) -> None:
@@ -270,6 +294,28 @@ async def test_each_rule_is_a_422_naming_the_field(
 ) -> None:
     error = error_of(await intake.post(payload(**overrides), key), 422, "validation_failed")
     assert field in {d["field"] for d in error["details"]}, error
+    assert await intake.deliveries(key) == []
+
+
+async def test_a_render_past_the_limit_is_422_and_stores_nothing(intake: Intake, key: str) -> None:
+    # 256 KiB of short paragraphs: 4 MB of HTML if rendered in full (MAIL_MAX_RENDERED_BYTES is 1 MiB)
+    variables = {"title": "T", "body": "a\n\n" * (256 * 1024 // 3)}
+    response = await intake.post(payload(template="notification.generic", locale="en", variables=variables), key)
+    error = error_of(response, 422, "validation_failed")
+    (detail,) = error["details"]
+    assert detail["field"] == "template"
+    assert "HTML body is longer than 1048576 bytes" in detail["message"]
+    assert await intake.deliveries(key) == []
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", " JavaScript:alert(1)", "data:text/html,<script>x</script>"])
+async def test_a_link_that_is_not_http_or_https_is_422(intake: Intake, key: str, url: str) -> None:
+    variables = {"reset_url": url, "expires_in_minutes": 30}
+    response = await intake.post(payload(template="auth.password_reset", locale="en", variables=variables), key)
+    error = error_of(response, 422, "validation_failed")
+    (detail,) = error["details"]
+    assert detail["field"] == "variables.reset_url"
+    assert url not in response.text  # a reset link carries a token: never echoed back
     assert await intake.deliveries(key) == []
 
 

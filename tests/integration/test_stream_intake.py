@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,43 @@ async def test_repeated_key_in_one_batch_is_judged_against_the_stored_request(
         assert duplicate not in malformed
 
 
+async def test_a_replay_after_expires_at_passed_is_a_duplicate_not_a_malformed_row(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
+) -> None:
+    async with connect(database_dsn) as db, running_service(service_env):
+        expires_at = datetime.now(UTC) + timedelta(seconds=2)
+        original = raw_payload(0, expires_at=expires_at.isoformat())
+        (first,) = await xadd_all(redis_client, stream_key, [command(original, "replayed")])
+        await wait_for_offset(db, stream_key, first)
+
+        async def passed() -> bool:
+            return datetime.now(UTC) > expires_at
+
+        await wait_until(passed, timeout=10, what="expires_at to pass")
+        replay, other, unknown = await xadd_all(
+            redis_client,
+            stream_key,
+            [
+                command(orjson.dumps(original, option=orjson.OPT_INDENT_2), "replayed"),  # the same request
+                command(raw_payload(1, expires_at=expires_at.isoformat()), "replayed"),  # another one
+                command(original, "never-seen"),  # nothing to replay: the usual validation error
+            ],
+        )
+        await wait_for_offset(db, stream_key, unknown)
+        assert await delivery_keys(db) == ["replayed"]
+        assert await malformed_by_entry(db) == {other: "idempotency_conflict", unknown: "validation_failed"}
+        assert replay not in await malformed_by_entry(db)
+
+
 # -- bad bytes and poison payloads: a malformed record each, never a stuck offset ----------------
+
+
+def _generic(**variables: str) -> dict[str, Any]:
+    return {
+        "to": ["ann@example.com"],
+        "template": "notification.generic",
+        "variables": {"title": "Title", "body": "Body", **variables},
+    }
 
 
 def _bad_commands() -> list[tuple[str, Fields]]:
@@ -175,6 +212,11 @@ def _bad_commands() -> list[tuple[str, Fields]]:
         ("validation_failed", command(raw_payload(0, send_at="0001-01-01T00:00:00+01:00"), "year-zero")),
         ("invalid_json", command(b'{"text": "\\ud800"}', "lone-surrogate")),
         ("invalid_json", command(b'{"text": 1e999}', "infinity")),
+        ("validation_failed", command(_generic(action_url="javascript:alert(1)"), "javascript-link")),
+        ("validation_failed", command(_generic(action_url=" DATA:text/html,<script>x</script>"), "data-link")),
+        # the fields besides the payload are bounded (16 KiB): refused before anything is decoded
+        ("entry_too_large", {**command(good, "fifty-mb-traceparent"), b"traceparent": b"00-" + b"a" * 50_000_000}),
+        ("entry_too_large", {**command(good, "many-fields"), **{f"f{i}".encode(): b"v" * 64 for i in range(300)}}),
     ]
 
 
@@ -197,6 +239,42 @@ async def test_bad_bytes_are_recorded_and_the_consumer_keeps_going(
         assert all(row["size"] <= 64 * 1024 and row["message"] for row in sizes)
         assert service.process.returncode is None
         assert not service.events("loop_crashed")
+
+
+# -- rendering is bounded: subject 998 characters, each body MAIL_MAX_RENDERED_BYTES ---------------
+
+
+async def test_renders_past_their_bounds_are_malformed_and_the_rest_is_accepted(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
+) -> None:
+    env = {**service_env, "MAIL_MAX_RENDERED_BYTES": "16KiB"}
+    limit = 16 * 1024
+    too_large = [
+        command(_generic(body="a\n\n" * 2000), "amplified"),  # a 6 KB variable, ~80 KB of HTML paragraphs
+        command(_generic(title="x" * 999), "long-subject"),
+        command(raw_payload(0, text="é" * (limit // 2 + 1)), "raw-text"),  # bytes count, not characters
+        command(raw_payload(0, html="x" * (limit + 1)), "raw-html"),
+    ]
+    fitting = [
+        command(raw_payload(1, text="é" * (limit // 2)), "raw-at-limit"),
+        command(_generic(title="x" * 998, body="a\n\n" * 100), "generic-within"),
+    ]
+    async with connect(database_dsn) as db, running_service(env):
+        ids = await xadd_all(redis_client, stream_key, [*too_large, *fitting])
+        await wait_for_offset(db, stream_key, ids[-1])
+        assert await malformed_by_entry(db) == dict.fromkeys(ids[: len(too_large)], "render_too_large")
+        assert sorted(await delivery_keys(db)) == ["generic-within", "raw-at-limit"]
+        messages = await db.fetch("SELECT idempotency_key, message FROM malformed_commands ORDER BY stream_entry_id")
+        by_key = {row["idempotency_key"]: row["message"] for row in messages}
+        assert "HTML body is longer than 16384 bytes" in by_key["amplified"]
+        assert "subject is longer than 998 characters" in by_key["long-subject"]
+        assert by_key["raw-text"].startswith("text: must be at most 16384 bytes")
+        assert by_key["raw-html"].startswith("html: must be at most 16384 bytes")
+        stored = await db.fetchval(
+            "SELECT length(text_body) FROM delivery_payloads JOIN deliveries USING (delivery_id) "
+            "WHERE idempotency_key = 'raw-at-limit'"
+        )
+        assert stored == limit // 2
 
 
 # -- resets and gaps -------------------------------------------------------------------------

@@ -279,6 +279,53 @@ def test_header_value_with_line_breaks_is_refused(value: str) -> None:
     assert fields(raw(headers={"X-Campaign": value})) == {"headers.X-Campaign"}
 
 
+# every C0 control (tab included), DEL and every C1 control (NEL \x85, CSI \x9b ...)
+CONTROLS = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
+def test_c0_and_c1_controls_are_refused_in_every_raw_header_value(control: str) -> None:
+    assert fields(raw(subject=f"Hello{control}World")) == {"subject"}
+    assert fields(raw(headers={"X-Campaign": f"a{control}b"})) == {"headers.X-Campaign"}
+    assert fields(raw(to=[{"email": "ann@example.com", "name": f"Ann{control}Lee"}])) == {"to[0].name"}
+    assert fields(raw(reply_to={"email": "ann@example.com", "name": f"Ann{control}"})) == {"reply_to.name"}
+
+
+def test_printable_non_ascii_header_values_are_kept() -> None:
+    named = [{"email": "a@example.com", "name": "Jörg"}]
+    request = parse_send_request(raw(subject="Olá, São Paulo \u00a0€", headers={"X-Campaign": "été ☃"}, to=named))
+    assert request.subject == "Olá, São Paulo \u00a0€"
+    assert dict(request.headers) == {"X-Campaign": "été ☃"}
+
+
+RELAY_CONTROL = [
+    "X-SMTPAPI",
+    "X-SmtpApi",
+    "X-SES-CONFIGURATION-SET",
+    "X-Ses-Message-Tags",
+    "X-Mailgun-Variables",
+    "X-MAILGUN-TAG",
+    "X-PM-Message-Stream",
+    "X-pm-tag",
+    "X-MC-Template",
+    "X-Mc-BccAddress",
+    "X-MSYS-API",
+    "X-msys-Api",
+]
+
+
+@pytest.mark.parametrize("name", RELAY_CONTROL)
+def test_headers_a_relay_reads_as_instructions_are_refused(name: str) -> None:
+    (problem,) = problems(raw(headers={name: '{"to": ["x@evil.example"]}'}))
+    assert problem.field == f"headers.{name}"
+    assert "relay" in problem.message
+
+
+@pytest.mark.parametrize("name", ["X-SES", "X-Sesame", "X-PMO", "X-MCP", "X-SMTPAPI2", "X-Mailgunner", "X-Campaign"])
+def test_headers_that_merely_resemble_relay_control_ones_are_kept(name: str) -> None:
+    assert dict(parse_send_request(raw(headers={name: "v"})).headers) == {name: "v"}
+
+
 def test_header_given_twice_in_different_case_is_refused() -> None:
     assert fields(raw(headers={"X-Campaign": "a", "X-CAMPAIGN": "b"})) == {"headers.X-CAMPAIGN"}
 

@@ -277,3 +277,19 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     dotenv = tmp_path / ".env"
     dotenv.write_text("\n".join(f"{k}={v}" for k, v in BASE.items()) + "\nMAIL_ATTEMPT_WORKER_CONCURRENCY=7\n")
     assert load_settings(dotenv=dotenv).work.attempt_worker_concurrency == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1MiB", 1024 * 1024), ("512KiB", 512 * 1024), ("2097152", 2 * 1024 * 1024), ("1mib", 1024 * 1024),
+     ("64 KiB", 64 * 1024), ("1MB", 1_000_000), ("4096B", 4096)],
+)  # fmt: skip
+def test_max_rendered_bytes_takes_byte_sizes(text: str, expected: int) -> None:
+    assert load_settings(BASE).work.max_rendered_bytes == 1024 * 1024  # SPEC §7 default: 1MiB
+    assert load_settings({**BASE, "MAIL_MAX_RENDERED_BYTES": text}).work.max_rendered_bytes == expected
+
+
+@pytest.mark.parametrize("text", ["1.5MiB", "lots", "-1", "0", "1TiB", "100", "MiB", "1 Mi B"])
+def test_max_rendered_bytes_refuses_what_is_not_a_usable_size(text: str) -> None:
+    with pytest.raises(SettingsError, match="MAIL_MAX_RENDERED_BYTES: "):
+        load_settings({**BASE, "MAIL_MAX_RENDERED_BYTES": text})

@@ -7,6 +7,7 @@ import pytest
 
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.stream_entries import (
+    MAX_ENTRY_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_RAW_BYTES,
     MalformedCommand,
@@ -143,3 +144,51 @@ def test_raw_fields_are_truncated_to_64_kib() -> None:
 def test_payload_nested_too_deeply_to_hash_is_malformed(depth: int) -> None:
     nested = b'{"variables": ' + b"[" * depth + b"]" * depth + b"}"
     assert malformed(entry(payload=nested)).reason in {"validation_failed", "invalid_json"}
+
+
+class Undecodable(bytes):
+    """A value that fails the test if anything decodes it whole (a slice of it is plain bytes)."""
+
+    def decode(self, *args: object, **kwargs: object) -> str:
+        raise AssertionError(f"a {len(self)}-byte value was decoded whole")
+
+
+def test_fields_other_than_payload_at_the_limit_are_decoded_and_one_byte_over_is_malformed() -> None:
+    base = entry(idempotency_key=b"k1")
+    used = sum(len(name) + len(value) for name, value in base.items() if name != b"payload")
+    filler = b"x" * (MAX_ENTRY_BYTES - used - len(b"traceparent"))
+    assert isinstance(decode_entry(ENTRY, {**base, b"traceparent": filler}), StreamCommand)
+    record = malformed({**base, b"traceparent": filler + b"x"})
+    assert record.reason == "entry_too_large"
+    assert record.idempotency_key is None  # refused before any field was decoded
+
+
+def test_many_small_fields_together_pass_the_entry_limit() -> None:
+    fields = {**entry(), **{f"f{i}".encode(): b"v" * 10 for i in range(2000)}}
+    assert malformed(fields).reason == "entry_too_large"
+
+
+def test_a_large_payload_does_not_count_toward_the_entry_limit() -> None:
+    text = "x" * (MAX_PAYLOAD_BYTES - 1000)
+    assert isinstance(decode_entry(ENTRY, entry(payload=orjson.dumps({**PAYLOAD, "text": text}))), StreamCommand)
+
+
+def test_a_fifty_megabyte_traceparent_is_refused_without_being_decoded() -> None:
+    huge = Undecodable(b"00-" + b"a" * 50_000_000)
+    record = malformed({**entry(idempotency_key=b"k1"), b"traceparent": huge})
+    assert record.reason == "entry_too_large"
+    assert len(record.raw_fields) == MAX_RAW_BYTES
+    assert orjson.loads(record.raw_fields[: MAX_RAW_BYTES // 2] + b'"}')["type"] == "send_email"
+
+
+def test_an_oversized_payload_is_refused_without_being_decoded() -> None:
+    huge = Undecodable(b'{"text": "' + b"\xc3" * 20_000_000 + b'"}')
+    record = malformed(entry(payload=huge))
+    assert record.reason == "payload_too_large"
+    assert len(record.raw_fields) <= MAX_RAW_BYTES
+
+
+def test_raw_fields_of_a_huge_entry_show_the_same_prefix_as_untruncated_ones() -> None:
+    fields = {b"type": b"send_email", b"traceparent": "é".encode() * 100_000, b"payload": b"{}"}
+    everything = orjson.dumps({k.decode(): v.decode() for k, v in fields.items()})[:MAX_RAW_BYTES]
+    assert raw_fields_blob(fields) == everything

@@ -6,9 +6,9 @@ round trips, not rows, are what cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -21,7 +21,11 @@ from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import MailsvcError, NotFound
 from mailsvc.services.acceptance import KeyOutcome, NewDelivery, OffsetAdvance
 
+T = TypeVar("T")
 WORK_CHANNEL = "mailsvc_work"
+# bytes of content per statement: the driver encodes a statement's parameters in one go on the
+# event loop, so a batch of 500 large commands (hundreds of MB) is sent as several statements
+STATEMENT_BYTES = 4 * 1024 * 1024
 
 
 class OffsetMoved(MailsvcError):
@@ -44,7 +48,7 @@ _CLAIM_KEYS = text(
 
 _EXISTING_KEYS = text(
     """
-    SELECT k.key, k.request_hash, k.delivery_id, d.status
+    SELECT k.key, k.request_hash, k.delivery_id, k.expires_at, d.status
     FROM idempotency_keys k JOIN deliveries d ON d.delivery_id = k.delivery_id
     WHERE k.source = :source AND k.key = ANY(CAST(:keys AS text[]))
     """
@@ -132,17 +136,10 @@ class IntakeStore:
             created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
             if created:
                 await self._insert_deliveries(conn, created)
-            conflicts = [
-                MalformedCommand(
-                    d.stream_entry_id,
-                    "idempotency_conflict",
-                    f"idempotency key {d.idempotency_key!r} was already used with a different payload",
-                    d.raw_fields or b"",
-                    d.idempotency_key,
-                )
-                for d, o in zip(deliveries, outcomes, strict=True)
-                if o.kind == "conflict" and d.stream_entry_id is not None
+            judged = [
+                _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
             ]
+            conflicts = [m for m in judged if m is not None]
             if malformed or conflicts:
                 await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
             if offset is not None:
@@ -155,46 +152,59 @@ class IntakeStore:
         self, conn: DriverConnection, deliveries: Sequence[NewDelivery], ttl: timedelta
     ) -> list[KeyOutcome]:
         """One outcome per delivery; a key repeated in the batch is claimed by its first delivery
-        and each repeat is judged against the request that holds the key (stored or first)."""
-        firsts: dict[tuple[str, str], NewDelivery] = {}
-        for d in deliveries:
-            firsts.setdefault((d.source, d.idempotency_key), d)
-        claiming = list(firsts.values())
-        claimed = await conn.execute(
-            _CLAIM_KEYS,
-            {
-                "sources": [d.source for d in claiming],
-                "keys": [d.idempotency_key for d in claiming],
-                "hashes": [d.request_hash for d in claiming],
-                "ids": [d.delivery_id for d in claiming],
-                "created": [d.accepted_at for d in claiming],
-                "expires": [d.accepted_at + ttl for d in claiming],
-            },
-        )
-        won = {(row[0], row[1]) for row in claimed}
-        existing: dict[tuple[str, str], Any] = {}
-        lost = [d for d in claiming if (d.source, d.idempotency_key) not in won]
-        for source in {d.source for d in lost}:
-            rows = await conn.execute(
-                _EXISTING_KEYS,
-                {"source": source, "keys": [d.idempotency_key for d in lost if d.source == source]},
+        and each repeat is judged against the request that holds the key (stored or first).
+
+        A replay-only delivery (valid but for the time that passed) claims nothing: it is judged,
+        in this transaction, against the request its key holds — stored and unexpired, or claimed
+        earlier in the batch — and `refused` when there is none (its validation error stands).
+        """
+        firsts: dict[tuple[str, str], tuple[int, NewDelivery]] = {}
+        for index, d in enumerate(deliveries):
+            if d.replay_only is None:
+                firsts.setdefault((d.source, d.idempotency_key), (index, d))
+        claiming = [d for _, d in firsts.values()]
+        won: set[tuple[str, str]] = set()
+        if claiming:
+            claimed = await conn.execute(
+                _CLAIM_KEYS,
+                {
+                    "sources": [d.source for d in claiming],
+                    "keys": [d.idempotency_key for d in claiming],
+                    "hashes": [d.request_hash for d in claiming],
+                    "ids": [d.delivery_id for d in claiming],
+                    "created": [d.accepted_at for d in claiming],
+                    "expires": [d.accepted_at + ttl for d in claiming],
+                },
             )
-            for row in rows:
-                existing[(source, row.key)] = row
+            won = {(row[0], row[1]) for row in claimed}
+        # the stored requests to judge against: keys a claim lost, and the keys replays point at
+        looked_up = [d for d in deliveries if (d.source, d.idempotency_key) not in won]
+        existing: dict[tuple[str, str], Any] = {}
+        for source in {d.source for d in looked_up}:
+            keys = sorted({d.idempotency_key for d in looked_up if d.source == source})
+            for stored in await conn.execute(_EXISTING_KEYS, {"source": source, "keys": keys}):
+                existing[(source, stored.key)] = stored
         outcomes = []
-        for d in deliveries:
+        for index, d in enumerate(deliveries):
             scope = (d.source, d.idempotency_key)
             if scope in won:
-                first = firsts[scope]
+                first_index, first = firsts[scope]
                 if d is first:
                     outcomes.append(KeyOutcome("created", d.delivery_id, d.status))
+                elif first_index > index:  # a replay-only ahead of the claim: the key held nothing yet
+                    outcomes.append(KeyOutcome("refused", d.delivery_id, d.status))
                 else:
                     kind: Literal["duplicate", "conflict"] = (
                         "duplicate" if d.request_hash == first.request_hash else "conflict"
                     )
                     outcomes.append(KeyOutcome(kind, first.delivery_id, first.status))
                 continue
-            row = existing[scope]
+            if d.replay_only is not None:
+                held = existing.get(scope)
+                if held is None or held.expires_at <= d.accepted_at:
+                    outcomes.append(KeyOutcome("refused", d.delivery_id, d.status))
+                    continue
+            row = existing[scope]  # a claim lost to a stored, unexpired key: it is there
             same = bytes(row.request_hash) == d.request_hash
             outcomes.append(KeyOutcome("duplicate" if same else "conflict", UUID(str(row.delivery_id)), row.status))
         return outcomes
@@ -238,33 +248,35 @@ class IntakeStore:
             _INSERT_RECIPIENTS,
             {"ids": ids, "positions": positions, "kinds": kinds, "addresses": addresses, "names": names},
         )
-        await conn.execute(
-            _INSERT_PAYLOADS,
-            {
-                "ids": [d.delivery_id for d in created],
-                "subjects": [d.content.subject for d in created],
-                "texts": [d.content.text for d in created],
-                "htmls": [d.content.html for d in created],
-                "reply_tos": [_reply_to(d) for d in created],
-                "headers": [orjson.dumps(d.request.headers).decode() for d in created],
-                "mimes": [d.mime for d in created],
-            },
-        )
+        for chunk in _within(created, _content_bytes):
+            await conn.execute(
+                _INSERT_PAYLOADS,
+                {
+                    "ids": [d.delivery_id for d in chunk],
+                    "subjects": [d.content.subject for d in chunk],
+                    "texts": [d.content.text for d in chunk],
+                    "htmls": [d.content.html for d in chunk],
+                    "reply_tos": [_reply_to(d) for d in chunk],
+                    "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
+                    "mimes": [d.mime for d in chunk],
+                },
+            )
 
     async def _insert_malformed(
         self, conn: DriverConnection, stream_key: str, records: Sequence[MalformedCommand]
     ) -> None:
-        await conn.execute(
-            _INSERT_MALFORMED,
-            {
-                "stream_key": stream_key,
-                "entry_ids": [m.entry_id for m in records],
-                "keys": [m.idempotency_key for m in records],
-                "reasons": [m.reason for m in records],
-                "messages": [m.message.replace("\x00", "\\x00")[:4000] for m in records],
-                "raws": [m.raw_fields for m in records],
-            },
-        )
+        for chunk in _within(records, lambda m: len(m.raw_fields) + len(m.message)):
+            await conn.execute(
+                _INSERT_MALFORMED,
+                {
+                    "stream_key": stream_key,
+                    "entry_ids": [m.entry_id for m in chunk],
+                    "keys": [m.idempotency_key for m in chunk],
+                    "reasons": [m.reason for m in chunk],
+                    "messages": [m.message.replace("\x00", "\\x00")[:4000] for m in chunk],
+                    "raws": [m.raw_fields for m in chunk],
+                },
+            )
 
     async def _advance(self, conn: DriverConnection, offset: OffsetAdvance) -> None:
         params = {"key": offset.stream_key, "new": offset.new, "expected": offset.expected}
@@ -306,6 +318,39 @@ class IntakeStore:
                 _INSERT_STREAM_EVENT,
                 {"key": stream_key, "kind": kind, "from_offset": from_offset, "to_offset": to_offset, "detail": detail},
             )
+
+
+def _content_bytes(delivery: NewDelivery) -> int:
+    content = delivery.content
+    return len(delivery.mime) + len(content.text) + len(content.html or "")
+
+
+def _within(items: Sequence[T], size: Callable[[T], int]) -> Iterator[Sequence[T]]:
+    """`items` in order, in runs of at most `STATEMENT_BYTES` (one item alone may pass it); all of
+    them at once, as before, when they fit — the usual case, small commands."""
+    start, used = 0, 0
+    for index, item in enumerate(items):
+        weight = size(item)
+        if index > start and used + weight > STATEMENT_BYTES:
+            yield items[start:index]
+            start, used = index, 0
+        used += weight
+    if start < len(items):
+        yield items[start:]
+
+
+def _malformed(delivery: NewDelivery, outcome: KeyOutcome) -> MalformedCommand | None:
+    """The malformed row of a stream command judged a conflict or refused (HTTP raises instead)."""
+    if delivery.stream_entry_id is None:
+        return None
+    if outcome.kind == "refused" and delivery.replay_only is not None:
+        reason, message = delivery.replay_only.reason, str(delivery.replay_only)
+    else:
+        reason = "idempotency_conflict"
+        message = f"idempotency key {delivery.idempotency_key!r} was already used with a different payload"
+    return MalformedCommand(
+        delivery.stream_entry_id, reason, message, delivery.raw_fields or b"", delivery.idempotency_key
+    )
 
 
 def _reply_to(delivery: NewDelivery) -> str | None:

@@ -44,6 +44,8 @@ def intake_routes(acceptance: AcceptanceService, max_body_bytes: int) -> list[Ro
             accepted = await acceptance.persist_one(prepared)
         except IdempotencyConflict as error:
             raise ApiError(409, "idempotency_key_conflict", str(error)) from None
+        except ValidationFailed as error:  # invalid only because time passed, and no original to replay
+            raise validation_error(error.problems) from None
         body = {
             "delivery_id": str(accepted.delivery_id),
             "status": accepted.status,
