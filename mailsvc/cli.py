@@ -1,4 +1,4 @@
-"""Command line: serve | migrate | dev | templates | send | bench."""
+"""Command line: serve | migrate | dev | templates | send | bench | ops."""
 
 from __future__ import annotations
 
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_argument("rest", nargs=argparse.REMAINDER)
     else:
         add_bench_arguments(bench)
+    from mailsvc.ops.cli import add_ops_arguments
+
+    add_ops_arguments(commands.add_parser("ops", help="the operator's client of the HTTP API (tables, or --json)"))
     return parser
 
 
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             return _dev_tooling_missing("bench")
         return bench_command(args)
+    if args.command == "ops":
+        from mailsvc.ops.cli import ops_command
+
+        return ops_command(args)
     raise AssertionError(args.command)
 
 

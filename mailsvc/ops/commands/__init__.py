@@ -1,0 +1,8 @@
+"""The subcommand groups of `mailsvc ops`, in `--help` order: one module per group."""
+
+from __future__ import annotations
+
+from mailsvc.ops.commands import dead_letters, deliveries, malformed, templates
+from mailsvc.ops.registry import Group
+
+GROUPS: tuple[Group, ...] = (deliveries.GROUP, dead_letters.GROUP, malformed.GROUP, templates.GROUP)
