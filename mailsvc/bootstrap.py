@@ -24,6 +24,7 @@ from mailsvc.adapters.redis_clients import state_client, stream_client
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider
 from mailsvc.adapters.templates import CatalogError, TemplateCatalog
+from mailsvc.domain.clock import utc_now
 from mailsvc.domain.model import Address
 from mailsvc.domain.retry import RetryPolicy
 from mailsvc.errors import StartupError
@@ -39,7 +40,7 @@ from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
 from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
-from mailsvc.services.acceptance import AcceptanceService, utc_now
+from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService

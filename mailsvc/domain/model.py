@@ -113,10 +113,10 @@ class ClaimedDelivery:
     attempt_number: int
     message_id: str
     expires_at: datetime | None
-    source: Source
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...]  # envelope addresses, in order
     mime: bytes
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
+    recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from typing import Protocol
 
 from opentelemetry.trace import Status, StatusCode
 
+from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.errors import StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import wait_for_event
-from mailsvc.services.acceptance import Clock, utc_now
 
 log = logging.getLogger("mailsvc.retention")
 
