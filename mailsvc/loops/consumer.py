@@ -22,8 +22,8 @@ from mailsvc.adapters.postgres.intake_store import OffsetMoved
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
 from mailsvc.errors import StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
-from mailsvc.loops.base import wait_for_event
 from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance, PreparedBatch
+from mailsvc.waiting import first_done, wait_any
 
 log = logging.getLogger("mailsvc.consumer")
 START = "0-0"
@@ -137,7 +137,7 @@ class StreamConsumer:
                     log.warning("consumer_lock_unavailable", extra={"error_class": type(exc).__name__})
                     acquired = False
                 if not acquired:
-                    await wait_for_event(self._stopping, self.standby_interval)
+                    await wait_any(self._stopping, timeout=self.standby_interval)
                     continue
                 await self._consume()
         finally:
@@ -148,7 +148,7 @@ class StreamConsumer:
         try:
             stored = await self.offsets.load_offset(self.stream_key)
         except StoreUnavailable:
-            await wait_for_event(self._stopping, self.standby_interval)
+            await wait_any(self._stopping, timeout=self.standby_interval)
             return
         self.offset = stored or START
         self._added_through_offset = 0 if self.offset == START else None
@@ -212,7 +212,7 @@ class StreamConsumer:
                             "consumer_dependency_unavailable",
                             extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
                         )
-                    if await wait_for_event(self._stopping, backoff):
+                    if await wait_any(self._stopping, timeout=backoff):
                         return
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
@@ -245,21 +245,11 @@ class StreamConsumer:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
-        read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
-        interrupts = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self.lock.wait_lost())}
-        try:
-            done, _ = await asyncio.wait({read_task, *interrupts}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for interrupt in interrupts:
-                interrupt.cancel()
-            await asyncio.gather(*interrupts, return_exceptions=True)
-        if read_task not in done:
-            read_task.cancel()
-            await asyncio.gather(read_task, return_exceptions=True)
-            await pipe.reset()  # type: ignore[no-untyped-call]
-            return None
-        info, reply = read_task.result()
+        replies = await first_done(pipe.execute(raise_on_error=False), self._stopping.wait(), self.lock.wait_lost())
         await pipe.reset()  # type: ignore[no-untyped-call]
+        if replies is None:
+            return None
+        info, reply = replies
         if isinstance(info, Exception) and not stream_missing(info):
             raise info  # Redis refused to answer: we know nothing about the stream, so nothing is a reset
         if isinstance(reply, Exception):

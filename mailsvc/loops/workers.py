@@ -22,6 +22,7 @@ from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.errors import DataRefused, StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.services.execution import ExecutionService
+from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.workers")
 
@@ -80,11 +81,7 @@ class ResultWriter:
                 if stopping.is_set():
                     return
                 self._ready.clear()
-                waiter = asyncio.ensure_future(self._ready.wait())
-                stopper = asyncio.ensure_future(stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await wait_any(self._ready, stopping)
                 continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             await self._write(batch)
