@@ -23,13 +23,15 @@ from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
+from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider
 from mailsvc.adapters.telemetry import setup_telemetry
-from mailsvc.adapters.templates import CatalogError, TemplateCatalog
+from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
 from mailsvc.domain.model import Address
 from mailsvc.domain.retry import RetryPolicy
+from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
 from mailsvc.http.routes.intake import intake_routes
@@ -221,13 +223,14 @@ async def build_runtime(
             instruments=instruments,
         )
         consumer = StreamConsumer(
-            redis=resources.redis_stream,
+            reader=RedisStreamReader(
+                resources.redis_stream, settings.redis.command_stream, count=settings.work.stream_batch_size
+            ),
             stream_key=settings.redis.command_stream,
             offsets=intake_store,
             acceptance=acceptance,
             lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"consumer:{settings.redis.command_stream}"),
             block_ms=int(settings.work.stream_block_timeout.total_seconds() * 1000),
-            count=settings.work.stream_batch_size,
             instruments=instruments,
         )
         scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)

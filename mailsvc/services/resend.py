@@ -17,7 +17,8 @@ from uuid import UUID
 from mailsvc.domain.commands import SendRequest, request_hash
 from mailsvc.domain.model import TERMINAL_STATUSES, RenderedContent, ResendSource
 from mailsvc.errors import NotFound, NotResendable
-from mailsvc.services.acceptance import AcceptanceService, Accepted
+from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.acceptance_types import Accepted
 
 
 class ResendSourceStore(Protocol):
