@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,17 +17,21 @@ from starlette.routing import Route
 from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import engines_from_settings
 from mailsvc.adapters.postgres.intake_store import IntakeStore
-from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, require_head
+from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
 from mailsvc.adapters.postgres.notifications import WorkListener
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
-from mailsvc.adapters.redis_clients import state_client, stream_client
+from mailsvc.adapters.redis_clients import commands_client, stream_client
+from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider
-from mailsvc.adapters.templates import CatalogError, TemplateCatalog
+from mailsvc.adapters.telemetry import setup_telemetry
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.clock import utc_now
 from mailsvc.domain.model import Address
 from mailsvc.domain.retry import RetryPolicy
+from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
 from mailsvc.http.routes.intake import intake_routes
@@ -39,7 +45,7 @@ from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
 from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
-from mailsvc.services.acceptance import AcceptanceService, utc_now
+from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
@@ -53,7 +59,7 @@ log = logging.getLogger("mailsvc.bootstrap")
 class Resources:
     """Connections owned by the process; closed in reverse order of opening."""
 
-    redis_state: Redis
+    redis_commands: Redis
     redis_stream: Redis
     primary: AsyncEngine
     replicas: list[AsyncEngine] = field(default_factory=list)
@@ -62,7 +68,27 @@ class Resources:
         for engine in [*self.replicas, self.primary]:
             await engine.dispose()
         await self.redis_stream.aclose()
-        await self.redis_state.aclose()
+        await self.redis_commands.aclose()
+
+
+@contextlib.contextmanager
+def process_telemetry(settings: Settings) -> Iterator[Instruments]:
+    """The process's traces and metrics (OpenTelemetry providers from the `OTEL_*` settings) as the
+    instruments everything records into; flushed on the way out (an unreachable collector costs
+    at most the export timeout)."""
+    telemetry = setup_telemetry(settings.telemetry)
+    try:
+        yield Instruments(telemetry.tracer_provider, telemetry.meter_provider)
+    finally:
+        telemetry.shutdown()
+
+
+async def migrate(dsn: str, *, downgrade_to: str | None = None) -> None:
+    """`mailsvc migrate`: upgrade to the latest revision (or downgrade to `downgrade_to`)."""
+    if downgrade_to:
+        await downgrade(dsn, downgrade_to)
+    else:
+        await upgrade(dsn)
 
 
 async def _ping_redis(client: Redis, role: str, settings: Settings) -> None:
@@ -88,12 +114,12 @@ async def _check_postgres(engine: AsyncEngine, role: str, settings: Settings) ->
 
 async def open_resources(settings: Settings) -> Resources:
     """Open and check every connection; raise `StartupError` (one clear line) on the first failure."""
-    redis_state = state_client(settings.redis)
+    redis_commands = commands_client(settings.redis)
     redis_stream = stream_client(settings.redis, settings.work.stream_block_timeout.total_seconds())
     primary, replicas = engines_from_settings(settings.postgres)
-    resources = Resources(redis_state, redis_stream, primary, replicas)
+    resources = Resources(redis_commands, redis_stream, primary, replicas)
     try:
-        await _ping_redis(redis_state, "state", settings)
+        await _ping_redis(redis_commands, "commands", settings)
         await _ping_redis(redis_stream, "stream", settings)
         await _check_postgres(primary, "primary", settings)
         for index, replica in enumerate(replicas):
@@ -197,13 +223,14 @@ async def build_runtime(
             instruments=instruments,
         )
         consumer = StreamConsumer(
-            redis=resources.redis_stream,
+            reader=RedisStreamReader(
+                resources.redis_stream, settings.redis.command_stream, count=settings.work.stream_batch_size
+            ),
             stream_key=settings.redis.command_stream,
             offsets=intake_store,
             acceptance=acceptance,
             lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"consumer:{settings.redis.command_stream}"),
             block_ms=int(settings.work.stream_block_timeout.total_seconds() * 1000),
-            count=settings.work.stream_batch_size,
             instruments=instruments,
         )
         scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)

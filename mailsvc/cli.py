@@ -37,9 +37,7 @@ def _config_failure(error: SettingsError) -> int:
 
 async def serve(env: Mapping[str, str] | None = None) -> int:
     """`mailsvc serve`: load settings, build, run until a signal; exit code."""
-    from mailsvc.adapters.telemetry import setup_telemetry
-    from mailsvc.bootstrap import build_runtime
-    from mailsvc.instruments import Instruments
+    from mailsvc.bootstrap import build_runtime, process_telemetry
     from mailsvc.logs import configure_logging
 
     try:
@@ -47,9 +45,7 @@ async def serve(env: Mapping[str, str] | None = None) -> int:
     except SettingsError as error:
         return _config_failure(error)
     configure_logging(settings.process.log_level)
-    telemetry = setup_telemetry(settings.telemetry)
-    instruments = Instruments(telemetry.tracer_provider, telemetry.meter_provider)
-    try:
+    with process_telemetry(settings) as instruments:
         try:
             runtime = await build_runtime(settings, instruments=instruments)
         except StartupError as error:
@@ -61,13 +57,10 @@ async def serve(env: Mapping[str, str] | None = None) -> int:
         gc.collect()
         gc.freeze()
         return await runtime.run()
-    finally:
-        # flush what was recorded; an unreachable collector only costs the export timeout
-        telemetry.shutdown()
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from mailsvc.adapters.postgres.migrations import downgrade, upgrade
+    from mailsvc.bootstrap import migrate
 
     raw = os.environ.get("MAIL_POSTGRES_PRIMARY_DSN", "")
     if not raw.strip():
@@ -76,10 +69,7 @@ def _migrate(args: argparse.Namespace) -> int:
         dsn = parse_dsn(raw)
     except ValueError as exc:
         return _config_failure(SettingsError([f"MAIL_POSTGRES_PRIMARY_DSN: {exc}"]))
-    if args.downgrade:
-        asyncio.run(downgrade(dsn, args.downgrade))
-    else:
-        asyncio.run(upgrade(dsn))
+    asyncio.run(migrate(dsn, downgrade_to=args.downgrade))
     print("mailsvc: migrations applied" if not args.downgrade else f"mailsvc: downgraded to {args.downgrade}")
     return 0
 

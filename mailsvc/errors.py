@@ -39,3 +39,17 @@ class IdempotencyConflict(MailsvcError):
 
 class NotResendable(MailsvcError):
     """Only a delivery in a terminal status can be resent."""
+
+
+class OffsetMoved(MailsvcError):
+    """Another consumer advanced the stream offset: this batch was rolled back."""
+
+
+class StreamUnavailable(MailsvcError):
+    """Redis could not be read: unreachable (`refused` False), or it answered with an error reply
+    (`refused` True: NOPERM, BUSY, an unknown command …) — never "the stream is missing"."""
+
+    def __init__(self, cause: BaseException, *, refused: bool) -> None:
+        super().__init__(f"{type(cause).__name__}: {str(cause)[:200]}")
+        self.refused = refused
+        self.error_class = type(cause).__name__  # the driver's, for logs: NoPermissionError, ConnectionError …

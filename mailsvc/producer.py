@@ -66,10 +66,10 @@ def command_fields(payload: dict[str, Any], idempotency_key: str | None, tracepa
 
 
 async def _xadd(fields: dict[str, str]) -> str:
-    from mailsvc.adapters.redis_clients import state_client
+    from mailsvc.adapters.redis_clients import commands_client
 
     settings = load_settings()
-    client = state_client(settings.redis)
+    client = commands_client(settings.redis)
     try:
         entry_id = await client.xadd(settings.redis.command_stream, fields)  # type: ignore[arg-type]
     finally:

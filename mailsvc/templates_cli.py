@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from mailsvc.adapters.templates import CatalogError, TemplateCatalog, TemplateError
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.templates import CatalogError, TemplateError
 
 
 def check_command(template_dir: Path) -> int:

@@ -21,8 +21,8 @@ def _client(settings: RedisSettings, socket_timeout: float, name: str) -> Redis:
     )
 
 
-def state_client(settings: RedisSettings) -> Redis:
-    return _client(settings, settings.operation_timeout.total_seconds(), "mailsvc-state")
+def commands_client(settings: RedisSettings) -> Redis:
+    return _client(settings, settings.operation_timeout.total_seconds(), "mailsvc-commands")
 
 
 def stream_client(settings: RedisSettings, block_timeout_s: float) -> Redis:

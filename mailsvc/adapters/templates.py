@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar
 
 import jinja2
 
@@ -15,77 +13,19 @@ from mailsvc.adapters.template_files import CompiledLocale, CompiledTemplate, lo
 from mailsvc.adapters.template_filters import UnsafeUrl
 from mailsvc.domain.commands import MAX_SUBJECT, utf8_size
 from mailsvc.domain.model import RenderedContent
-from mailsvc.errors import MailsvcError
-from mailsvc.settings import WorkSettings
-
-DEFAULT_MAX_RENDERED_BYTES = WorkSettings.max_rendered_bytes
+from mailsvc.domain.templates import (
+    DEFAULT_MAX_RENDERED_BYTES,
+    CatalogError,
+    MissingVariables,
+    RejectedVariable,
+    RenderTooLarge,
+    TemplateInfo,
+    TemplateRenderError,
+    UnknownTemplate,
+)
 
 # control characters (C0, DEL, C1) and Unicode line/paragraph separators: none may reach a header
 _SUBJECT_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
-class CatalogError(MailsvcError):
-    """The template folder is invalid; `problems` lists every problem found, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} template problem(s): " + "; ".join(problems))
-        self.problems = list(problems)
-
-
-class TemplateError(MailsvcError):
-    """A render request that can never succeed; `reason` is a stable machine-readable code and
-    `field` the request field to blame."""
-
-    reason: ClassVar[str] = "template_error"
-    field: str = "template"
-
-
-class UnknownTemplate(TemplateError):
-    reason = "unknown_template"
-
-    def __init__(self, template_id: str) -> None:
-        super().__init__(f"unknown template {template_id!r}")
-        self.template_id = template_id
-
-
-class MissingVariables(TemplateError):
-    reason = "missing_variables"
-
-    def __init__(self, template_id: str, names: list[str]) -> None:
-        super().__init__(f"template {template_id!r} is missing variable(s): {', '.join(names)}")
-        self.template_id = template_id
-        self.names = list(names)
-
-
-class TemplateRenderError(TemplateError):
-    reason = "render_failed"
-
-    def __init__(self, template_id: str, locale: str, message: str) -> None:
-        super().__init__(f"template {template_id!r} ({locale}) failed to render: {message}")
-        self.template_id = template_id
-        self.locale = locale
-
-
-class RenderTooLarge(TemplateError):
-    """The rendered subject passes 998 characters, or a rendered body the byte limit."""
-
-    reason = "render_too_large"
-
-    def __init__(self, template_id: str, locale: str, message: str) -> None:
-        super().__init__(f"template {template_id!r} ({locale}): {message}")
-        self.template_id = template_id
-        self.locale = locale
-
-
-class RejectedVariable(TemplateError):
-    """A variable's value that the template refuses to render (a link that is not http(s))."""
-
-    reason = "validation_failed"
-
-    def __init__(self, template_id: str, names: list[str], message: str) -> None:
-        super().__init__(message)
-        self.template_id = template_id
-        self.field = f"variables.{names[0]}" if len(names) == 1 else "variables"
 
 
 class _TooLarge(Exception):
@@ -94,16 +34,6 @@ class _TooLarge(Exception):
     def __init__(self, part: str) -> None:
         super().__init__(part)
         self.part = part
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateInfo:
-    id: str
-    description: str
-    default_locale: str
-    locales: tuple[str, ...]  # sorted
-    variables: tuple[str, ...]  # every declared name, in manifest order
-    required_variables: tuple[str, ...]
 
 
 class TemplateCatalog:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
@@ -113,10 +114,10 @@ class ClaimedDelivery:
     attempt_number: int
     message_id: str
     expires_at: datetime | None
-    source: Source
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...]  # envelope addresses, in order
     mime: bytes
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
+    recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +130,22 @@ class StaleRecovery:
     @property
     def total(self) -> int:
         return self.requeued + self.dead_lettered
+
+
+@dataclass(frozen=True, slots=True)
+class ResendSource:
+    """What a resend copies from the original delivery."""
+
+    delivery_id: UUID
+    status: str
+    template: str | None
+    locale: str | None
+    template_digest: str | None
+    priority: Priority
+    tags: Mapping[str, str]
+    subject: str
+    text: str
+    html: str | None
+    reply_to: Address | None
+    headers: Mapping[str, str]
+    recipients: tuple[Recipient, ...]

@@ -11,8 +11,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from mailsvc.errors import StoreUnavailable
-from mailsvc.http.errors import ApiError, error_response, not_found, unavailable
+from mailsvc.errors import MailsvcError, StoreUnavailable
+from mailsvc.http.errors import ApiError, error_response, from_domain, not_found, unavailable
 from mailsvc.http.guards import ConcurrencyGuard, TokenGuard
 from mailsvc.http.telemetry import HttpTelemetry
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
@@ -41,6 +41,14 @@ async def _store_unavailable(_: Request, exc: Exception) -> Response:
     return error_response(unavailable())
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MailsvcError)
+    answer = from_domain(exc)
+    if answer is None:
+        return await _unexpected(request, exc)
+    return error_response(answer)
+
+
 async def _client_disconnected(_: Request, exc: Exception) -> Response:
     # The client left while its body was being read: no failure of ours, and nobody to answer
     # (the protocol logs `http_client_disconnected`). 499 is what the metrics record.
@@ -65,6 +73,7 @@ def create_app(
             ApiError: _api_error,
             HTTPException: _http_exception,
             StoreUnavailable: _store_unavailable,
+            MailsvcError: _domain_error,
             ClientDisconnect: _client_disconnected,
             Exception: _unexpected,
         },

@@ -7,6 +7,9 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from mailsvc.domain.commands import Problem, ValidationFailed
+from mailsvc.errors import DataRefused, IdempotencyConflict, MailsvcError, NotFound, NotResendable
+
 
 class ApiError(Exception):
     def __init__(
@@ -48,3 +51,33 @@ def not_found(message: str = "no such route") -> ApiError:
 
 def unavailable(message: str = "the database is unavailable, retry later") -> ApiError:
     return ApiError(503, "unavailable", message, headers={"Retry-After": "1"})
+
+
+def validation_error(problems: list[Problem]) -> ApiError:
+    """422 `validation_failed`, every problem in `details`."""
+    return ApiError(
+        422, "validation_failed", "; ".join(str(p) for p in problems), details=[p.as_dict() for p in problems]
+    )
+
+
+# The one place a domain error becomes an HTTP answer (SPEC §3); routes let them propagate.
+# `StoreUnavailable` (503 with Retry-After) is answered by its own handler, which also logs it.
+_DOMAIN_ERRORS: dict[type[MailsvcError], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    IdempotencyConflict: (409, "idempotency_key_conflict"),
+    NotResendable: (409, "not_resendable"),
+}
+
+
+def from_domain(error: MailsvcError) -> ApiError | None:
+    """The answer for a domain error, or None when it is not the client's to hear (a bug)."""
+    if isinstance(error, ValidationFailed):
+        return validation_error(error.problems)
+    if isinstance(error, DataRefused):
+        # it passed our validation, yet PostgreSQL refused a value of it: still this request's problem
+        return ApiError(422, "validation_failed", "a value of this request cannot be stored", details=[])
+    for kind in type(error).__mro__:
+        mapped = _DOMAIN_ERRORS.get(kind)
+        if mapped is not None:
+            return ApiError(mapped[0], mapped[1], str(error))
+    return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from mailsvc.adapters.templates import TemplateInfo
 from mailsvc.domain.model import Address
+from mailsvc.domain.templates import TemplateInfo
 from mailsvc.domain.views import (
     AttemptView,
     DeadLetterItem,

@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Protocol
 
+from mailsvc.waiting import wait_any
+
 log = logging.getLogger("mailsvc.loops")
 
 
@@ -18,16 +20,6 @@ class Loop(Protocol):
     async def run(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` at most `timeout` seconds; True when it was set."""
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 class Supervisor:
@@ -57,7 +49,7 @@ class Supervisor:
                 log.error("loop_exited_unexpectedly", extra={"loop": loop.name, "restart_in_s": backoff})
             if time.monotonic() - started > 60:
                 backoff = self.initial_backoff  # it ran fine for a while: this is a fresh failure
-            if await wait_for_event(stopping, backoff):
+            if await wait_any(stopping, timeout=backoff):
                 return
             self.restarts[loop.name] = self.restarts.get(loop.name, 0) + 1
             log.info("loop_restarting", extra={"loop": loop.name, "restarts": self.restarts[loop.name]})

@@ -11,41 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
-
-from mailsvc.adapters.postgres.intake_store import OffsetMoved
+from mailsvc.domain.intake import OffsetAdvance
+from mailsvc.domain.stream import START, StreamEntries, StreamInfo, StreamRead, parse_id, predecessor, successor
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
-from mailsvc.errors import StoreUnavailable
+from mailsvc.errors import OffsetMoved, StoreUnavailable, StreamUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
-from mailsvc.loops.base import wait_for_event
-from mailsvc.services.acceptance import AcceptanceService, BatchResult, OffsetAdvance, PreparedBatch
+from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.acceptance_types import BatchResult, PreparedBatch
+from mailsvc.waiting import first_done, wait_any
 
 log = logging.getLogger("mailsvc.consumer")
-START = "0-0"
-MAX_SEQ = 2**64 - 1
 
 
-def parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+class StreamReader(Protocol):
+    count: int  # the most entries one read returns: a full read means a backlog
 
-
-def successor(entry: tuple[int, int]) -> tuple[int, int]:
-    ms, seq = entry
-    return (ms, seq + 1) if seq < MAX_SEQ else (ms + 1, 0)
-
-
-def predecessor(entry_id: str) -> str:
-    """The greatest id below `entry_id`: reading after it starts exactly at `entry_id`."""
-    ms, seq = parse_id(entry_id)
-    if seq:
-        return f"{ms}-{seq - 1}"
-    return f"{ms - 1}-{MAX_SEQ}" if ms else START
+    async def read(self, after: str, block_ms: int | None) -> StreamRead:
+        """The stream's shape and the entries after `after`; raise `StreamUnavailable`."""
+        ...
 
 
 class OffsetStore(Protocol):
@@ -75,39 +62,28 @@ class ConsumerLock(Protocol):
     async def wait_lost(self) -> None: ...
 
 
-def stream_missing(error: Exception) -> bool:
-    """Only Redis's "no such key" reply to XINFO STREAM says the stream is gone. redis-py raises
-    `ResponseError` for every error reply — NOPERM (ACL), an unknown or renamed command, BUSY —
-    and none of those says anything about the stream."""
-    return isinstance(error, ResponseError) and str(error).removeprefix("ERR ").strip().lower() == "no such key"
-
-
 class StreamConsumer:
     name = "consumer"
 
     def __init__(
         self,
         *,
-        redis: Redis,
+        reader: StreamReader,
         stream_key: str,
         offsets: OffsetStore,
         acceptance: AcceptanceService,
         lock: ConsumerLock,
         block_ms: int,
-        count: int,
-        on_batch: Callable[[BatchResult], None] = lambda _: None,
         standby_interval: float = 1.0,
         max_backoff: float = 5.0,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
-        self.redis = redis
+        self.reader = reader
         self.stream_key = stream_key
         self.offsets = offsets
         self.acceptance = acceptance
         self.lock = lock
         self.block_ms = block_ms
-        self.count = count
-        self.on_batch = on_batch
         self.standby_interval = standby_interval
         self.max_backoff = max_backoff
         self._stopping = asyncio.Event()
@@ -137,7 +113,7 @@ class StreamConsumer:
                     log.warning("consumer_lock_unavailable", extra={"error_class": type(exc).__name__})
                     acquired = False
                 if not acquired:
-                    await wait_for_event(self._stopping, self.standby_interval)
+                    await wait_any(self._stopping, timeout=self.standby_interval)
                     continue
                 await self._consume()
         finally:
@@ -148,7 +124,7 @@ class StreamConsumer:
         try:
             stored = await self.offsets.load_offset(self.stream_key)
         except StoreUnavailable:
-            await wait_for_event(self._stopping, self.standby_interval)
+            await wait_any(self._stopping, timeout=self.standby_interval)
             return
         self.offset = stored or START
         self._added_through_offset = 0 if self.offset == START else None
@@ -184,7 +160,7 @@ class StreamConsumer:
                     commit = asyncio.ensure_future(
                         self.acceptance.commit_stream_batch(prepared, OffsetAdvance(self.stream_key, stored, last_id))
                     )
-                    if len(entries) >= self.count:  # a backlog: overlap the next read and prepare with this commit
+                    if len(entries) >= self.reader.count:  # a backlog: read and prepare the next during this commit
                         ahead = await self._read_ahead(last_id, commit)
                     try:
                         result = await commit
@@ -196,23 +172,29 @@ class StreamConsumer:
                     stored = self.offset = last_id
                     self._note_read(len(entries))
                     self._count(result)
-                    self.on_batch(result)
                     backoff = 0.1
                 except OffsetMoved:
                     log.warning("consumer_offset_moved", extra={"stream": self.stream_key})
                     return
-                except (RedisError, OSError, StoreUnavailable) as exc:
-                    if isinstance(exc, ResponseError):  # Redis answered, with a refusal (NOPERM, BUSY, …)
+                except (StreamUnavailable, StoreUnavailable) as exc:
+                    if isinstance(exc, StreamUnavailable) and exc.refused:  # Redis answered: NOPERM, BUSY, …
                         log.warning(
                             "consumer_redis_error_reply",
-                            extra={"error_class": type(exc).__name__, "reply": str(exc)[:200], "retry_in_s": backoff},
+                            extra={
+                                "error_class": getattr(exc, "error_class", type(exc).__name__),
+                                "reply": str(exc),
+                                "retry_in_s": backoff,
+                            },
                         )
                     else:
                         log.warning(
                             "consumer_dependency_unavailable",
-                            extra={"error_class": type(exc).__name__, "retry_in_s": backoff},
+                            extra={
+                                "error_class": getattr(exc, "error_class", type(exc).__name__),
+                                "retry_in_s": backoff,
+                            },
                         )
-                    if await wait_for_event(self._stopping, backoff):
+                    if await wait_any(self._stopping, timeout=backoff):
                         return
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
@@ -226,7 +208,7 @@ class StreamConsumer:
         when there is none yet or Redis failed (the next turn reads it again, after the commit)."""
         try:
             read = await self._read(after, None)
-        except (RedisError, OSError):
+        except StreamUnavailable:
             return None
         except BaseException:
             commit.cancel()
@@ -239,45 +221,20 @@ class StreamConsumer:
         prepared = await self.acceptance.prepare_stream_batch(_decode(entries))
         return _ReadAhead(info, entries, prepared)
 
-    async def _read(self, after: str, block_ms: int | None) -> tuple[Any, list[tuple[str, dict[bytes, bytes]]]] | None:
-        """XINFO STREAM and XREAD (BLOCK `block_ms`) in one round trip; None when stopping or the loss
-        of the lock interrupted it. An error reply to XINFO other than "no such key" is raised."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xinfo_stream(self.stream_key)
-        pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
-        read_task = asyncio.ensure_future(pipe.execute(raise_on_error=False))
-        interrupts = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self.lock.wait_lost())}
-        try:
-            done, _ = await asyncio.wait({read_task, *interrupts}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for interrupt in interrupts:
-                interrupt.cancel()
-            await asyncio.gather(*interrupts, return_exceptions=True)
-        if read_task not in done:
-            read_task.cancel()
-            await asyncio.gather(read_task, return_exceptions=True)
-            await pipe.reset()  # type: ignore[no-untyped-call]
-            return None
-        info, reply = read_task.result()
-        await pipe.reset()  # type: ignore[no-untyped-call]
-        if isinstance(info, Exception) and not stream_missing(info):
-            raise info  # Redis refused to answer: we know nothing about the stream, so nothing is a reset
-        if isinstance(reply, Exception):
-            raise reply
-        entries: list[tuple[str, dict[bytes, bytes]]] = []
-        for _stream, stream_entries in reply or []:
-            for entry_id, fields in stream_entries:
-                entries.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields))
-        return info, entries
+    async def _read(self, after: str, block_ms: int | None) -> tuple[StreamInfo | None, StreamEntries] | None:
+        """The stream's shape and the entries after `after` (waiting up to `block_ms`); None when
+        stopping or the loss of the lock interrupted the read."""
+        read = await first_done(self.reader.read(after, block_ms), self._stopping.wait(), self.lock.wait_lost())
+        return None if read is None else (read.info, read.entries)
 
     def _note_read(self, read: int) -> None:
         if self._added_through_offset is not None:
             self._added_through_offset += read
 
-    def _note_size(self, info: Any) -> None:
-        if isinstance(info, dict):
-            self._stream_added, self._stream_length = _int(info.get("entries-added")), _int(info.get("length"))
-        else:  # no such stream (or an error): nothing to be behind on
+    def _note_size(self, info: StreamInfo | None) -> None:
+        if info is not None:
+            self._stream_added, self._stream_length = info.entries_added, info.length
+        else:  # no such stream: nothing to be behind on
             self._stream_added = self._stream_length = None
 
     @property
@@ -306,22 +263,20 @@ class StreamConsumer:
             if count:
                 consumed.add(count, {"result": outcome})
 
-    async def _detect_gap_or_reset(self, info: Any, stored: str | None) -> bool:
+    async def _detect_gap_or_reset(self, info: StreamInfo | None, stored: str | None) -> bool:
         """Record a reset (stream recreated) or gap (unread entries removed); True if the offset moved.
 
         Trimming (MAXLEN/MINID) removes a prefix of the stream and, on Redis 7.0, leaves no trace
         in `max-deleted-entry-id`: it shows as a first entry beyond our offset, and
         `entries-added - length` counts what was removed. XDEL shows in `max-deleted-entry-id`.
         """
-        if isinstance(info, Exception):
-            if not stream_missing(info):
-                raise info
+        if info is None:
             self.head = None  # no such key: the stream does not exist (yet, or any more)
             if self.offset != START:
                 await self._record("reset", START, "stream key missing (Redis restarted without persistence?)", stored)
                 return True
             return False
-        last_generated = _text(info.get("last-generated-id")) or START
+        last_generated = info.last_generated_id
         self.head = last_generated
         offset = parse_id(self.offset)
         if parse_id(last_generated) < offset:
@@ -329,7 +284,7 @@ class StreamConsumer:
                 "reset", START, f"stream last-generated-id {last_generated} is below our offset {self.offset}", stored
             )
             return True
-        added, length = _int(info.get("entries-added")), _int(info.get("length"))
+        added, length = info.entries_added, info.length
         if self.offset == last_generated:  # caught up: we know exactly how many entries we should have read
             if self._added_through_offset is not None and added is not None and added > self._added_through_offset:
                 # removed between a read's XINFO and its XREAD: noticed only now, after the offset moved on
@@ -337,9 +292,7 @@ class StreamConsumer:
                 detail = f"{missed} entries after {self._counted_since} up to {self.offset} were removed unread"
                 await self._record("gap", self.offset, detail, stored, move=False, from_offset=self._counted_since)
             self._added_through_offset, self._counted_since = added, self.offset
-        first = info.get("first-entry")
-        first_id = _text(first[0]) if first else None
-        max_deleted = _text(info.get("max-deleted-entry-id")) or START
+        first_id, max_deleted = info.first_entry_id, info.max_deleted_id
         if first_id is None:  # empty: everything up to last-generated-id is gone
             if parse_id(last_generated) > offset:
                 await self._record(
@@ -406,21 +359,11 @@ class StreamConsumer:
 
 @dataclass(frozen=True, slots=True)
 class _ReadAhead:
-    info: Any
-    entries: list[tuple[str, dict[bytes, bytes]]]
+    info: StreamInfo | None
+    entries: StreamEntries
     prepared: PreparedBatch
 
 
-def _decode(entries: list[tuple[str, dict[bytes, bytes]]]) -> Iterator[StreamCommand | MalformedCommand]:
+def _decode(entries: StreamEntries) -> Iterator[StreamCommand | MalformedCommand]:
     # lazy: each entry is decoded (JSON, hash) inside the preparation's time slices, not all up front
     return (decode_entry(entry_id, fields) for entry_id, fields in entries)
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)

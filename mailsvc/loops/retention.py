@@ -23,10 +23,10 @@ from typing import Protocol
 
 from opentelemetry.trace import Status, StatusCode
 
+from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.errors import StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
-from mailsvc.loops.base import wait_for_event
-from mailsvc.services.acceptance import Clock, utc_now
+from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.retention")
 
@@ -136,7 +136,7 @@ class RetentionLoop:
             report = await self.run_once()
             failed_passes = failed_passes + 1 if report.failed else 0
             wait = retry_delay(failed_passes, self.retry_interval, self.interval) if failed_passes else self.interval
-            await wait_for_event(self._stop, wait)
+            await wait_any(self._stop, timeout=wait)
 
     async def run_once(self, now: datetime | None = None) -> RetentionReport:
         """One full pass with cut-offs computed from `now` (default: the clock), in its own span.

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
 from mailsvc.errors import StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
@@ -23,7 +24,7 @@ log = logging.getLogger("mailsvc.scheduler")
 class ClaimStore(Protocol):
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]: ...
 
-    async def recover(self, max_attempts: int, limit: int = 1000) -> StaleRecovery: ...
+    async def recover(self, now: datetime, max_attempts: int, limit: int = 1000) -> StaleRecovery: ...
 
     async def release(self, claims: list[ClaimedDelivery]) -> None: ...
 
@@ -52,9 +53,11 @@ class Scheduler:
         recover_interval: float = 30.0,
         max_claim: int = 500,
         backlog_interval: float = 2.0,
+        clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.pool = pool
         self.wakeup = wakeup
         self.lease = lease
@@ -99,7 +102,7 @@ class Scheduler:
 
     async def recover_once(self) -> StaleRecovery:
         started = time.time_ns()
-        recovered = await self.store.recover(self.max_attempts)
+        recovered = await self.store.recover(self.clock(), self.max_attempts)
         if recovered.total:
             log.warning(
                 "stale_claims_recovered", extra={"count": recovered.total, "dead_lettered": recovered.dead_lettered}

@@ -12,14 +12,17 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 from uuid import UUID
 
+from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.domain.model import TERMINAL_STATUSES, ClaimedDelivery
+from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.errors import DataRefused, StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
-from mailsvc.services.execution import AttemptRecord, ExecutionService
+from mailsvc.services.execution import ExecutionService
+from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.workers")
 
@@ -30,10 +33,6 @@ class ResultStore(Protocol):
     async def finish(self, records: list[AttemptRecord]) -> set[UUID]: ...
 
     async def expire_claims(self, records: list[AttemptRecord]) -> None: ...
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ResultWriter:
@@ -54,7 +53,7 @@ class ResultWriter:
         lease: timedelta,
         max_batch: int = 500,
         retry_delay: float = 0.5,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.store = store
@@ -82,11 +81,7 @@ class ResultWriter:
                 if stopping.is_set():
                     return
                 self._ready.clear()
-                waiter = asyncio.ensure_future(self._ready.wait())
-                stopper = asyncio.ensure_future(stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await wait_any(self._ready, stopping)
                 continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             await self._write(batch)
@@ -188,7 +183,8 @@ def _without_server_text(record: AttemptRecord) -> AttemptRecord:
     if result is None or (result.smtp_reply is None and all(r.smtp_reply is None for r in result.recipients)):
         return record
     recipients = tuple(replace(r, smtp_reply=None) for r in result.recipients)
-    return replace(record, result=replace(result, smtp_reply=None, recipients=recipients))
+    bare = replace(result, smtp_reply=None, recipients=recipients)
+    return replace(record, result=bare, last_error=None if record.last_error is None else bare.summary)
 
 
 class WorkerPool:

@@ -8,15 +8,16 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from opentelemetry import trace
 
-from mailsvc.adapters.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
+from mailsvc.domain import transitions
+from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.domain.commands import (
     Problem,
     SendRequest,
@@ -26,43 +27,18 @@ from mailsvc.domain.commands import (
     utf8_size,
 )
 from mailsvc.domain.ids import uuid7
+from mailsvc.domain.intake import NewDelivery, OffsetAdvance
 from mailsvc.domain.mime import build_mime, make_message_id
-from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source, Status
+from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
+from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
-from mailsvc.services.acceptance_types import (
-    AcceptanceStore,
-    Accepted,
-    BatchResult,
-    KeyOutcome,
-    NewDelivery,
-    OffsetAdvance,
-    PreparedBatch,
-    Renderer,
-)
+from mailsvc.services.acceptance_types import AcceptanceStore, Accepted, BatchResult, PreparedBatch, Renderer
 from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
 from mailsvc.services.loop_share import LoopShare
 
-__all__ = [  # the types live in acceptance_types; the doors and the store import them from here too
-    "AcceptanceService",
-    "AcceptanceStore",
-    "Accepted",
-    "BatchResult",
-    "KeyOutcome",
-    "NewDelivery",
-    "OffsetAdvance",
-    "PreparedBatch",
-    "Renderer",
-    "utc_now",
-]
-
 log = logging.getLogger("mailsvc.acceptance")
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _template_problem(error: TemplateError) -> ValidationFailed:
@@ -174,7 +150,7 @@ class AcceptanceService:
             message_id=message_id,
             date=now,
         )
-        status: Status = "suppressed" if source == "auth" and self.suppress_auth else "queued"
+        status = transitions.accepted_status(source, suppress_auth=self.suppress_auth)
         return NewDelivery(
             delivery_id=uuid7(),
             source=source,
@@ -242,12 +218,6 @@ class AcceptanceService:
             if outcome.status == "queued":
                 self.wake_scheduler()
         return Accepted(outcome.delivery_id, outcome.status, idempotent_replay=outcome.kind == "duplicate")
-
-    async def accept_stream_batch(
-        self, entries: Sequence[StreamCommand | MalformedCommand], offset: OffsetAdvance
-    ) -> BatchResult:
-        """Accept a whole XREAD batch with its offset in one transaction."""
-        return await self.commit_stream_batch(await self.prepare_stream_batch(entries), offset)
 
     async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
         """Validate, render and build a batch (CPU only, nothing persisted).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from datetime import timedelta
+from typing import Any, Protocol
 from uuid import UUID
 
-from mailsvc.domain.commands import SendRequest, ValidationFailed
-from mailsvc.domain.model import RenderedContent, Source, Status
+from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.domain.model import RenderedContent, Status
 from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.services.command_spans import NO_COMMAND_SPANS, NoCommandSpans
 
@@ -18,54 +18,6 @@ class Renderer(Protocol):
     def render(self, template_id: str, locale: str | None, variables: Any, *, max_bytes: int) -> RenderedContent:
         """Raise `TemplateError` (`RenderTooLarge` once a body passes `max_bytes`)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """One delivery ready to persist: rendered, MIME built, ids assigned."""
-
-    delivery_id: UUID
-    source: Source
-    status: Status
-    idempotency_key: str
-    request_hash: bytes
-    request: SendRequest
-    content: RenderedContent
-    message_id: str
-    mime: bytes
-    accepted_at: datetime
-    resend_of: UUID | None = None
-    stream_entry_id: str | None = None
-    raw_fields: bytes | None = None  # for a stream command that turns out to conflict
-    traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
-    # set when the request fails validation only because time passed (its `expires_at`): it may
-    # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
-    replay_only: ValidationFailed | None = None
-
-    @property
-    def send_at(self) -> datetime:
-        return self.request.send_at or self.accepted_at
-
-
-@dataclass(frozen=True, slots=True)
-class KeyOutcome:
-    """What the store found for one idempotency key.
-
-    `refused` is only ever the outcome of a replay-only delivery whose key holds no (unexpired)
-    request: its validation error stands, and `delivery_id` is its own, never stored. A replay-only
-    delivery whose key holds the same request is a `duplicate`, one holding another a `conflict`.
-    """
-
-    kind: Literal["created", "duplicate", "conflict", "refused"]
-    delivery_id: UUID
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetAdvance:
-    stream_key: str
-    expected: str | None  # the offset we read from; None when none was stored yet
-    new: str
 
 
 class AcceptanceStore(Protocol):

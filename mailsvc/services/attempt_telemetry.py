@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from mailsvc.domain.model import ClaimedDelivery, ProviderName
+from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.instruments import Instruments, context_from_traceparent
-
-if TYPE_CHECKING:
-    from mailsvc.services.execution import AttemptRecord
 
 SPAN_NAME = "mail.attempt"
 

@@ -16,7 +16,7 @@ from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
 from mailsvc.instruments import context_from_traceparent, current_traceparent
 
 if TYPE_CHECKING:
-    from mailsvc.services.acceptance import KeyOutcome
+    from mailsvc.domain.intake import KeyOutcome
 
 SPAN_NAME = "mail.command consume"
 _RESULTS = {"created": "accepted", "duplicate": "duplicate", "conflict": "malformed", "refused": "malformed"}

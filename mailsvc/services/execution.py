@@ -7,22 +7,18 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
-from uuid import UUID
 
+from mailsvc.domain import transitions
 from mailsvc.domain.model import (
-    AttemptOutcome,
     ClaimedDelivery,
-    DeadLetterReason,
     OutgoingMessage,
     ProviderName,
-    RecipientResult,
     SendResult,
-    Status,
 )
 from mailsvc.domain.retry import RetryPolicy
+from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.logs import mask_address
 from mailsvc.services.attempt_telemetry import AttemptTelemetry
@@ -38,35 +34,6 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """The result of one attempt, written (with the new status) only if the claim still holds."""
-
-    delivery_id: UUID
-    claim_token: UUID
-    attempt_number: int
-    started_at: datetime
-    finished_at: datetime
-    outcome: AttemptOutcome
-    status: Status
-    next_attempt_at: datetime | None
-    dead_reason: DeadLetterReason | None
-    provider: ProviderName | None
-    result: SendResult | None
-
-    @property
-    def duration_ms(self) -> int:
-        return max(0, int((self.finished_at - self.started_at).total_seconds() * 1000))
-
-    @property
-    def last_error(self) -> str | None:
-        if self.outcome == "expired":
-            return "expired before an attempt could start"
-        if self.result is None or self.outcome == "sent":
-            return None
-        return self.result.summary
 
 
 class ExecutionService:
@@ -100,10 +67,7 @@ class ExecutionService:
     async def _execute(self, claim: ClaimedDelivery) -> AttemptRecord:
         started = self.clock()
         if claim.expires_at is not None and claim.expires_at <= started:
-            return AttemptRecord(
-                claim.delivery_id, claim.claim_token, claim.attempt_number, started, started, "expired",
-                "dead_lettered", None, "expired", None, None,
-            )  # fmt: skip
+            return transitions.expired(claim, started)
         message = OutgoingMessage(
             delivery_id=claim.delivery_id,
             message_id=claim.message_id,
@@ -113,8 +77,15 @@ class ExecutionService:
             attempt_number=claim.attempt_number,
         )
         result = await self._send(message)
-        finished = self.clock()
-        decision = self.policy.decide(result.outcome, claim.attempt_number, finished, claim.expires_at, self.jitter())
+        record = transitions.after_attempt(
+            claim,
+            result,
+            started=started,
+            finished=self.clock(),
+            policy=self.policy,
+            jitter=self.jitter(),
+            provider=self.provider.name,
+        )
         if result.outcome != "sent":
             log.info(
                 "attempt_failed",
@@ -125,22 +96,10 @@ class ExecutionService:
                     "smtp_code": result.smtp_code,
                     "error_class": result.error_class,
                     "ambiguous": result.ambiguous,
-                    "next_status": decision.status,
+                    "next_status": record.status,
                 },
             )
-        return AttemptRecord(
-            delivery_id=claim.delivery_id,
-            claim_token=claim.claim_token,
-            attempt_number=claim.attempt_number,
-            started_at=started,
-            finished_at=finished,
-            outcome=result.outcome,
-            status=decision.status,
-            next_attempt_at=decision.next_attempt_at,
-            dead_reason=decision.dead_reason,
-            provider=self.provider.name,
-            result=result,
-        )
+        return record
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
         """The provider bounds the attempt itself; this outer bound is a safety net for bugs."""
@@ -155,10 +114,3 @@ class ExecutionService:
                 extra={"delivery_id": str(message.delivery_id), "to": [mask_address(r) for r in message.recipients]},
             )
             return SendResult("transient_failure", error_class=f"internal:{type(exc).__name__}")
-
-
-def refused_recipients(result: SendResult | None) -> tuple[RecipientResult, ...]:
-    """Per-recipient rows worth storing: only when the server refused some of them."""
-    if result is None or not any(not r.accepted for r in result.recipients):
-        return ()
-    return result.recipients

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import StoreUnavailable
-from mailsvc.services.acceptance import AcceptanceStore, KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.services.acceptance_types import AcceptanceStore
 
 log = logging.getLogger("mailsvc.acceptance")
 

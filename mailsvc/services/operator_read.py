@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from mailsvc.adapters.templates import TemplateInfo
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, ListKind, PageRequest, encode_cursor
+from mailsvc.domain.templates import TemplateInfo
 from mailsvc.domain.views import (
     AttemptView,
     DeadLetterItem,

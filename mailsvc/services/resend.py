@@ -10,34 +10,15 @@ original replays the first resend; for another original it is a conflict.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, request_hash
-from mailsvc.domain.model import TERMINAL_STATUSES, Address, Priority, Recipient, RenderedContent
+from mailsvc.domain.model import TERMINAL_STATUSES, RenderedContent, ResendSource
 from mailsvc.errors import NotFound, NotResendable
-from mailsvc.services.acceptance import AcceptanceService, Accepted
-
-
-@dataclass(frozen=True, slots=True)
-class ResendSource:
-    """What a resend copies from the original delivery."""
-
-    delivery_id: UUID
-    status: str
-    template: str | None
-    locale: str | None
-    template_digest: str | None
-    priority: Priority
-    tags: Mapping[str, str]
-    subject: str
-    text: str
-    html: str | None
-    reply_to: Address | None
-    headers: Mapping[str, str]
-    recipients: tuple[Recipient, ...]
+from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.acceptance_types import Accepted
 
 
 class ResendSourceStore(Protocol):

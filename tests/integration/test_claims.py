@@ -37,7 +37,7 @@ async def test_a_late_result_from_an_old_claim_cannot_overwrite_the_new_claim(qu
     delivery_id = await queue.accept()
     [old] = await queue.store.claim(10, LEASE)
     await queue.expire_claim(delivery_id)
-    assert await queue.store.recover_stale(max_attempts=10) == 1
+    assert (await queue.store.recover(datetime.now(UTC), max_attempts=10)).total == 1
     [new] = await queue.store.claim(10, LEASE)
     assert new.delivery_id == delivery_id
     assert new.claim_token != old.claim_token
@@ -75,7 +75,7 @@ async def test_old_and_new_results_for_one_delivery_in_one_batch_apply_only_the_
     delivery_id = await queue.accept()
     [old] = await queue.store.claim(10, LEASE)
     await queue.expire_claim(delivery_id)
-    await queue.store.recover_stale(max_attempts=10)
+    await queue.store.recover(datetime.now(UTC), max_attempts=10)
     [new] = await queue.store.claim(10, LEASE)
     refused = SendResult(
         "permanent_failure", 550, "5.1.1 no", recipients=(RecipientResult("ann@example.org", False, 550, "5.1.1 no"),)
@@ -143,9 +143,9 @@ async def test_a_released_claim_is_queued_again_without_an_attempt(queue: Queue)
 async def test_recovery_of_a_claim_that_used_the_last_attempt_dead_letters_it(queue: Queue) -> None:
     delivery_id = await queue.accept()
     await queue.store.claim(10, LEASE)
-    assert await queue.store.recover_stale(max_attempts=10) == 0  # deadline not reached
+    assert (await queue.store.recover(datetime.now(UTC), max_attempts=10)).total == 0  # deadline not reached
     await queue.expire_claim(delivery_id)
-    assert await queue.store.recover_stale(max_attempts=1) == 1
+    assert (await queue.store.recover(datetime.now(UTC), max_attempts=1)).total == 1
     row = await queue.row(delivery_id)
     assert row["status"] == "dead_lettered"
     assert row["finished_at"] is not None

@@ -21,9 +21,10 @@ from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
+from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.model import Address
 from mailsvc.errors import DataRefused, NotFound, StoreUnavailable
-from mailsvc.services.acceptance import AcceptanceService, KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.group_commit import GroupCommitStore
 from tests.conftest import REPO
 

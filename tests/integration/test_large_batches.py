@@ -14,12 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres import intake_store
 from mailsvc.adapters.postgres.engine import create_engine
-from mailsvc.adapters.postgres.intake_store import IntakeStore, OffsetMoved
+from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
+from mailsvc.domain.intake import NewDelivery, OffsetAdvance
 from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import MalformedCommand
-from mailsvc.services.acceptance import AcceptanceService, NewDelivery, OffsetAdvance
+from mailsvc.errors import OffsetMoved
+from mailsvc.services.acceptance import AcceptanceService
 from tests.conftest import REPO
 
 TTL = timedelta(hours=24)

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from mailsvc.loops.consumer import parse_id
+from mailsvc.domain.stream import parse_id
 from tests.support.infra import wait_until
 from tests.support.intake import command, connect, delivery_keys, raw_payload, xadd_all
 from tests.support.process import running_service

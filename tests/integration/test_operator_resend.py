@@ -14,10 +14,10 @@ from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.templates import TemplateCatalog
-from mailsvc.domain.model import Address
+from mailsvc.domain.model import Address, ResendSource
 from mailsvc.errors import NotFound
 from mailsvc.services.acceptance import AcceptanceService
-from mailsvc.services.resend import ResendService, ResendSource
+from mailsvc.services.resend import ResendService
 from tests.conftest import REPO
 from tests.support.operator_api import (
     API,

@@ -20,10 +20,11 @@ from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import ValidationFailed, request_hash
+from mailsvc.domain.intake import NewDelivery, OffsetAdvance
 from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import StreamCommand
 from mailsvc.errors import IdempotencyConflict
-from mailsvc.services.acceptance import AcceptanceService, NewDelivery, OffsetAdvance
+from mailsvc.services.acceptance import AcceptanceService
 from tests.conftest import REPO
 
 TTL = timedelta(hours=24)
@@ -139,6 +140,8 @@ async def test_a_stream_batch_counts_a_refused_replay_as_malformed(engine: Async
     late = service(engine, LATER)
     payload = login_code()
     entry = StreamCommand("3-0", "gone", payload, request_hash(payload), None, b"{}")
-    result = await late.accept_stream_batch([entry], OffsetAdvance(STREAM, None, "3-0"))
+    result = await late.commit_stream_batch(
+        await late.prepare_stream_batch([entry]), OffsetAdvance(STREAM, None, "3-0")
+    )
     assert (result.accepted, result.duplicate, result.malformed) == (0, 0, 1)
     assert result.malformed_reasons == {"validation_failed": 1}

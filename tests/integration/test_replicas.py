@@ -8,6 +8,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
@@ -84,7 +85,7 @@ async def test_three_replicas_share_the_work_and_survive_the_consumer_being_kill
             )
             queue = QueueStore(create_engine(database_dsn))
             try:
-                assert await queue.recover_stale(max_attempts=10) == len(orphans)
+                assert (await queue.recover(datetime.now(UTC), max_attempts=10)).total == len(orphans)
             finally:
                 await queue.engine.dispose()
             await wait_until(

@@ -18,11 +18,11 @@ import pytest
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.domain.model import ClaimedDelivery, RecipientResult, SendResult
+from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.loops.workers import ResultWriter
-from mailsvc.services.execution import AttemptRecord
 from tests.support.deliveries import condition
 from tests.support.infra import PostgresServer, wait_until
-from tests.support.queue import Queue, open_queue, sent
+from tests.support.queue import Queue, attempted, open_queue, sent
 from tests.support.tcp_proxy import TcpProxy
 
 LEASE = timedelta(seconds=30)
@@ -60,15 +60,8 @@ async def claim_all(queue: Queue, count: int) -> list[ClaimedDelivery]:
 
 
 def failed(claim: ClaimedDelivery, result: SendResult, *, permanent: bool) -> AttemptRecord:
-    now = datetime.now(UTC)
-    return replace(
-        sent(claim),
-        outcome=result.outcome,
-        status="dead_lettered" if permanent else "queued",
-        dead_reason="permanent_failure" if permanent else None,
-        next_attempt_at=None if permanent else now + timedelta(hours=1),
-        result=result,
-    )
+    assert (result.outcome == "permanent_failure") == permanent
+    return attempted(claim, result)
 
 
 async def test_records_whose_server_text_is_refused_are_written_without_it_and_the_rest_commit(
@@ -123,7 +116,7 @@ async def test_a_record_nothing_can_make_writable_hands_its_claim_to_recovery(qu
     assert await queue.db.attempts(bad.delivery_id) == []
 
     # the claim was ended at once: the next recovery pass settles it, no waiting for the deadline
-    assert await queue.store.recover_stale(max_attempts=10) == 1
+    assert (await queue.store.recover(datetime.now(UTC), max_attempts=10)).total == 1
     row = await queue.row(bad.delivery_id)
     assert (row["status"], row["attempt_count"], row["claim_token"]) == ("queued", 1, None)
     assert [(a["number"], a["outcome"]) for a in await queue.db.attempts(bad.delivery_id)] == [(1, "abandoned")]
@@ -166,7 +159,9 @@ async def test_a_connection_failure_is_retried_until_the_store_is_back(
 async def test_a_connection_failure_past_the_claim_deadline_is_given_up() -> None:
     unreachable = CountingQueueStore(create_engine("postgresql://postgres@127.0.0.1:9/none", operation_timeout_s=2))
     now = [datetime.now(UTC)]
-    claim = ClaimedDelivery(uuid.uuid4(), uuid.uuid4(), 1, "<m@x>", None, "notification", ("a@example.org",), b"")
+    claim = ClaimedDelivery(
+        uuid.uuid4(), uuid.uuid4(), 1, "<m@x>", None, ("a@example.org",), b"", recipient_kinds=("to",)
+    )
     try:
         writer = ResultWriter(unreachable, lease=LEASE, retry_delay=0.01, clock=lambda: now[0])
         async with running(writer):

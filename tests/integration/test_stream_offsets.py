@@ -10,8 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from mailsvc.adapters.postgres.engine import create_engine
-from mailsvc.adapters.postgres.intake_store import IntakeStore, OffsetMoved
-from mailsvc.services.acceptance import OffsetAdvance
+from mailsvc.adapters.postgres.intake_store import IntakeStore
+from mailsvc.domain.intake import OffsetAdvance
+from mailsvc.errors import OffsetMoved
 from tests.support.infra import wait_until
 from tests.support.intake import command, connect, raw_payload, stored_offset, wait_for_offset, xadd_all
 from tests.support.process import running_service

@@ -14,8 +14,9 @@ from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.model import Address, ClaimedDelivery, SendResult
+from mailsvc.domain.retry import RetryPolicy
+from mailsvc.domain.transitions import AttemptRecord, after_attempt
 from mailsvc.services.acceptance import AcceptanceService
-from mailsvc.services.execution import AttemptRecord
 from tests.conftest import REPO
 from tests.support.deliveries import FROM_EMAIL, Ledger, new_key, raw_payload
 
@@ -59,19 +60,15 @@ async def open_queue(database_dsn: str) -> AsyncIterator[Queue]:
         await engine.dispose()
 
 
+POLICY = RetryPolicy(timedelta(hours=1), timedelta(hours=2), max_attempts=10)
+
+
+def attempted(claim: ClaimedDelivery, result: SendResult) -> AttemptRecord:
+    """What `result` makes of `claim`, decided now (as the worker decides it: `after_attempt`)."""
+    now = datetime.now(UTC)
+    return after_attempt(claim, result, started=now, finished=now, policy=POLICY, jitter=0.5, provider="smtp")
+
+
 def sent(claim: ClaimedDelivery) -> AttemptRecord:
     """The record of a successful attempt for `claim`, finished now."""
-    now = datetime.now(UTC)
-    return AttemptRecord(
-        delivery_id=claim.delivery_id,
-        claim_token=claim.claim_token,
-        attempt_number=claim.attempt_number,
-        started_at=now,
-        finished_at=now,
-        outcome="sent",
-        status="sent",
-        next_attempt_at=None,
-        dead_reason=None,
-        provider="smtp",
-        result=SendResult("sent", 250, "2.0.0 OK"),
-    )
+    return attempted(claim, SendResult("sent", 250, "2.0.0 OK"))

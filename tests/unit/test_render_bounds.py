@@ -10,7 +10,8 @@ import pytest
 from markupsafe import Markup
 
 from mailsvc.adapters.template_filters import paragraphs
-from mailsvc.adapters.templates import DEFAULT_MAX_RENDERED_BYTES, RenderTooLarge, TemplateCatalog
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES, RenderTooLarge
 from tests.unit.test_templates import SHIPPED, simple, write_template
 
 KIB = 1024

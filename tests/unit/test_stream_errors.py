@@ -6,7 +6,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 
-from mailsvc.loops.consumer import stream_missing
+from mailsvc.adapters.redis_stream import stream_missing
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailsvc.loops.consumer import MAX_SEQ, START, parse_id, predecessor, successor
+from mailsvc.domain.stream import MAX_SEQ, START, parse_id, predecessor, successor
 
 
 @pytest.mark.parametrize(

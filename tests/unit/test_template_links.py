@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mailsvc.adapters.template_filters import UnsafeUrl, safe_url
-from mailsvc.adapters.templates import CatalogError, RejectedVariable, TemplateCatalog
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.templates import CatalogError, RejectedVariable
 from tests.unit.test_templates import SAMPLES, SHIPPED, simple, write_template
 
 URL_VARIABLES = {

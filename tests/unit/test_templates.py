@@ -5,13 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mailsvc.adapters.templates import (
-    CatalogError,
-    MissingVariables,
-    TemplateCatalog,
-    TemplateRenderError,
-    UnknownTemplate,
-)
+from mailsvc.adapters.templates import TemplateCatalog
+from mailsvc.domain.templates import CatalogError, MissingVariables, TemplateRenderError, UnknownTemplate
 from mailsvc.templates_cli import check_command, render_command
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"

@@ -17,19 +17,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
+from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.stream_entries import MalformedCommand
-from mailsvc.errors import MailsvcError, NotFound
-from mailsvc.services.acceptance import KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.errors import NotFound, OffsetMoved
 
 T = TypeVar("T")
 WORK_CHANNEL = "mailsvc_work"
 # bytes of content per statement: the driver encodes a statement's parameters in one go on the
 # event loop, so a batch of 500 large commands (hundreds of MB) is sent as several statements
 STATEMENT_BYTES = 4 * 1024 * 1024
-
-
-class OffsetMoved(MailsvcError):
-    """Another consumer advanced the stream offset: this batch was rolled back."""
 
 
 _CLAIM_KEYS = text(

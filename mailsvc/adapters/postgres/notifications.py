@@ -13,7 +13,7 @@ import asyncpg
 
 from mailsvc.adapters.postgres.advisory_lock import asyncpg_dsn
 from mailsvc.adapters.postgres.intake_store import WORK_CHANNEL
-from mailsvc.loops.base import wait_for_event
+from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.notifications")
 
@@ -49,7 +49,7 @@ class WorkListener:
                 )
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("listen_connect_failed", extra={"error_class": type(exc).__name__, "retry_in_s": backoff})
-                await wait_for_event(self._stopping, backoff)
+                await wait_any(self._stopping, timeout=backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = 0.5
@@ -57,11 +57,7 @@ class WorkListener:
                 conn.add_termination_listener(functools.partial(_set_on_termination, lost))
                 await conn.add_listener(WORK_CHANNEL, self._notified)
                 self.on_work()  # anything announced while we were not listening
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                loser = asyncio.ensure_future(lost.wait())
-                await asyncio.wait({stopper, loser}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                loser.cancel()
+                await wait_any(self._stopping, lost)
                 if lost.is_set() and not self._stopping.is_set():
                     log.warning("listen_connection_lost")
             finally:

@@ -8,15 +8,22 @@ one statement per batch, whatever its size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.postgres.db import DriverStatement, driver_connection, unavailable_as_domain_error
+from mailsvc.adapters.postgres.db import (
+    DriverStatement,
+    driver_connection,
+    driver_transaction,
+    unavailable_as_domain_error,
+)
+from mailsvc.domain import transitions
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
-from mailsvc.services.execution import AttemptRecord, refused_recipients
+from mailsvc.domain.transitions import AttemptRecord
 
 # The CTE fences the LIMIT: without it the planner may update more rows than asked (PITFALLS).
 _CLAIM = text(
@@ -33,13 +40,14 @@ _CLAIM = text(
             claim_deadline = now() + make_interval(secs => :lease_s),
             attempt_count = d.attempt_count + 1, next_attempt_at = NULL, updated_at = now()
         FROM due WHERE d.delivery_id = due.delivery_id
-        RETURNING d.delivery_id, d.claim_token, d.attempt_count, d.message_id, d.expires_at, d.source, d.priority,
+        RETURNING d.delivery_id, d.claim_token, d.attempt_count, d.message_id, d.expires_at, d.priority,
                   d.traceparent
     )
-    SELECT c.delivery_id, c.claim_token, c.attempt_count, c.message_id, c.expires_at, c.source, p.mime,
-           c.traceparent,
+    SELECT c.delivery_id, c.claim_token, c.attempt_count, c.message_id, c.expires_at, p.mime, c.traceparent,
            ARRAY(SELECT r.address FROM delivery_recipients r
-                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients
+                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
+           ARRAY(SELECT r.kind FROM delivery_recipients r
+                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS kinds
     FROM claimed c JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
     ORDER BY c.priority
     """
@@ -88,34 +96,15 @@ _FINISH = text(
     """
 )
 
-_RECOVER = text(
+# recovery picks the stale claims; what becomes of each is `transitions.abandoned`, written by the
+# same statement as any other result, in the same transaction as this row lock
+_STALE = text(
     """
-    WITH stale AS (
-        SELECT delivery_id FROM deliveries
-        WHERE status = 'sending' AND claim_deadline < now()
-        ORDER BY claim_deadline
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ), recovered AS (
-        UPDATE deliveries d
-        SET status = CASE WHEN d.attempt_count >= :max_attempts THEN 'dead_lettered' ELSE 'queued' END,
-            next_attempt_at = CASE WHEN d.attempt_count >= :max_attempts THEN NULL ELSE now() END,
-            finished_at = CASE WHEN d.attempt_count >= :max_attempts THEN now() END,
-            last_error = 'abandoned: the attempt did not report before its claim expired',
-            claim_token = NULL, claim_deadline = NULL, updated_at = now()
-        FROM stale WHERE d.delivery_id = stale.delivery_id
-        RETURNING d.delivery_id, d.attempt_count, d.status
-    ), attempt_rows AS (
-        INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, error_class, duration_ms)
-        SELECT delivery_id, attempt_count, now(), now(), 'abandoned', 'claim_expired', 0 FROM recovered
-    ), dead_rows AS (
-        INSERT INTO dead_letters (delivery_id, reason, last_error)
-        SELECT delivery_id, 'attempts_exhausted', 'abandoned: the attempt did not report before its claim expired'
-        FROM recovered WHERE status = 'dead_lettered'
-    )
-    SELECT count(*) FILTER (WHERE status = 'queued') AS requeued,
-           count(*) FILTER (WHERE status = 'dead_lettered') AS dead_lettered
-    FROM recovered
+    SELECT delivery_id, claim_token, attempt_count FROM deliveries
+    WHERE status = 'sending' AND claim_deadline < now()
+    ORDER BY claim_deadline
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
     """
 )
 
@@ -165,10 +154,10 @@ class QueueStore:
                 attempt_number=row["attempt_count"],
                 message_id=row["message_id"],
                 expires_at=row["expires_at"],
-                source=row["source"],
                 recipients=tuple(row["recipients"]),
                 mime=bytes(row["mime"]),
                 traceparent=row["traceparent"],
+                recipient_kinds=tuple(row["kinds"]),
             )
             for row in rows
         ]
@@ -178,52 +167,25 @@ class QueueStore:
 
         Raises `StoreUnavailable` (connection-level) or `DataRefused` (a record's data was refused:
         nothing of the batch is written)."""
-        r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
-        for record in records:
-            for recipient in refused_recipients(record.result):
-                r_ids.append(record.delivery_id)
-                r_tokens.append(record.claim_token)
-                r_addresses.append(recipient.address)
-                r_outcomes.append("accepted" if recipient.accepted else "refused")
-                r_codes.append(recipient.smtp_code)
-                r_replies.append(recipient.smtp_reply)
-        params = {
-            "ids": [r.delivery_id for r in records],
-            "tokens": [r.claim_token for r in records],
-            "statuses": [r.status for r in records],
-            "next_at": [r.next_attempt_at for r in records],
-            "errors": [r.last_error for r in records],
-            "numbers": [r.attempt_number for r in records],
-            "started": [r.started_at for r in records],
-            "finished": [r.finished_at for r in records],
-            "outcomes": [r.outcome for r in records],
-            "ambiguous": [bool(r.result and r.result.ambiguous) for r in records],
-            "codes": [r.result.smtp_code if r.result else None for r in records],
-            "replies": [r.result.smtp_reply if r.result else None for r in records],
-            "classes": [r.result.error_class if r.result else None for r in records],
-            "providers": [r.provider for r in records],
-            "durations": [r.duration_ms for r in records],
-            "dead": [r.dead_reason for r in records],
-            "r_ids": r_ids,
-            "r_tokens": r_tokens,
-            "r_addresses": r_addresses,
-            "r_outcomes": r_outcomes,
-            "r_codes": r_codes,
-            "r_replies": r_replies,
-        }
         async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
-            rows = await conn.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(params))
+            rows = await conn.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(_finish_params(records)))
         return {row[0] for row in rows}
 
-    async def recover(self, max_attempts: int, limit: int = 1000) -> StaleRecovery:
-        """Return claims whose deadline passed to `queued` (or dead-letter them when exhausted)."""
-        async with unavailable_as_domain_error(), self.single.connect() as conn:
-            row = (await conn.execute(_RECOVER, {"limit": limit, "max_attempts": max_attempts})).one()
-        return StaleRecovery(requeued=int(row.requeued), dead_lettered=int(row.dead_lettered))
-
-    async def recover_stale(self, max_attempts: int, limit: int = 1000) -> int:
-        """`recover`, counted: how many stale claims were settled."""
-        return (await self.recover(max_attempts, limit)).total
+    async def recover(self, now: datetime, max_attempts: int, limit: int = 1000) -> StaleRecovery:
+        """Settle claims whose deadline passed (`transitions.abandoned`): queued again at once, or
+        dead-lettered when their attempts are used up — in one transaction with their row locks."""
+        async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
+            stale = await conn.execute(_STALE, {"limit": limit})
+            records = [
+                transitions.abandoned(
+                    row.delivery_id, row.claim_token, row.attempt_count, now, max_attempts=max_attempts
+                )
+                for row in stale
+            ]
+            if records:
+                await conn.raw.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(_finish_params(records)))
+        dead = sum(1 for r in records if r.status == "dead_lettered")
+        return StaleRecovery(requeued=len(records) - dead, dead_lettered=dead)
 
     async def release(self, claims: Sequence[ClaimedDelivery]) -> None:
         """Give back claims whose attempt never started (shutdown): no attempt is recorded."""
@@ -247,3 +209,39 @@ class QueueStore:
     async def due_backlog(self) -> int:
         async with unavailable_as_domain_error(), self.engine.connect() as conn:
             return int((await conn.execute(_DUE_BACKLOG)).scalar_one())
+
+
+def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
+    r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
+    for record in records:
+        for recipient in record.recipient_outcomes:
+            r_ids.append(record.delivery_id)
+            r_tokens.append(record.claim_token)
+            r_addresses.append(recipient.address)
+            r_outcomes.append("accepted" if recipient.accepted else "refused")
+            r_codes.append(recipient.smtp_code)
+            r_replies.append(recipient.smtp_reply)
+    return {
+        "ids": [r.delivery_id for r in records],
+        "tokens": [r.claim_token for r in records],
+        "statuses": [r.status for r in records],
+        "next_at": [r.next_attempt_at for r in records],
+        "errors": [r.last_error for r in records],
+        "numbers": [r.attempt_number for r in records],
+        "started": [r.started_at for r in records],
+        "finished": [r.finished_at for r in records],
+        "outcomes": [r.outcome for r in records],
+        "ambiguous": [bool(r.result and r.result.ambiguous) for r in records],
+        "codes": [r.result.smtp_code if r.result else None for r in records],
+        "replies": [r.result.smtp_reply if r.result else None for r in records],
+        "classes": [r.result.error_class if r.result else r.error_class for r in records],
+        "providers": [r.provider for r in records],
+        "durations": [r.duration_ms for r in records],
+        "dead": [r.dead_reason for r in records],
+        "r_ids": r_ids,
+        "r_tokens": r_tokens,
+        "r_addresses": r_addresses,
+        "r_outcomes": r_outcomes,
+        "r_codes": r_codes,
+        "r_replies": r_replies,
+    }

@@ -17,7 +17,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
-from mailsvc.domain.model import Address, Priority, Recipient
+from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, PageRequest
 from mailsvc.domain.views import (
     AttemptView,
@@ -29,7 +29,6 @@ from mailsvc.domain.views import (
     MalformedItem,
     RecipientView,
 )
-from mailsvc.services.resend import ResendSource
 
 _COLUMNS = """d.delivery_id, d.source, d.status, d.template, d.locale, d.template_digest, d.priority, d.send_at,
     d.expires_at, d.idempotency_key, d.message_id, d.tags, d.attempt_count, d.next_attempt_at, d.last_error,

@@ -7,18 +7,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailsvc.domain.commands import Problem, ValidationFailed, request_hash, valid_idempotency_key
-from mailsvc.errors import IdempotencyConflict
 from mailsvc.http.bodies import read_json
-from mailsvc.http.errors import ApiError, JsonResponse
+from mailsvc.http.errors import JsonResponse, validation_error
 from mailsvc.services.acceptance import AcceptanceService
 
 PREFIX = "/api/v1/internal"
-
-
-def validation_error(problems: list[Problem]) -> ApiError:
-    return ApiError(
-        422, "validation_failed", "; ".join(str(p) for p in problems), details=[p.as_dict() for p in problems]
-    )
 
 
 def intake_routes(acceptance: AcceptanceService, max_body_bytes: int) -> list[Route]:
@@ -40,12 +33,9 @@ def intake_routes(acceptance: AcceptanceService, max_body_bytes: int) -> list[Ro
             raise validation_error([Problem("", str(error))]) from None
         if key_problem is not None:
             raise validation_error([key_problem])
-        try:
-            accepted = await acceptance.persist_one(prepared)
-        except IdempotencyConflict as error:
-            raise ApiError(409, "idempotency_key_conflict", str(error)) from None
-        except ValidationFailed as error:  # invalid only because time passed, and no original to replay
-            raise validation_error(error.problems) from None
+        # a conflict (409), or a request invalid only because time passed with no original to replay
+        # (422), propagates: `http/errors.py` maps domain errors
+        accepted = await acceptance.persist_one(prepared)
         body = {
             "delivery_id": str(accepted.delivery_id),
             "status": accepted.status,

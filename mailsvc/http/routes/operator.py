@@ -25,8 +25,7 @@ from mailsvc.domain.operator_query import (
     parse_malformed_query,
     require_no_params,
 )
-from mailsvc.errors import IdempotencyConflict, NotFound, NotResendable
-from mailsvc.http.errors import ApiError, JsonResponse, not_found
+from mailsvc.http.errors import ApiError, JsonResponse, not_found, validation_error
 from mailsvc.http.openapi import openapi_document
 from mailsvc.http.operator_json import (
     attempt_json,
@@ -36,7 +35,7 @@ from mailsvc.http.operator_json import (
     summary_json,
     template_json,
 )
-from mailsvc.http.routes.intake import PREFIX, validation_error
+from mailsvc.http.routes.intake import PREFIX
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.resend import ResendService
 
@@ -79,8 +78,6 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
             if deadline.expired():
                 raise ApiError(504, "timeout", f"the read did not finish within {read_timeout:g}s") from None
             raise
-        except NotFound as error:
-            raise not_found(str(error)) from None
 
     async def list_deliveries(request: Request) -> Response:
         query, page = _parse(parse_delivery_query, request)
@@ -103,14 +100,7 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         key = request.headers.get("idempotency-key")
         if key is not None and not valid_idempotency_key(key):
             raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
-        try:
-            resent = await resends.resend(delivery_id, key)
-        except NotFound as error:
-            raise not_found(str(error)) from None
-        except NotResendable as error:
-            raise ApiError(409, "not_resendable", str(error)) from None
-        except IdempotencyConflict as error:
-            raise ApiError(409, "idempotency_key_conflict", str(error)) from None
+        resent = await resends.resend(delivery_id, key)  # domain errors: mapped in `http/errors.py`
         accepted = resent.accepted
         body = {
             "delivery_id": str(accepted.delivery_id),
