@@ -5,9 +5,12 @@
 - TLS is never silently downgraded: `starttls` (and `auto` on a non-loopback, non-465 server)
   refuses a server that does not offer STARTTLS, before anything of the message is sent.
 - Credentials go out only over TLS or to a loopback server.
-- The transaction itself is `smtp_transaction.transact`, which drives DATA by hand to know when
-  the final "." has been written: a connection lost or a timeout after that point is reported as
-  `ambiguous`.
+- The transaction itself is `smtp_transaction.transact`: pipelined (RFC 2920: MAIL, every RCPT and
+  DATA in one write, the replies read by our own `smtp_pipeline.ReplyTap`) when the server
+  advertises PIPELINING, lock-step otherwise. Either way it knows when the final "." has been
+  written: a connection lost or a timeout after that point is reported as `ambiguous`.
+- A connection goes back to the pool only after a 250 with every reply it owed read; anything
+  else (a refusal, a reply out of step, any exception) closes it.
 - Classification (SPEC §1): 4xx, connection and TLS failures, timeouts → transient; 5xx to RCPT
   or DATA → permanent; 5xx to AUTH or MAIL FROM → transient and logged as an error (it is our
   configuration, not the message); some recipients refused → sent, per-recipient results.
@@ -37,6 +40,7 @@ from aiosmtplib import (
     SMTPStatus,
 )
 
+from mailsvc.adapters.smtp_pipeline import ReplyTap
 from mailsvc.adapters.smtp_transaction import Attempt, Envelope, transact, wire_payload
 from mailsvc.domain.mime import ascii_address
 from mailsvc.domain.model import OutgoingMessage, ProviderName, RecipientResult, SendResult
@@ -69,6 +73,7 @@ class _Failed(Exception):
 class _Connection:
     client: SMTP
     last_used: float
+    tap: ReplyTap | None = None  # set when the server advertises PIPELINING
     reused: bool = False
 
 
@@ -153,7 +158,7 @@ class SmtpProvider:
             conn = await self._checkout(state)
             while True:
                 try:
-                    result = await transact(conn.client, state, envelope)
+                    result = await transact(conn.client, conn.tap, state, envelope)
                 except BaseException as exc:
                     conn.client.close()
                     if conn.reused and state.phase == "mail" and _stale(exc):
@@ -165,6 +170,13 @@ class SmtpProvider:
                 if result.outcome == "sent":
                     self._release(conn)
                 else:
+                    # Dropped rather than reset with RSET, pipelined or not: the pool's invariant
+                    # is that an idle connection's last transaction ended in a 250 with every reply
+                    # it owed read. After a refusal the server is off its normal path — one that
+                    # answered the pipelined DATA with 354 anyway is waiting for message bytes and
+                    # would take an RSET as content, one that counts errors per session (Postfix's
+                    # smtpd_soft/hard_error_limit) would tarpit or cut off the next deliveries on
+                    # it. A reconnect is the price, paid on the rare path only.
                     conn.client.close()
                 return result
 
@@ -221,10 +233,15 @@ class SmtpProvider:
                 await _hello(client)
             if self._settings.username:
                 await self._login(client, state)
+            tap = None
+            if client.supports_extension("pipelining"):
+                if client.protocol is None:
+                    raise SMTPServerDisconnected("Connection lost")
+                tap = ReplyTap.attach(client.protocol)  # after STARTTLS: it taps the TLS transport
         except BaseException:
             client.close()
             raise
-        return _Connection(client, last_used=time.monotonic())
+        return _Connection(client, last_used=time.monotonic(), tap=tap)
 
     async def _login(self, client: SMTP, state: Attempt) -> None:
         if self._tls_mode == "none" and not self._addr.is_loopback:

@@ -1,8 +1,14 @@
-"""One SMTP mail transaction (MAIL, RCPT…, DATA) on an open connection, lock-step through aiosmtplib.
+"""One SMTP mail transaction (MAIL, RCPT…, DATA) on an open connection: pipelined or lock-step.
 
-It returns per-recipient results and the all-refused verdict, and raises `SMTPSenderRefused` /
-`SMTPRecipientRefused` (421) / `SMTPDataError` for the caller to classify by `Attempt.phase` —
-"after_dot" once the final "." may have reached the server.
+- Pipelined (RFC 2920, when the server advertises PIPELINING): `MAIL FROM`, every `RCPT TO` and
+  `DATA` in one write, the replies matched to them in order by our own reader (`ReplyTap`); the
+  payload goes after a 354. A refused MAIL or no accepted recipient ends the transaction at once:
+  the replies still owed are not awaited, the caller drops the connection, and no payload is sent.
+- Lock-step otherwise, one command and its reply at a time through aiosmtplib.
+
+Both return the same verdicts for the same replies: per-recipient results, the all-refused rule,
+and `SMTPSenderRefused` / `SMTPRecipientRefused` (421) / `SMTPDataError` raised for the caller to
+classify by `Attempt.phase` — "after_dot" once the final "." may have reached the server.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from aiosmtplib import (
     SMTPStatus,
 )
 
+from mailsvc.adapters.smtp_pipeline import ReplyTap, command_group
 from mailsvc.domain.model import ProviderOutcome, RecipientResult, SendResult
 from mailsvc.domain.server_text import server_text
 
@@ -45,11 +52,47 @@ class Envelope:
     payload: bytes  # `wire_payload` output
 
 
-async def transact(client: SMTP, attempt: Attempt, envelope: Envelope) -> SendResult:
-    """One transaction for `envelope`, one command and its reply at a time."""
+async def transact(client: SMTP, tap: ReplyTap | None, attempt: Attempt, envelope: Envelope) -> SendResult:
+    """One transaction for `envelope`: pipelined through `tap` when there is one (the caller
+    must drop the connection when `tap.finish()` is false), lock-step otherwise."""
     attempt.phase = "mail"
     options = [f"SIZE={len(envelope.payload) - 3}".encode()] if client.supports_extension("size") else []
-    return await _lock_step(client, attempt, envelope, options)
+    if tap is None:
+        return await _lock_step(client, attempt, envelope, options)
+    tap.begin()
+    try:
+        return await _pipelined(tap, attempt, envelope, options)
+    finally:
+        if not tap.finish():
+            client.close()  # out of step, or replies left unread: never back to the pool
+
+
+async def _pipelined(tap: ReplyTap, attempt: Attempt, envelope: Envelope, options: list[bytes]) -> SendResult:
+    recipients = envelope.recipients
+    tap.send(command_group(envelope.sender, options, [address for _, address in recipients]), len(recipients) + 2)
+    reply = await tap.reply()
+    if reply.code != SMTPStatus.completed:
+        raise SMTPSenderRefused(reply.code, reply.message, envelope.sender)
+    attempt.phase = "rcpt"
+    results: list[RecipientResult] = []
+    for original, address in recipients:
+        reply = await tap.reply()
+        if reply.code == SMTPStatus.domain_unavailable:
+            raise SMTPRecipientRefused(reply.code, reply.message, address)  # the server is closing
+        results.append(RecipientResult(original, reply.code in _RCPT_ACCEPTED, reply.code, server_text(reply.message)))
+    if not any(r.accepted for r in results):
+        return _all_refused(results)  # DATA's 503/554 is not awaited: the connection is dropped
+    attempt.phase = "data"
+    reply = await tap.reply()
+    if reply.code != SMTPStatus.start_input:
+        raise SMTPDataError(reply.code, reply.message)
+    tap.send(envelope.payload, 1)
+    # From here on the server may have the whole message: losing the reply is ambiguous.
+    attempt.phase = "after_dot"
+    reply = await tap.reply()
+    if reply.code != SMTPStatus.completed:
+        raise SMTPDataError(reply.code, reply.message)
+    return SendResult("sent", reply.code, server_text(reply.message), recipients=tuple(results))
 
 
 async def _lock_step(client: SMTP, attempt: Attempt, envelope: Envelope, options: list[bytes]) -> SendResult:
