@@ -2,7 +2,9 @@
 
 handler = ScriptedHandler(rcpt_replies={"bad@example.com": "550 5.1.1 no such user"})
 with SmtpServer(handler) as server:
-    ...  # connect to server.host_port; inspect handler.received / handler.commands
+    ...  # connect to server.host_port; inspect handler.received / handler.commands / server.reads
+
+`RawSmtpServer` (in the test's own event loop) is for byte-level misbehaviour aiosmtpd cannot script.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class ScriptedHandler:
     - `drop_after_data`: close the connection after the final "." without replying;
     - `drop_after_data_count`: the same, for the next N messages only;
     - `drop_on_quit`: close the connection on QUIT without replying;
-    - `accept_logins`: None → no authenticator; True/False → AUTH succeeds/fails.
+    - `accept_logins`: None → no authenticator; True/False → AUTH succeeds/fails;
+    - `pipelining`: advertise PIPELINING in the EHLO reply (aiosmtpd does not by itself, every
+      production MTA does; aiosmtpd reads pipelined commands correctly either way).
     """
 
     mail_reply: str | None = None
@@ -105,6 +109,7 @@ class ScriptedHandler:
     drop_after_data_count: int = 0
     drop_on_quit: bool = False
     accept_logins: bool | None = None
+    pipelining: bool = True
     received: list[Received] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
@@ -119,7 +124,7 @@ class ScriptedHandler:
         self.commands.append("EHLO")
         await self._pause()
         session.host_name = hostname
-        return responses
+        return _with_pipelining(responses) if self.pipelining else responses
 
     async def handle_NOOP(self, server: SMTP, session: Any, envelope: Any, arg: str) -> str:
         self.commands.append("NOOP")
@@ -182,6 +187,10 @@ class ScriptedHandler:
         return AuthResult(success=bool(self.accept_logins), handled=False)
 
 
+def _with_pipelining(responses: list[str]) -> list[str]:
+    return [*responses[:-1], "250-PIPELINING", *responses[-1:]]
+
+
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)\r?$", re.MULTILINE | re.IGNORECASE)
 
 
@@ -199,6 +208,13 @@ class SinkHandler:
 
     counts: Counter[str] = field(default_factory=Counter)
     times: list[float] = field(default_factory=list)
+    pipelining: bool = True
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return _with_pipelining(responses) if self.pipelining else responses
 
     @property
     def total(self) -> int:
@@ -210,15 +226,28 @@ class SinkHandler:
         return "250 2.0.0 OK"
 
 
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's session, keeping every chunk it reads (after TLS: decrypted), so a test can tell
+    commands that came in one write (pipelined) from commands that waited for their replies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+        super().data_received(data)
+
+
 class _Controller(Controller):
     """Counts connections and keeps each session, so `stop()` can drop clients too."""
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.sessions: list[SMTP] = []
+        self.sessions: list[_RecordingSMTP] = []
 
-    def factory(self) -> SMTP:
-        server = super().factory()
+    def factory(self) -> _RecordingSMTP:
+        server = _RecordingSMTP(self.handler, **self.SMTP_kwargs)
         self.sessions.append(server)
         return server
 
@@ -254,6 +283,11 @@ class SmtpServer:
         """Client connections accepted since `start()` (the controller's own probe excluded)."""
         return len(self._controller.sessions)
 
+    @property
+    def reads(self) -> list[bytes]:
+        """Every chunk the server read from its clients, connection after connection."""
+        return [chunk for session in list(self._controller.sessions) for chunk in list(session.reads)]
+
     def start(self) -> SmtpServer:
         self._controller.start()
         self._controller.sessions.clear()  # start() opens one probe connection of its own
@@ -284,3 +318,136 @@ class SmtpServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def command_reads(chunks: list[bytes]) -> list[list[str]]:
+    """The SMTP verbs in each chunk a server read (chunks with none left out): `[["MAIL", "RCPT",
+    "DATA"]]` is a pipelined group, `[["MAIL"], ["RCPT"], ["DATA"]]` lock-step."""
+    verbs = (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP", b"QUIT", b"AUTH", b"STARTTLS")
+    found = [
+        [line.split(b" ", 1)[0].decode() for line in chunk.split(b"\r\n") if line.startswith(verbs)] for chunk in chunks
+    ]
+    return [verbs_in_chunk for verbs_in_chunk in found if verbs_in_chunk]
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """A scripted `RawSmtpServer` reply: send `before` (maybe nothing), then close the connection."""
+
+    before: bytes = b""
+
+
+RawReply = bytes | Hangup
+
+
+class RawSmtpServer:
+    """A byte-level SMTP server in the test's own event loop, for what aiosmtpd cannot be made to do.
+
+    It always advertises PIPELINING and answers a group (MAIL … DATA) only once the whole group has
+    arrived — so a client that waits for each reply before the next command never gets one — with
+    exactly the bytes it is given:
+
+    - `group_replies`: the bytes answering the next groups, one per transaction, in order (default:
+      MAIL and every RCPT accepted, DATA 354); the server reads a payload when they end with a 354;
+    - `dot_replies`: the bytes answering the next final "."s (default: a 250);
+    - `drip`: send every reply a byte at a time, each in its own write.
+
+    Records `groups` (each group's command lines, all received before any reply to them),
+    `messages` (each payload as received, dot-stuffed, with its final ".") and `connections`.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_replies: list[RawReply] | None = None,
+        dot_replies: list[RawReply] | None = None,
+        drip: bool = False,
+    ) -> None:
+        self.group_replies = group_replies or []
+        self.dot_replies = dot_replies or []
+        self.drip = drip
+        self.groups: list[list[bytes]] = []
+        self.messages: list[bytes] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    @property
+    def host_port(self) -> HostPort:
+        return HostPort(HOST, self.port)
+
+    async def __aenter__(self) -> RawSmtpServer:
+        self._server = await asyncio.start_server(self._session, HOST, 0, limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        self.connections += 1
+        try:
+            await self._send(writer, b"220 mx.test ESMTP raw\r\n")
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    await self._send(writer, b"250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10240000\r\n")
+                elif verb == b"MAIL":
+                    if not await self._transaction(line, reader, writer):
+                        break
+                elif verb == b"QUIT":
+                    await self._send(writer, b"221 bye\r\n")
+                    break
+                else:  # NOOP, RSET
+                    await self._send(writer, b"250 OK\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: what a test looks at is already recorded
+        finally:
+            self._sessions.discard(task)
+            writer.close()
+
+    async def _transaction(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """One group and its payload; False once the connection is to be closed."""
+        group = [line]
+        while not group[-1].upper().startswith(b"DATA"):
+            line = await reader.readline()
+            if not line:
+                return False
+            group.append(line)
+        self.groups.append(group)
+        recipients = len(group) - 2
+        reply = self.group_replies.pop(0) if self.group_replies else b"250 OK\r\n" * (1 + recipients) + b"354 go\r\n"
+        if not await self._reply(writer, reply):
+            return False
+        assert isinstance(reply, bytes)
+        if not reply.rstrip(b"\r\n").rpartition(b"\n")[2].startswith(b"354"):
+            return True
+        self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+        return await self._reply(writer, self.dot_replies.pop(0) if self.dot_replies else b"250 2.0.0 OK\r\n")
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: RawReply) -> bool:
+        if isinstance(reply, Hangup):
+            await self._send(writer, reply.before)
+            return False
+        await self._send(writer, reply)
+        return True
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if not self.drip:
+            writer.write(data)
+            await writer.drain()
+            return
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)  # let the client read each byte on its own

@@ -5,8 +5,12 @@
 - TLS is never silently downgraded: `starttls` (and `auto` on a non-loopback, non-465 server)
   refuses a server that does not offer STARTTLS, before anything of the message is sent.
 - Credentials go out only over TLS or to a loopback server.
-- DATA is driven here rather than through `SMTP.data()`, so we know when the final "." has been
+- The transaction itself is `smtp_transaction.transact`: pipelined (RFC 2920: MAIL, every RCPT and
+  DATA in one write, the replies read by our own `smtp_pipeline.ReplyTap`) when the server
+  advertises PIPELINING, lock-step otherwise. Either way it knows when the final "." has been
   written: a connection lost or a timeout after that point is reported as `ambiguous`.
+- A connection goes back to the pool only after a 250 with every reply it owed read; anything
+  else (a refusal, a reply out of step, any exception) closes it.
 - Classification (SPEC §1): 4xx, connection and TLS failures, timeouts → transient; 5xx to RCPT
   or DATA → permanent; 5xx to AUTH or MAIL FROM → transient and logged as an error (it is our
   configuration, not the message); some recipients refused → sent, per-recipient results.
@@ -28,25 +32,18 @@ from aiosmtplib import (
     SMTP,
     SMTPAuthenticationError,
     SMTPConnectError,
-    SMTPDataError,
     SMTPException,
     SMTPHeloError,
-    SMTPRecipientRefused,
-    SMTPResponse,
     SMTPResponseException,
     SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPStatus,
 )
 
+from mailsvc.adapters.smtp_pipeline import ReplyTap
+from mailsvc.adapters.smtp_transaction import Attempt, Envelope, transact, wire_payload
 from mailsvc.domain.mime import ascii_address
-from mailsvc.domain.model import (
-    OutgoingMessage,
-    ProviderName,
-    ProviderOutcome,
-    RecipientResult,
-    SendResult,
-)
+from mailsvc.domain.model import OutgoingMessage, ProviderName, RecipientResult, SendResult
 from mailsvc.domain.server_text import server_text
 from mailsvc.logs import mask_address, mask_addresses
 from mailsvc.settings import SmtpSettings, SmtpTls
@@ -57,8 +54,6 @@ _log = logging.getLogger(__name__)
 
 _VALIDATE_IDLE_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUIT_TIMEOUT = 2.0
-_LINE_ENDINGS = re.compile(rb"\r\n?|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
@@ -78,15 +73,8 @@ class _Failed(Exception):
 class _Connection:
     client: SMTP
     last_used: float
+    tap: ReplyTap | None = None  # set when the server advertises PIPELINING
     reused: bool = False
-
-
-@dataclass
-class _Attempt:
-    """Where one attempt has got to; read when it fails to classify the failure."""
-
-    delivery_id: str
-    phase: str = "wait"
 
 
 class SmtpProvider:
@@ -128,24 +116,24 @@ class SmtpProvider:
     async def send(self, message: OutgoingMessage) -> SendResult:
         """One attempt for `message`, bounded by `MAIL_SMTP_TIMEOUT`. Returns the verdict; never
         raises for SMTP, network or TLS failures (only cancellation propagates)."""
-        state = _Attempt(delivery_id=str(message.delivery_id))
+        state = Attempt(delivery_id=str(message.delivery_id))
         try:
             sender = ascii_address(message.envelope_from)
         except ValueError:
             _log.error("smtp.invalid_sender", extra={"delivery_id": state.delivery_id})
             return _transient("invalid_sender")
-        envelope: list[tuple[str, str]] = []
+        recipients: list[tuple[str, str]] = []
         invalid: list[RecipientResult] = []
         for recipient in message.recipients:
             try:
-                envelope.append((recipient, ascii_address(recipient)))
+                recipients.append((recipient, ascii_address(recipient)))
             except ValueError:
                 invalid.append(RecipientResult(recipient, False, None, "invalid address"))
-        if not envelope:
+        if not recipients:
             return SendResult("permanent_failure", error_class="invalid_address", recipients=tuple(invalid))
         try:
             async with asyncio.timeout(self._timeout):
-                result = await self._attempt(state, sender, envelope, _wire_payload(message.mime))
+                result = await self._attempt(state, Envelope(sender, recipients, wire_payload(message.mime)))
         except Exception as exc:
             result = self._classify(exc, state)
         if invalid:
@@ -165,14 +153,12 @@ class SmtpProvider:
             )
         return result
 
-    async def _attempt(
-        self, state: _Attempt, sender: str, envelope: list[tuple[str, str]], payload: bytes
-    ) -> SendResult:
+    async def _attempt(self, state: Attempt, envelope: Envelope) -> SendResult:
         async with self._slots:
             conn = await self._checkout(state)
             while True:
                 try:
-                    result = await self._transact(conn.client, state, sender, envelope, payload)
+                    result = await transact(conn.client, conn.tap, state, envelope)
                 except BaseException as exc:
                     conn.client.close()
                     if conn.reused and state.phase == "mail" and _stale(exc):
@@ -184,55 +170,19 @@ class SmtpProvider:
                 if result.outcome == "sent":
                     self._release(conn)
                 else:
+                    # Dropped rather than reset with RSET, pipelined or not: the pool's invariant
+                    # is that an idle connection's last transaction ended in a 250 with every reply
+                    # it owed read. After a refusal the server is off its normal path — one that
+                    # answered the pipelined DATA with 354 anyway is waiting for message bytes and
+                    # would take an RSET as content, one that counts errors per session (Postfix's
+                    # smtpd_soft/hard_error_limit) would tarpit or cut off the next deliveries on
+                    # it. A reconnect is the price, paid on the rare path only.
                     conn.client.close()
                 return result
 
-    async def _transact(
-        self,
-        client: SMTP,
-        state: _Attempt,
-        sender: str,
-        envelope: list[tuple[str, str]],
-        payload: bytes,
-    ) -> SendResult:
-        state.phase = "mail"
-        options = [f"SIZE={len(payload) - 3}".encode()] if client.supports_extension("size") else []
-        await _mail(client, sender, options)
-        state.phase = "rcpt"
-        results: list[RecipientResult] = []
-        for original, address in envelope:
-            try:
-                reply = await _rcpt(client, address)
-            except SMTPRecipientRefused as exc:
-                if exc.code == SMTPStatus.domain_unavailable:
-                    raise  # the server is closing the session: nothing about this recipient
-                results.append(RecipientResult(original, False, exc.code, server_text(exc.message)))
-            else:
-                results.append(RecipientResult(original, True, reply.code, server_text(reply.message)))
-        if not any(r.accepted for r in results):
-            return _all_refused(results)
-        state.phase = "data"
-        reply = await self._data(client, state, payload)
-        return SendResult("sent", reply.code, server_text(reply.message), recipients=tuple(results))
-
-    async def _data(self, client: SMTP, state: _Attempt, payload: bytes) -> SMTPResponse:
-        start = await client.execute_command(b"DATA")
-        if start.code != SMTPStatus.start_input:
-            raise SMTPDataError(start.code, start.message)
-        protocol = client.protocol
-        if protocol is None:
-            raise SMTPServerDisconnected("Connection lost")
-        protocol.write(payload)
-        # From here on the server may have the whole message: losing the reply is ambiguous.
-        state.phase = "after_dot"
-        reply = await protocol.read_response(timeout=self._timeout)
-        if reply.code != SMTPStatus.completed:
-            raise SMTPDataError(reply.code, reply.message)
-        return reply
-
     # ---- the pool ---------------------------------------------------------------------------
 
-    async def _checkout(self, state: _Attempt) -> _Connection:
+    async def _checkout(self, state: Attempt) -> _Connection:
         while self._idle:
             conn = self._idle.pop()
             if not conn.client.is_connected:
@@ -259,7 +209,7 @@ class SmtpProvider:
         conn.last_used = time.monotonic()
         self._idle.append(conn)
 
-    async def _connect(self, state: _Attempt) -> _Connection:
+    async def _connect(self, state: Attempt) -> _Connection:
         state.phase = "connect"
         client = SMTP(
             hostname=self._addr.host or "localhost",
@@ -283,12 +233,17 @@ class SmtpProvider:
                 await _hello(client)
             if self._settings.username:
                 await self._login(client, state)
+            tap = None
+            if client.supports_extension("pipelining"):
+                if client.protocol is None:
+                    raise SMTPServerDisconnected("Connection lost")
+                tap = ReplyTap.attach(client.protocol)  # after STARTTLS: it taps the TLS transport
         except BaseException:
             client.close()
             raise
-        return _Connection(client, last_used=time.monotonic())
+        return _Connection(client, last_used=time.monotonic(), tap=tap)
 
-    async def _login(self, client: SMTP, state: _Attempt) -> None:
+    async def _login(self, client: SMTP, state: Attempt) -> None:
         if self._tls_mode == "none" and not self._addr.is_loopback:
             _log.error(
                 "smtp.credentials_withheld",
@@ -316,7 +271,7 @@ class SmtpProvider:
 
     # ---- classification ---------------------------------------------------------------------
 
-    def _classify(self, exc: Exception, state: _Attempt) -> SendResult:
+    def _classify(self, exc: Exception, state: Attempt) -> SendResult:
         phase = state.phase
         after_dot = phase == "after_dot"
         extra = {"delivery_id": state.delivery_id, "phase": phase}
@@ -356,52 +311,10 @@ class SmtpProvider:
 _PHASE_NAMES = {"after_dot": "data", "ehlo": "helo", "connect": "greeting", "validate": "noop"}
 
 
-# MAIL and RCPT as aiosmtplib's `mail()` / `rcpt()` send them, minus their `email.utils.parseaddr`
-# pass (~4 % of a delivery's CPU): our addresses are `ascii_address` output, bare addr-specs already.
-async def _mail(client: SMTP, sender: str, options: list[bytes]) -> SMTPResponse:
-    reply = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *options)
-    if reply.code != SMTPStatus.completed:
-        raise SMTPSenderRefused(reply.code, reply.message, sender)
-    return reply
-
-
-async def _rcpt(client: SMTP, recipient: str) -> SMTPResponse:
-    reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
-    if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-        raise SMTPRecipientRefused(reply.code, reply.message, recipient)
-    return reply
-
-
-def _wire_payload(mime: bytes) -> bytes:
-    """The DATA payload: CRLF line endings, dot-stuffed, terminated by CRLF "." CRLF."""
-    lines = mime.count(b"\n")
-    crlf_only = lines == mime.count(b"\r\n") and lines == mime.count(b"\r")  # what the MIME builder writes
-    data = mime if crlf_only else _LINE_ENDINGS.sub(b"\r\n", mime)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
-    return data + b".\r\n"
-
-
 def _stale(exc: BaseException) -> bool:
     if isinstance(exc, SMTPResponseException):
         return exc.code == SMTPStatus.domain_unavailable
     return isinstance(exc, ConnectionError)
-
-
-def _all_refused(results: list[RecipientResult]) -> SendResult:
-    """Every recipient refused: permanent only when every refusal is a 5xx."""
-    temporary = next((r for r in results if r.smtp_code is not None and r.smtp_code < 500), None)
-    first = temporary or results[0]
-    outcome: ProviderOutcome = "transient_failure" if temporary else "permanent_failure"
-    return SendResult(
-        outcome,
-        smtp_code=first.smtp_code,
-        smtp_reply=first.smtp_reply,
-        error_class="recipients_refused",
-        recipients=tuple(results),
-    )
 
 
 async def _hello(client: SMTP) -> None:

@@ -5,74 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
 from mailsvc.adapters import smtp_provider
-from mailsvc.adapters.smtp_provider import SmtpProvider
-from mailsvc.domain.mime import build_mime, make_message_id
-from mailsvc.domain.model import Address, OutgoingMessage
-from mailsvc.settings import HostPort, Secret, SmtpSettings
+from mailsvc.domain.model import OutgoingMessage
+from mailsvc.settings import HostPort, Secret
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port
-
-SENDER = "noreply@example.com"
-DEADLINE = 10.0  # generous upper bound for any single attempt in these tests
-
-ProviderFactory = Callable[..., SmtpProvider]
-
-
-def outgoing(*recipients: str, text: str = "Olá!\n.a line with a leading dot\n") -> OutgoingMessage:
-    to = [Address(r) for r in recipients]
-    mime = build_mime(
-        from_addr=Address(SENDER, "Example"),
-        to=to,
-        cc=[],
-        reply_to=None,
-        subject="Código de acesso",
-        text=text,
-        html="<p>Olá!</p>",
-        headers={},
-        message_id=make_message_id("example.com"),
-        date=datetime.now(UTC),
-    )
-    return OutgoingMessage(
-        delivery_id=uuid.uuid4(),
-        message_id="<m@example.com>",
-        envelope_from=SENDER,
-        recipients=tuple(recipients),
-        mime=mime,
-    )
-
-
-@pytest.fixture
-async def provider_for() -> AsyncIterator[ProviderFactory]:
-    """Build providers for a server address; every one is closed at the end of the test."""
-    made: list[SmtpProvider] = []
-
-    def make(addr: HostPort, *, concurrency: int = 2, **overrides: Any) -> SmtpProvider:
-        fields: dict[str, Any] = {
-            "mode": "smtp",
-            "addr": addr,
-            "from_email": SENDER,
-            "timeout": timedelta(seconds=5),
-            "tls": "auto",
-        }
-        fields.update(overrides)
-        provider = SmtpProvider(SmtpSettings(**fields), concurrency, local_hostname="client.test")
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.close()
-
-
-async def send(provider: SmtpProvider, message: OutgoingMessage) -> Any:
-    return await asyncio.wait_for(provider.send(message), DEADLINE)
+from tests.support.smtp_client import SENDER, ProviderFactory, outgoing, send
 
 
 async def test_plain_send_delivers_exact_bytes(provider_for: ProviderFactory) -> None:
