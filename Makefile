@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench
+.PHONY: install run test lint format bench chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/mailsvc bench
+
+# the standard chaos run (issue 11): >= 100 kills, every server restart and network fault, 20 minutes
+# of faults; the JSON report is kept in bench-results/, the summary line goes to stderr
+chaos: $(STAMP)
+	mkdir -p bench-results
+	$(BIN)/mailsvc bench chaos > bench-results/chaos.json
