@@ -1,4 +1,5 @@
-"""A TCP forwarder the test can cut: PostgreSQL "unreachable" on demand, then back on the same port."""
+"""A TCP forwarder the test can cut: PostgreSQL "unreachable" on demand, then back on the same port;
+or every connection half-open: bytes accepted, never answered."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.half_open = False  # forward nothing, either way, on every connection, old and new
 
     async def start(self) -> int:
         """Listen (on the same port as before, after a `stop`); the port."""
@@ -60,7 +62,8 @@ class TcpProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
+                if not self.half_open:  # half-open: swallowed
+                    sink.write(data)
+                    await sink.drain()
         sink.transport.abort()
         self._transports.discard(sink.transport)

@@ -8,6 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailsvc.settings import PostgresSettings
 
+# the server's statement_timeout error arrives first whenever the server can still answer
+CLIENT_DEADLINE_MARGIN_S = 1.0
+
 
 def async_url(dsn: str) -> str:
     """`postgres://…` / `postgresql://…` → the SQLAlchemy asyncpg URL.
@@ -29,9 +32,13 @@ def create_engine(
     application_name: str = "mailsvc",
 ) -> AsyncEngine:
     server_settings = {"application_name": application_name}
+    command_timeout = None
     if operation_timeout_s is not None:
-        # a statement that outlives the operation timeout is cancelled by the server itself
+        # a statement that outlives the operation timeout is cancelled by the server itself …
         server_settings["statement_timeout"] = str(int(operation_timeout_s * 1000))
+        # … and one the server never answers (it never got it: a half-open connection, a
+        # partition) is given up by the client a little later, instead of waiting forever
+        command_timeout = operation_timeout_s + CLIENT_DEADLINE_MARGIN_S
     return create_async_engine(
         async_url(dsn),
         pool_size=pool_size,
@@ -42,7 +49,7 @@ def create_engine(
         connect_args={
             "server_settings": server_settings,
             "timeout": operation_timeout_s or 10,
-            "command_timeout": None,
+            "command_timeout": command_timeout,
         },
     )
 
