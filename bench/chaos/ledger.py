@@ -23,7 +23,7 @@ class Ledger:
 
     def _write(self, kind: str, item: Any) -> None:
         body = item if isinstance(item, dict) else dataclasses.asdict(item)
-        self._out.write(json.dumps({"kind": kind, **body}, separators=(",", ":")) + "\n")
+        self._out.write(json.dumps({"record": kind, **body}, separators=(",", ":")) + "\n")
         self._out.flush()
 
     def command(self, command: Command) -> None:
