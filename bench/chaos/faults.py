@@ -74,9 +74,10 @@ class FaultRunner:
 
     async def _one(self, fault: Fault) -> None:
         if fault.kind in ("sigkill", "sigterm"):
-            slot = self._victim(fault.target)
+            # SIGTERM goes to a replica at work (mid-batch): one still starting has no handler yet
+            slot = self._victim(fault.target, ready=fault.kind == "sigterm")
             if slot is None:
-                self.t.ledger.note("fault_skipped", fault=fault.kind, target=fault.target, why="no replica running")
+                self.t.ledger.note("fault_skipped", fault=fault.kind, target=fault.target, why="no replica to hit")
                 return
             task = asyncio.create_task(self._process_fault(fault, slot))
             self._background.add(task)
@@ -94,17 +95,17 @@ class FaultRunner:
             await self._network(fault.kind, routes_for(fault.target), fault.seconds)
         self._record(fault.kind, fault.target, started, time.time())
 
-    def _victim(self, target: str) -> ReplicaSlot | None:
+    def _victim(self, target: str, *, ready: bool) -> ReplicaSlot | None:
         slots = self.t.replicas.slots
         if target == "leader":
             leader = _leader(slots)
-            if leader is not None:
+            if leader is not None and (leader.ready or not ready):
                 return leader
             target = f"replica:{self.rng.randrange(len(slots))}"
         first = int(target.split(":")[1])
         for offset in range(len(slots)):  # that replica is down (restarting): the next one that runs
             slot = slots[(first + offset) % len(slots)]
-            if slot.running:
+            if slot.ready if ready else slot.running:
                 return slot
         return None
 
