@@ -109,6 +109,7 @@ class ReplicaExit:
     was_ready: bool
     at: float
     detail: str = ""
+    ready_at: float | None = None  # when it first answered HTTP
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,7 +202,7 @@ def reconcile(facts: Facts) -> Reconciliation:
         violations=violations.as_dict(),
         anomalies=anomalies.as_dict(),
         counts=counts,
-        recovery=recovery(facts),
+        recovery={**recovery(facts), "replicas": availability(facts)},
     )
 
 
@@ -338,6 +338,28 @@ def _counts(
         "redis_epochs": len(facts.wipes) + 1,
         "log_warnings_and_errors": {k: n for k, n in sorted(facts.log_events.items()) if k.startswith(("warn", "err"))},
     }  # fmt: skip
+
+
+def availability(facts: Facts) -> dict[str, Any]:
+    """How long, during the fault phase, no replica (or only one) was up and answering."""
+    if not facts.faults:
+        return {}
+    start, end = min(f.started for f in facts.faults), max(f.ended for f in facts.faults)
+    changes = sorted(
+        [(e.ready_at, 1) for e in facts.exits if e.ready_at is not None]
+        + [(e.at, -1) for e in facts.exits if e.ready_at is not None]
+    )
+    up, last = 0, start
+    seconds: dict[int, float] = defaultdict(float)
+    for at, step in changes:
+        if at >= end:
+            break
+        if at > start:
+            seconds[min(up, 3)] += at - last
+            last = at
+        up += step
+    seconds[min(up, 3)] += end - last
+    return {f"{n}_up_s": round(seconds[n], 1) for n in range(4)}
 
 
 def recovery(facts: Facts) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class Incarnation:
     log: Path
     started: float
     ready: bool = False
+    ready_at: float | None = None
     expected: str | None = None  # the cause, once we signalled it
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -78,7 +79,9 @@ class ReplicaSlot:
             cause = "refused_start" if refused else "unexpected"
             detail = tail[-600:]
             self.down_until = time.monotonic() + 2.0
-        record = ReplicaExit(self.index, incarnation.number, cause, code, incarnation.ready, time.time(), detail)
+        record = ReplicaExit(
+            self.index, incarnation.number, cause, code, incarnation.ready, time.time(), detail, incarnation.ready_at
+        )
         self.ledger.exit(record)
         incarnation.exited.set()
 
@@ -86,7 +89,7 @@ class ReplicaSlot:
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
             if await _answers_http(self.http_port):
-                incarnation.ready = True
+                incarnation.ready, incarnation.ready_at = True, time.time()
                 return
             await asyncio.sleep(0.2)
         if incarnation.expected is None:  # it never became ready: take it down, it is reported

@@ -171,3 +171,15 @@ def test_recovery_is_measured_from_a_fault_end_to_the_next_message_of_a_later_co
     # s1 was taken at 1003 but submitted before the end; s2 (submitted at 1005) was taken at 1006
     assert recovery["max_s"] == 3.5
     assert recovery["max_s_by_kind"] == {"pg_restart": 3.5}
+
+
+def test_the_time_with_no_replica_up_is_measured_over_the_fault_phase() -> None:
+    run = clean_run()
+    run.facts.faults.append(FaultRecord("sigkill", "replica:0", 100.0, 200.0))
+    # replica 0 up 50-120 and 150-300, replica 1 up 0-300: two up but from 120 to 150
+    run.facts.exits += [
+        ReplicaExit(0, 1, "sigkill", -9, True, 120.0, ready_at=50.0),
+        ReplicaExit(0, 2, "stop", 0, True, 300.0, ready_at=150.0),
+        ReplicaExit(1, 1, "stop", 0, True, 300.0, ready_at=0.0),
+    ]
+    assert reconcile(run.facts).recovery["replicas"] == {"0_up_s": 0.0, "1_up_s": 30.0, "2_up_s": 70.0, "3_up_s": 0.0}
