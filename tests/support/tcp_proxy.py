@@ -17,6 +17,7 @@ class TcpProxy:
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.half_open = False  # forward nothing, either way, on every connection, old and new
+        self.cut_on: bytes | None = None  # a request holding these bytes resets its connection, unsent
 
     async def start(self) -> int:
         """Listen (on the same port as before, after a `stop`); the port."""
@@ -54,14 +55,17 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._transports |= {writer.transport, up_writer.transport}
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+        for source, sink, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pipe(source, sink, upstream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, upstream: bool) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
+                if upstream and self.cut_on is not None and self.cut_on in data:
+                    self.reset()
+                    return
                 if not self.half_open:  # half-open: swallowed
                     sink.write(data)
                     await sink.drain()
