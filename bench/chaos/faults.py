@@ -123,7 +123,7 @@ class FaultRunner:
             return
         await asyncio.sleep(fault.seconds)
         await slot.wait_ready(_RECOVERY_WAIT)
-        self._record(fault.kind, f"replica:{slot.index}", started, time.time(), f"down {stopped - started:.1f}s")
+        self._record(fault.kind, f"replica:{slot.index}", started, time.time(), f"stopped in {stopped - started:.1f}s")
 
     async def _redis(self, wipe: bool) -> None:
         await self.t.redis.kill()
