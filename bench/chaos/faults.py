@@ -75,7 +75,7 @@ class FaultRunner:
     async def _one(self, fault: Fault) -> None:
         if fault.kind in ("sigkill", "sigterm"):
             # SIGTERM goes to a replica at work (mid-batch): one still starting has no handler yet
-            slot = self._victim(fault.target, ready=fault.kind == "sigterm")
+            slot = await self._wait_for_victim(fault.target, ready=fault.kind == "sigterm")
             if slot is None:
                 self.t.ledger.note("fault_skipped", fault=fault.kind, target=fault.target, why="no replica to hit")
                 return
@@ -94,6 +94,15 @@ class FaultRunner:
         else:
             await self._network(fault.kind, routes_for(fault.target), fault.seconds)
         self._record(fault.kind, fault.target, started, time.time())
+
+    async def _wait_for_victim(self, target: str, *, ready: bool) -> ReplicaSlot | None:
+        """The replica to hit; when every one is down right now, the first to come back."""
+        for _ in range(int(_RECOVERY_WAIT / 0.2)):
+            slot = self._victim(target, ready=ready)
+            if slot is not None:
+                return slot
+            await asyncio.sleep(0.2)
+        return None
 
     def _victim(self, target: str, *, ready: bool) -> ReplicaSlot | None:
         slots = self.t.replicas.slots
