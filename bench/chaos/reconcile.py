@@ -102,6 +102,9 @@ class _Stream:
                 anomalies.add(
                     "spurious_reset", f"reset from {event.from_offset} at {event.at} with no restart before it"
                 )
+        for event in facts.stream_events:
+            if event.kind == "gap":  # nothing here trims the stream: every gap is news
+                anomalies.add("stream_gap", f"gap {event.from_offset} → {event.to_offset} at {event.at}")
 
     def status(self, xadd: Xadd) -> str:
         if xadd.entry_id is None:
