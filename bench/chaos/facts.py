@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Door = Literal["stream", "http"]
+TAKEN = frozenset({"accepted", "dropped"})  # sink verdicts for a message the server took
 Expect = Literal["deliver", "malformed"]
 
 

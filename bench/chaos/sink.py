@@ -33,7 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-TAKEN = ("accepted", "dropped")
+from bench.chaos.facts import TAKEN
+
 _HEADER = re.compile(rb"(?im)^(Message-ID|X-Chaos-Id):[ \t]*(\S+)[ \t]*\r?$")
 
 
