@@ -29,9 +29,18 @@ def add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds the system gets to drain after the faults (default 300)")  # fmt: skip
     chaos.add_argument("--work-dir", type=Path, help="keep everything here (default: a temporary folder)")
     chaos.add_argument("--keep", action="store_true", help="keep the work folder after a clean run too")
+    chaos.add_argument("--reconcile", type=Path, metavar="WORK_DIR",
+                       help="run nothing: reconcile a kept run's facts.json again")  # fmt: skip
 
 
 def chaos_command(args: argparse.Namespace) -> int:
+    if args.reconcile is not None:
+        from bench.chaos.report import reconcile_again
+
+        code, document = reconcile_again(args.reconcile)
+        json.dump(document, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return code
     from bench.chaos.run import ChaosOptions, run_chaos
     from bench.chaos.schedule import Plan
     from bench.processes import BenchError

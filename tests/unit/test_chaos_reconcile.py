@@ -4,6 +4,7 @@ names every break; fed a clean run's, it passes. Pure: no servers, hand-made fac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.chaos.facts import (
     Command,
@@ -21,6 +22,7 @@ from bench.chaos.facts import (
     to_json,
 )
 from bench.chaos.reconcile import reconcile
+from bench.chaos.report import reconcile_again
 
 
 class Run:
@@ -198,3 +200,17 @@ def test_the_time_with_no_replica_up_is_measured_over_the_fault_phase() -> None:
         ReplicaExit(1, 1, "stop", 0, True, 300.0, ready_at=0.0),
     ]
     assert reconcile(run.facts).recovery["replicas"] == {"0_up_s": 0.0, "1_up_s": 30.0, "2_up_s": 70.0, "3_up_s": 0.0}
+
+
+def test_a_kept_run_can_be_reconciled_again(tmp_path: Path) -> None:
+    facts = clean_run().facts
+    first = reconcile(facts).as_dict()
+    first["lost"], first["passed"] = 1, False  # what an older, mistaken reconciliation said
+    document = {"seed": 1, "plan": {"seconds": 60}, "result": first}
+    (tmp_path / "report.json").write_text(json.dumps(document))
+    (tmp_path / "facts.json").write_text(json.dumps(to_json(facts)))
+    code, again = reconcile_again(tmp_path)
+    assert code == 0
+    assert again["result"]["passed"]
+    assert again["first_result"]["lost"] == 1
+    assert json.loads((tmp_path / "report-reconciled.json").read_text())["result"]["lost"] == 0
