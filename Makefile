@@ -8,7 +8,7 @@ LOCK := requirements.lock
 # e.g. `make lock LOCK_FLAGS=--upgrade` to move every pin to the newest allowed release
 LOCK_FLAGS ?=
 
-.PHONY: install run test lint format bench lock
+.PHONY: install run test lint format bench chaos lock
 
 # The runtime set exactly as locked and hash-checked (what the image installs), then the project
 # and its dev tools on top, with the lock's pins as constraints so no dev tool moves one.
@@ -47,3 +47,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/mailsvc bench
+
+# the standard chaos run (issue 11): >= 100 kills, every server restart and network fault, 20 minutes
+# of faults; the JSON report is kept in bench-results/, the summary line goes to stderr
+chaos: $(STAMP)
+	mkdir -p bench-results
+	$(BIN)/mailsvc bench chaos > bench-results/chaos.json

@@ -17,15 +17,16 @@ EXIT_INTERRUPTED = 130
 
 
 def _scenario(text: str) -> str:
-    if text not in (*SCENARIOS, "all"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SCENARIOS)}, all")
+    if text not in (*SCENARIOS, "all", "chaos"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SCENARIOS)}, all, chaos")
     return text
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Measure capacity against real PostgreSQL, Redis and an SMTP sink (SPEC §10)."
     parser.add_argument("scenarios", nargs="*", type=_scenario, default=["all"], metavar="SCENARIO",
-                        help=f"one or more of {', '.join(SCENARIOS)}, all (default: all)")  # fmt: skip
+                        help=f"one or more of {', '.join(SCENARIOS)}, all (default: all); or chaos, "
+                        "alone: the fault-injection run (see the chaos flags)")  # fmt: skip
     size = parser.add_argument_group("sizes")
     size.add_argument("-n", "--count", type=int, default=20_000, help="backlog for acceptance/e2e/scaleout")
     size.add_argument("--raw-count", type=int, help="messages for the raw ceiling (default: --count)")
@@ -61,6 +62,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--service-log-level", default="warn", choices=["debug", "info", "warn", "error"])
     where.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                        help="extra service environment (repeatable), e.g. MAIL_STREAM_BATCH_SIZE=1000")  # fmt: skip
+    from bench.chaos.cli import add_chaos_arguments
+
+    add_chaos_arguments(parser)
 
 
 def _selected(names: list[str]) -> list[str]:
@@ -153,6 +157,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 def bench_command(args: argparse.Namespace) -> int:
     from mailsvc.cli import run_async
+
+    if "chaos" in args.scenarios:
+        if len(args.scenarios) > 1:
+            print("mailsvc bench: chaos runs alone", file=sys.stderr)
+            return EXIT_FAILED
+        from bench.chaos.cli import chaos_command
+
+        return chaos_command(args)
 
     try:
         return run_async(_run(args))

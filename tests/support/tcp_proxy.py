@@ -1,10 +1,12 @@
 """A TCP forwarder the test can cut: PostgreSQL "unreachable" on demand, then back on the same port;
-or blackholed, as a vanished host or a partition would leave it."""
+blackholed, as a vanished host or a partition would leave it; every connection half-open (bytes
+accepted, never answered) or reset."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._blackholed = False
         self._timers: list[asyncio.TimerHandle] = []
+        self.half_open = False  # forward nothing, either way, on every connection, old and new
+        self.cut_on: bytes | None = None  # a request holding these bytes resets its connection, unsent
 
     async def start(self) -> int:
         """Listen (on the same port as before, after a `stop`); the port."""
@@ -54,6 +58,20 @@ class TcpProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reset(self) -> None:
+        """Reset (RST, not FIN) every open connection, as a crashed peer or a middlebox does; the
+        proxy keeps listening."""
+        for link in list(self._links):
+            for writer in (link.client, link.upstream):
+                if writer is None:
+                    continue
+                sock = writer.transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+        self._links.clear()
 
     def blackhole(self, abort_after: Callable[[bytes], float | None] = lambda _: None) -> None:
         """From now on nothing gets through, either way, and no connection is closed: the client's
@@ -97,7 +115,10 @@ class TcpProxy:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
-                if self._blackholed or sink is None:
+                if link is not None and self.cut_on is not None and self.cut_on in data:
+                    self.reset()
+                    return
+                if self._blackholed or self.half_open or sink is None:  # swallowed
                     continue
                 if link is not None:
                     link.heard_at = loop.time()

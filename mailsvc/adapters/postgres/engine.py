@@ -9,6 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mailsvc.adapters.postgres.tcp_liveness import SERVER_SETTINGS as TCP_LIVENESS
 from mailsvc.settings import PostgresSettings
 
+# the server's statement_timeout error arrives first whenever the server can still answer
+CLIENT_DEADLINE_MARGIN_S = 1.0
+
 
 def async_url(dsn: str) -> str:
     """`postgres://…` / `postgresql://…` → the SQLAlchemy asyncpg URL.
@@ -32,9 +35,13 @@ def create_engine(
     # a vanished replica's sessions end 15 s after it went silent, with the row locks of any
     # transaction it had in flight: otherwise they would block its successor's offsets for hours
     server_settings = {"application_name": application_name, **TCP_LIVENESS}
+    command_timeout = None
     if operation_timeout_s is not None:
-        # a statement that outlives the operation timeout is cancelled by the server itself
+        # a statement that outlives the operation timeout is cancelled by the server itself …
         server_settings["statement_timeout"] = str(int(operation_timeout_s * 1000))
+        # … and one the server never answers (it never got it: a half-open connection, a
+        # partition) is given up by the client a little later, instead of waiting forever
+        command_timeout = operation_timeout_s + CLIENT_DEADLINE_MARGIN_S
     return create_async_engine(
         async_url(dsn),
         # an SQL error's text must never carry the statement's parameters (addresses, bodies)
@@ -48,7 +55,7 @@ def create_engine(
         connect_args={
             "server_settings": server_settings,
             "timeout": operation_timeout_s or 10,
-            "command_timeout": None,
+            "command_timeout": command_timeout,
         },
     )
 
