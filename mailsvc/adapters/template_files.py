@@ -1,4 +1,7 @@
-"""Reading and compiling the template folder: every problem is collected, none stops the scan."""
+"""Reading and compiling the template folder: every problem is collected, none stops the scan.
+
+The folder holds one folder per template id, plus `_layout/`: the files bodies share, spliced into
+each body that extends or includes them when the catalog loads (template_layout.py)."""
 
 from __future__ import annotations
 
@@ -17,21 +20,22 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from mailsvc.adapters.template_checks import NO_SAFE_URL, links_without_safe_url, private_attributes
 from mailsvc.adapters.template_filters import paragraphs, safe_url
+from mailsvc.adapters.template_layout import SHARED_DIR, SharedFile, load_shared, splice, splices
 
 MANIFEST = "manifest.toml"
 SUBJECT, BODY_TEXT, BODY_HTML = "subject.txt", "body.txt", "body.html"
 LOCALE_FILES = (SUBJECT, BODY_TEXT, BODY_HTML)  # also the order the digest reads them in
 DIGEST_LENGTH = 16
 
-_TEMPLATE_ID = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+# a letter or digit first: a leading "_" marks the catalog's own folders (`_layout`), never a template
+_TEMPLATE_ID = re.compile(r"[a-z0-9][a-z0-9_]*(\.[a-z0-9_]+)*")
+
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MANIFEST_KEYS = frozenset({"description", "default_locale", "variables"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default"})
-# an href whose value starts with an expression: the scheme comes from a variable
-_HREF_EXPRESSION = re.compile(r"""\bhref\s*=\s*["']?\s*\{\{(.*?)\}\}""", re.IGNORECASE | re.DOTALL)
-_THROUGH_SAFE_URL = re.compile(r"\|\s*safe_url\s*-?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,8 @@ def load_catalog(directory: Path) -> tuple[dict[str, CompiledTemplate], list[str
     problems: list[str] = []
     text_env = _environment(autoescape=False)
     html_env = _environment(autoescape=True)
-    entries = _visible(directory)
+    shared = load_shared(directory / SHARED_DIR, text_env, html_env, problems)
+    entries = [entry for entry in _visible(directory) if entry.name != SHARED_DIR]
     if not entries:
         problems.append(f"{directory}: no templates found")
     templates: dict[str, CompiledTemplate] = {}
@@ -87,7 +92,7 @@ def load_catalog(directory: Path) -> tuple[dict[str, CompiledTemplate], list[str
         elif not _TEMPLATE_ID.fullmatch(entry.name):
             problems.append(f"{entry.name}: invalid template id (expected e.g. auth.login_code)")
         else:
-            loader = _TemplateLoader(entry, text_env, html_env, problems)
+            loader = _TemplateLoader(entry, text_env, html_env, shared, problems)
             compiled = loader.load()
             if compiled is not None:
                 templates[compiled.id] = compiled
@@ -132,12 +137,18 @@ class _TemplateLoader:
     """Loads one template folder, appending to the shared problem list."""
 
     def __init__(
-        self, folder: Path, text_env: jinja2.Environment, html_env: jinja2.Environment, problems: list[str]
+        self,
+        folder: Path,
+        text_env: jinja2.Environment,
+        html_env: jinja2.Environment,
+        shared: Mapping[str, SharedFile],
+        problems: list[str],
     ) -> None:
         self._folder = folder
         self._id = folder.name
         self._text_env = text_env
         self._html_env = html_env
+        self._shared = shared
         self._problems = problems
         self._failed = False
 
@@ -260,9 +271,13 @@ class _TemplateLoader:
                 continue
             digest.update(f"\0{name}\0{len(raw)}\0".encode())
             digest.update(raw)
-            template = self._compile(where, raw, declared)
-            if template is not None:
-                compiled[name] = template
+            result = self._compile(where, raw, declared)
+            if result is not None:
+                compiled[name], uses = result
+                for used in uses:  # the layout is one of "the exact template files used" (SPEC §1)
+                    shared_raw = self._shared[used].raw
+                    digest.update(f"\0{used}\0{len(shared_raw)}\0".encode())
+                    digest.update(shared_raw)
         ok = not self._failed
         self._failed = self._failed or failed_before
         if not ok:
@@ -275,7 +290,10 @@ class _TemplateLoader:
             digest=digest.hexdigest()[:DIGEST_LENGTH],
         )
 
-    def _compile(self, where: str, raw: bytes, declared: frozenset[str] | None) -> jinja2.Template | None:
+    def _compile(
+        self, where: str, raw: bytes, declared: frozenset[str] | None
+    ) -> tuple[jinja2.Template, tuple[str, ...]] | None:
+        """The compiled file and the shared files spliced into it, or `None` after a problem."""
         try:
             source = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -290,23 +308,32 @@ class _TemplateLoader:
                 self._problem(where, "is empty")
                 return None
         env = self._html_env if where.endswith(".html") else self._text_env
-        if env is self._html_env:
-            self._check_links(where, source)
         name = f"{self._id}/{where}"
+        failed_before, self._failed = self._failed, False
+        if env is self._html_env:
+            for number in links_without_safe_url(source):
+                self._problem(f"{where}:{number}", NO_SAFE_URL)
         try:
             ast = env.parse(source, name=name)
+            for number, message in private_attributes(ast):
+                self._problem(f"{where}:{number}", message)
+            uses: tuple[str, ...] = ()
+            if splices(ast):
+                spliced = splice(ast, {path: file.ast for path, file in self._shared.items()})
+                for at, message in spliced.problems:
+                    self._problem(where if at is None else f"{where}:{at}", message)
+                if spliced.problems:
+                    return None
+                ast, uses = spliced.ast, spliced.uses
+                ast.set_environment(env)
             self._check_names(where, ast, env, declared)
-            return env.template_class.from_code(env, env.compile(ast, name), env.make_globals(None))
+            if not self._failed:
+                return env.template_class.from_code(env, env.compile(ast, name), env.make_globals(None)), uses
         except jinja2.TemplateSyntaxError as exc:
             self._problem(f"{where}:{exc.lineno}", exc.message or "syntax error")
+        finally:
+            self._failed = self._failed or failed_before
         return None
-
-    def _check_links(self, where: str, source: str) -> None:
-        """Every `href="{{ … }}"` passes its URL through `safe_url` (SPEC §6: http/https only)."""
-        for match in _HREF_EXPRESSION.finditer(source):
-            if not _THROUGH_SAFE_URL.search(match.group(1).strip()):
-                line = source.count("\n", 0, match.start()) + 1
-                self._problem(f"{where}:{line}", "a link's URL must pass through the safe_url filter")
 
     def _check_names(
         self, where: str, ast: nodes.Template, env: jinja2.Environment, declared: frozenset[str] | None
@@ -315,10 +342,3 @@ class _TemplateLoader:
             unknown = meta.find_undeclared_variables(ast) - declared - env.globals.keys()
             if unknown:
                 self._problem(where, f"uses undeclared variable(s): {', '.join(sorted(unknown))}")
-        # the sandbox refuses these at render time too; refusing them at load surfaces them early
-        for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-            attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node, "arg", None)
-            if isinstance(attr, nodes.Const):
-                attr = attr.value
-            if isinstance(attr, str) and attr.startswith("_"):
-                self._problem(f"{where}:{node.lineno}", f"access to private attribute {attr!r}")

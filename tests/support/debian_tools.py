@@ -1,9 +1,10 @@
-"""Command-line checkers the deploy tests run, taken from Debian's packages without installing them.
+"""Command-line checkers the tests run, taken from Debian's packages without installing them.
 
-`promtool` (package `prometheus`) and `docker-compose` v1 (package `docker-compose`, a Python
-program) are fetched with `apt-get download` and unpacked with `dpkg -x` into a cache folder, the way
-`bench/postfix.py` fetches `smtp-sink`: no root install, no daemon, nothing configured. A tool
-already on the PATH is used as it is. Where neither works, `ToolUnavailable` says why in one line.
+`promtool` (package `prometheus`), `docker-compose` v1 (package `docker-compose`, a Python program)
+and `spamassassin` (package `spamassassin`, a Perl program) are fetched with `apt-get download` and
+unpacked with `dpkg -x` into a cache folder, the way `bench/postfix.py` fetches `smtp-sink`: no root
+install, no daemon, nothing configured. A tool already on the PATH is used as it is. Where neither
+works, `ToolUnavailable` says why in one line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _TIMEOUT = 300
@@ -44,19 +46,31 @@ def _download(packages: list[str], into: Path) -> None:
         raise ToolUnavailable(f"apt-get download {' '.join(packages)} exited {done.returncode}: {_last_line(done)}")
 
 
-def _python_dependencies(package: str) -> list[str]:
-    """The `python3-*` packages `package` needs, recursively (the interpreter itself excluded)."""
-    done = _run(
-        [
-            "apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-            "--no-breaks", "--no-replaces", "--no-enhances", package,
-        ],
-        Path.cwd(),
-    )  # fmt: skip
+def _dependencies(package: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The `wanted` packages among those `package` needs, recursively."""
+    command = [
+        "apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+        "--no-breaks", "--no-replaces", "--no-enhances", package,
+    ]  # fmt: skip
+    done = _run(command, Path.cwd())
+    if done.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+        _run(["apt-get", "update", "-qq"], Path.cwd())  # a fresh machine's package lists are empty
+        done = _run(command, Path.cwd())
     if done.returncode != 0:
         raise ToolUnavailable(f"apt-cache depends {package} exited {done.returncode}: {_last_line(done)}")
     names = {line.strip() for line in done.stdout.splitlines() if line and not line.startswith((" ", "<"))}
-    return sorted(n for n in names if n.startswith("python3-") and n != "python3-minimal")
+    return sorted(name for name in names if wanted(name))
+
+
+def _python_dependencies(package: str) -> list[str]:
+    """The `python3-*` packages `package` needs, recursively (the interpreter itself excluded)."""
+    return _dependencies(package, lambda name: name.startswith("python3-") and name != "python3-minimal")
+
+
+def _perl_module(name: str) -> bool:
+    """A package of Perl modules (`lib…-perl`), not the interpreter (`perl`, `perl-base`,
+    `perl-modules-5.36`, `libperl5.36`): the machine's own perl runs the unpacked modules."""
+    return name.startswith("lib") and name.endswith("-perl")
 
 
 def unpacked(cache_dir: Path, name: str, packages: list[str]) -> Path:
@@ -120,3 +134,34 @@ def docker_compose(cache_dir: Path) -> list[str]:
     )
     # -I: no user site, no PYTHON* variables; -S: no site-packages (neither the venv's nor Debian's)
     return [python, "-I", "-S", "-c", boot]
+
+
+def spamassassin(cache_dir: Path) -> list[str]:
+    """The command that runs SpamAssassin's `spamassassin`: installed, or Debian's `spamassassin`
+    package with the Perl modules it needs, unpacked beside it and run by the machine's perl with
+    the package's own rules (`-C`) and configuration (`--siteconfigpath`). Checked by running
+    `--version`, so a copy that cannot run (e.g. a perl other than the one Debian built the
+    modules for) is `ToolUnavailable`, not a test failure."""
+    installed = shutil.which("spamassassin")
+    if installed:
+        command = [installed]
+    else:
+        perl = shutil.which("perl")
+        if perl is None:
+            raise ToolUnavailable("no perl to run Debian's spamassassin package")
+        if shutil.which("apt-cache") is None:
+            raise ToolUnavailable("no apt-cache to resolve Debian's spamassassin package")
+        root = unpacked(cache_dir, "spamassassin", ["spamassassin", *_dependencies("spamassassin", _perl_module)])
+        script = root / "usr" / "bin" / "spamassassin"
+        if not script.is_file():
+            raise ToolUnavailable("Debian's spamassassin package holds no usr/bin/spamassassin")
+        modules = [root / "usr" / "share" / "perl5", *sorted(root.glob("usr/lib/*/perl5/*"))]
+        # -T because the script's #! line asks for taint mode (perl refuses to run it otherwise), and
+        # taint mode ignores PERL5LIB: hence -I for the unpacked modules
+        command = [perl, "-T", "-w", *(f"-I{path}" for path in modules), str(script)]
+        command += ["-C", str(root / "usr" / "share" / "spamassassin")]
+        command += ["--siteconfigpath", str(root / "etc" / "spamassassin")]
+    done = _run([*command, "--version"], cache_dir)
+    if done.returncode != 0:
+        raise ToolUnavailable(f"spamassassin --version exited {done.returncode}: {_last_line(done)}")
+    return command

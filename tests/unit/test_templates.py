@@ -291,3 +291,15 @@ def test_catalog_is_immutable(shipped: TemplateCatalog) -> None:
         shipped.extra = 1  # type: ignore[attr-defined]
     with pytest.raises(TypeError):
         shipped._templates["t.new"] = shipped._templates["auth.login_code"]  # type: ignore[index]
+
+
+def test_a_file_with_several_problems_lists_them_all(tmp_path: Path) -> None:
+    html = '<a href="{{ name }}">x</a>\n{{ name.__class__ }}\n{{ name|nosuchfilter }}'
+    write_template(tmp_path, "t.many", {"en": simple() | {"body.html": html}})
+    with pytest.raises(CatalogError) as info:
+        TemplateCatalog.load(tmp_path)
+    assert info.value.problems == [
+        "t.many/en/body.html:1: a link's URL must pass through the safe_url filter",
+        "t.many/en/body.html:2: access to private attribute '__class__'",
+        "t.many/en/body.html:3: No filter named 'nosuchfilter'.",
+    ]
