@@ -106,7 +106,7 @@ class Ledger:
 
     async def delivery(self, key: str, source: str = "notification") -> asyncpg.Record | None:
         return await self.conn.fetchrow(
-            "SELECT * FROM deliveries WHERE idempotency_key = $1 AND source = $2", key, source
+            "SELECT * FROM delivery_states WHERE idempotency_key = $1 AND source = $2", key, source
         )
 
     async def attempts(self, delivery_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -123,7 +123,7 @@ class Ledger:
         )
 
     async def count(self, where: str = "true", *args: Any) -> int:
-        value: int = await self.conn.fetchval(f"SELECT count(*) FROM deliveries WHERE {where}", *args)
+        value: int = await self.conn.fetchval(f"SELECT count(*) FROM delivery_states WHERE {where}", *args)
         return value
 
     async def wait_status(
