@@ -21,6 +21,8 @@ TABLES = {
     "stream_events",
     "idempotency_keys",
     "delivery_queue",
+    "delivery_events",
+    "event_cursors",
 }
 
 

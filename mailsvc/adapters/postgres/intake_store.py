@@ -50,7 +50,8 @@ _EXISTING_KEYS = text(
     """
 )
 
-# a queued delivery gets its queue row (migration 0004) in the same statement
+# a queued delivery gets its queue row (migration 0004), and every one its first event (the outbox,
+# SPEC §11), in the same statement
 _INSERT_DELIVERIES = text(
     """
     WITH t AS (
@@ -59,8 +60,11 @@ _INSERT_DELIVERIES = text(
             CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
             CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
             CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
-            CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]))
-            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp)
+            CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]),
+            CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed)
+    ), events AS (
+        INSERT INTO delivery_events (delivery_id, type, data) SELECT id, et, CAST(ed AS jsonb) FROM t
     ), rows AS (
         INSERT INTO deliveries (
             delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
@@ -212,6 +216,7 @@ class IntakeStore:
         return outcomes
 
     async def _insert_deliveries(self, conn: DriverConnection, created: Sequence[NewDelivery]) -> None:
+        events = [d.event for d in created]
         try:
             await conn.execute(
                 _INSERT_DELIVERIES,
@@ -231,6 +236,8 @@ class IntakeStore:
                     "resend_of": [d.resend_of for d in created],
                     "created": [d.accepted_at for d in created],
                     "traceparents": [d.traceparent for d in created],
+                    "event_types": [event.type for event in events],
+                    "event_data": [orjson.dumps(event.data).decode() for event in events],
                 },
             )
         except asyncpg.ForeignKeyViolationError as exc:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -68,8 +69,9 @@ _FINISH = text(
             CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:outcomes AS text[]),
             CAST(:ambiguous AS boolean[]), CAST(:codes AS integer[]), CAST(:replies AS text[]),
             CAST(:classes AS text[]), CAST(:providers AS text[]), CAST(:durations AS integer[]),
-            CAST(:dead AS text[]))
-            AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead)
+            CAST(:dead AS text[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead,
+                 ev_type, ev_data)
     ), retried AS (
         UPDATE delivery_queue q
         SET claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at, last_error = r.err
@@ -106,6 +108,11 @@ _FINISH = text(
             AS x(id, token, address, outcome, code, reply)
         JOIN applied a ON a.delivery_id = x.id AND a.token = x.token
         WHERE dr.delivery_id = x.id AND lower(dr.address) = lower(x.address)
+    ), event_rows AS (
+        -- the outbox (SPEC §11): the event is committed with the change it describes, or not at all
+        INSERT INTO delivery_events (delivery_id, type, data)
+        SELECT r.id, r.ev_type, CAST(r.ev_data AS jsonb)
+        FROM r JOIN applied a ON a.delivery_id = r.id AND a.token = r.token
     )
     SELECT delivery_id FROM applied
     """
@@ -226,6 +233,7 @@ class QueueStore:
 
 
 def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
+    events = [record.event for record in records]
     r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
     for record in records:
         for recipient in record.recipient_outcomes:
@@ -252,6 +260,8 @@ def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
         "providers": [r.provider for r in records],
         "durations": [r.duration_ms for r in records],
         "dead": [r.dead_reason for r in records],
+        "event_types": [event.type for event in events],
+        "event_data": [orjson.dumps(event.data).decode() for event in events],
         "r_ids": r_ids,
         "r_tokens": r_tokens,
         "r_addresses": r_addresses,
