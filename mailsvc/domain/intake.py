@@ -8,7 +8,9 @@ from typing import Literal
 from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, ValidationFailed
+from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
+from mailsvc.domain.transitions import acceptance_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,13 @@ class NewDelivery:
     @property
     def send_at(self) -> datetime:
         return self.request.send_at or self.accepted_at
+
+    @property
+    def event(self) -> Event:
+        """What its acceptance tells producers (SPEC §11), written with it."""
+        return acceptance_event(
+            self.status, send_at=self.send_at, expires_at=self.request.expires_at, priority=self.request.priority
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,7 +230,7 @@ async def test_a_worker_killed_mid_attempt_is_recovered_and_delivered(
                 await first.wait_exit()
             # the claim outlives the process (deadline = MAIL_SMTP_TIMEOUT + 30 s); let it lapse now
             await db.conn.execute(
-                "UPDATE deliveries SET claim_deadline = now() - interval '1 second' WHERE delivery_id = $1",
+                "UPDATE delivery_queue SET claim_deadline = now() - interval '1 second' WHERE delivery_id = $1",
                 claimed["delivery_id"],
             )
             gate.open()

@@ -20,6 +20,9 @@ TABLES = {
     "stream_offsets",
     "stream_events",
     "idempotency_keys",
+    "delivery_queue",
+    "delivery_events",
+    "event_cursors",
 }
 
 
@@ -56,7 +59,6 @@ async def _insert_delivery(conn: asyncpg.Connection, **overrides: object) -> uui
         "send_at": "now()",
         "idempotency_key": uuid.uuid4().hex,
         "message_id": f"<{uuid.uuid4().hex}@t>",
-        "next_attempt_at": "now()",
     }
     values.update(overrides)
     columns = ", ".join(values)
@@ -74,11 +76,24 @@ async def test_database_enforces_statuses_and_state_rules(database_dsn: str) -> 
             await _insert_delivery(conn, status="lost")
         with pytest.raises(asyncpg.CheckViolationError):
             await _insert_delivery(conn, source="carrier")
-        with pytest.raises(asyncpg.CheckViolationError):  # sending needs a claim token
+        with pytest.raises(asyncpg.CheckViolationError):  # sending is a claimed queue row, never stored here
             await _insert_delivery(conn, status="sending")
         with pytest.raises(asyncpg.CheckViolationError):  # terminal needs finished_at
-            await _insert_delivery(conn, status="sent", next_attempt_at=None)
-        await _insert_delivery(conn)
+            await _insert_delivery(conn, status="sent")
+        queued = await _insert_delivery(conn)
+        insert_queue_row = (
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline) "
+            "VALUES ($1, 1, now(), $2, $3)"
+        )
+        with pytest.raises(asyncpg.CheckViolationError):  # a claim has a deadline
+            await conn.execute(insert_queue_row, queued, uuid.uuid4(), None)
+        await conn.execute(insert_queue_row, queued, None, None)
+        assert await conn.fetchval("SELECT status FROM delivery_states WHERE delivery_id = $1", queued) == "queued"
+        await conn.execute(
+            "UPDATE delivery_queue SET claim_token = gen_random_uuid(), claim_deadline = now() WHERE delivery_id = $1",
+            queued,
+        )
+        assert await conn.fetchval("SELECT status FROM delivery_states WHERE delivery_id = $1", queued) == "sending"
     finally:
         await conn.close()
 
@@ -110,6 +125,11 @@ async def test_one_idempotency_key_per_scope_and_cascades(database_dsn: str) -> 
             first,
         )
         await conn.execute("DELETE FROM deliveries WHERE delivery_id = $1", first)
+        await conn.execute(
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at) VALUES ($1, 1, now())", second
+        )
+        await conn.execute("DELETE FROM deliveries WHERE delivery_id = $1", second)
+        assert await conn.fetchval("SELECT count(*) FROM delivery_queue") == 0
         for table in ("delivery_recipients", "delivery_payloads", "attempts", "idempotency_keys"):
             count = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE delivery_id = $1", first)
             assert count == 0, table

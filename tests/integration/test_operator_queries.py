@@ -83,7 +83,7 @@ async def table(dsn: str) -> list[Row]:
             """
             SELECT d.delivery_id, d.status, d.source, d.template, d.tags::text AS tags, d.created_at,
                    ARRAY(SELECT lower(r.address) FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id) AS rs
-            FROM deliveries d
+            FROM delivery_states d
             """
         )
     finally:
@@ -248,7 +248,9 @@ async def test_list_items_carry_the_delivery_and_its_to_addresses(api: httpx.Asy
     try:
         for item in body["items"]:
             assert set(item) == ITEM_FIELDS
-            row = await conn.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1", uuid.UUID(item["delivery_id"]))
+            row = await conn.fetchrow(
+                "SELECT * FROM delivery_states WHERE delivery_id = $1", uuid.UUID(item["delivery_id"])
+            )
             to = await conn.fetch(
                 "SELECT address, kind FROM delivery_recipients WHERE delivery_id = $1 ORDER BY position",
                 row["delivery_id"],

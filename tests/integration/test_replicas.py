@@ -70,18 +70,20 @@ async def test_three_replicas_share_the_work_and_survive_the_consumer_being_kill
             # attempt bound rules out a live attempt behind them, let them lapse and recover them.
             await wait_until(
                 lambda: db.conn.fetchval(
+                    # claimed before the kill: its deadline is at most the kill + the 32 s lease
                     """SELECT count(*) = 3000 AND count(*) FILTER (
-                           WHERE status <> 'sent' AND NOT (status = 'sending' AND updated_at < $1
+                           WHERE status <> 'sent' AND NOT (status = 'sending'
+                                 AND claim_deadline < $1::timestamptz + interval '32 seconds'
                                  AND claim_deadline < now() + interval '29 seconds')) = 0
-                       FROM deliveries""",
+                       FROM delivery_states""",
                     killed_at,
                 ),
                 timeout=60,
                 what="everything sent but the killed replica's claims",
             )
             orphans = await db.conn.fetch(
-                "UPDATE deliveries SET claim_deadline = now() - interval '1 second'"
-                " WHERE status = 'sending' RETURNING delivery_id"
+                "UPDATE delivery_queue SET claim_deadline = now() - interval '1 second'"
+                " WHERE claim_token IS NOT NULL RETURNING delivery_id"
             )
             queue = QueueStore(create_engine(database_dsn))
             try:

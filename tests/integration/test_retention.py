@@ -53,15 +53,20 @@ async def delivery(
     terminal = status in ("sent", "dead_lettered", "suppressed")
     await conn.execute(
         """
-        INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id, next_attempt_at,
-                                claim_token, claim_deadline, resend_of, created_at, updated_at, finished_at)
-        VALUES ($1, CASE WHEN $6::uuid IS NULL THEN 'notification' ELSE 'resend' END, $2::text, $3::timestamptz,
-                $4, $5, CASE WHEN $2 = 'queued' THEN $3::timestamptz END,
-                CASE WHEN $2 = 'sending' THEN gen_random_uuid() END, CASE WHEN $2 = 'sending' THEN $3::timestamptz END,
-                $6, $3, $3, $7)
+        INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id,
+                                resend_of, created_at, updated_at, finished_at)
+        VALUES ($1, CASE WHEN $6::uuid IS NULL THEN 'notification' ELSE 'resend' END,
+                CASE WHEN $2::text = 'sending' THEN 'queued' ELSE $2::text END, $3::timestamptz,
+                $4, $5, $6, $3, $3, $7)
         """,
         delivery_id, status, at, f"k-{delivery_id}", f"<{delivery_id}@test>", resend_of, at if terminal else None,
     )  # fmt: skip
+    if not terminal:  # queued, or sending: a claimed queue row
+        await conn.execute(
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline) VALUES"
+            " ($1, 1, $2::timestamptz, CASE WHEN $3 THEN gen_random_uuid() END, CASE WHEN $3 THEN $2::timestamptz END)",
+            delivery_id, at, status == "sending",
+        )  # fmt: skip
     await conn.execute(
         "INSERT INTO delivery_recipients (delivery_id, position, kind, address) VALUES ($1, 0, 'to', 'a@example.com'),"
         " ($1, 1, 'bcc', 'b@example.com')",
@@ -164,10 +169,10 @@ async def test_large_backlogs_go_in_bounded_batches(conn: asyncpg.Connection, en
 # Deliveries for the volume test, built in one statement: `live` queued ones (never deleted) and
 # `expired` sent ones finished long ago, each of those with its own key.
 SCALE_DELIVERIES = """
-INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id, next_attempt_at,
+INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id,
                         created_at, updated_at, finished_at)
 SELECT gen_random_uuid(), 'notification', CASE WHEN g <= $1::int THEN 'queued' ELSE 'sent' END, $3::timestamptz,
-       'scale-' || g, '<' || g || '@scale.test>', CASE WHEN g <= $1::int THEN $3::timestamptz END, $3, $3,
+       'scale-' || g, '<' || g || '@scale.test>', $3, $3,
        CASE WHEN g > $1::int THEN $3::timestamptz END
 FROM generate_series(1, $1::int + $2::int) AS g
 """

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 
 from mailsvc.bootstrap import build_runtime
@@ -106,7 +107,7 @@ class Ledger:
 
     async def delivery(self, key: str, source: str = "notification") -> asyncpg.Record | None:
         return await self.conn.fetchrow(
-            "SELECT * FROM deliveries WHERE idempotency_key = $1 AND source = $2", key, source
+            "SELECT * FROM delivery_states WHERE idempotency_key = $1 AND source = $2", key, source
         )
 
     async def attempts(self, delivery_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -117,13 +118,20 @@ class Ledger:
     async def dead_letter(self, delivery_id: uuid.UUID) -> asyncpg.Record | None:
         return await self.conn.fetchrow("SELECT * FROM dead_letters WHERE delivery_id = $1", delivery_id)
 
+    async def events(self, delivery_id: uuid.UUID) -> list[tuple[str, Any]]:
+        """The delivery's events (type, data), in the order readers see them: (xid, seq)."""
+        rows = await self.conn.fetch(
+            "SELECT type, data FROM delivery_events WHERE delivery_id = $1 ORDER BY xid, seq", delivery_id
+        )
+        return [(row["type"], orjson.loads(row["data"])) for row in rows]
+
     async def recipients(self, delivery_id: uuid.UUID) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             "SELECT * FROM delivery_recipients WHERE delivery_id = $1 ORDER BY position", delivery_id
         )
 
     async def count(self, where: str = "true", *args: Any) -> int:
-        value: int = await self.conn.fetchval(f"SELECT count(*) FROM deliveries WHERE {where}", *args)
+        value: int = await self.conn.fetchval(f"SELECT count(*) FROM delivery_states WHERE {where}", *args)
         return value
 
     async def wait_status(

@@ -3,7 +3,8 @@
 Row `g` (1..n) is deterministic: statuses, sources, templates, tags, recipients and creation times
 vary with `g`; pairs of rows share a `created_at` so the id tie-break of the keyset is exercised.
 Nothing is due: queued rows wait until 2100 and `sending` claims expire then too, so a running
-service's scheduler leaves the table alone.
+service's scheduler leaves the table alone. Queued and sending ones get their `delivery_queue` row
+(`sending` is a claimed one).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import asyncpg
 _DELIVERIES = """
 INSERT INTO deliveries (
     delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
-    idempotency_key, message_id, tags, attempt_count, next_attempt_at, last_error, claim_token, claim_deadline,
-    created_at, updated_at, finished_at)
+    idempotency_key, message_id, tags, attempt_count, last_error, created_at, updated_at, finished_at)
 SELECT
     CAST(md5('seed:' || g) AS uuid),
     (ARRAY['notification', 'auth', 'resend'])[1 + g % 3],
-    s.status,
+    CASE WHEN s.status = 'sending' THEN 'queued' ELSE s.status END,
     (ARRAY['auth.login_code', 'notification.generic', 'auth.password_reset', NULL])[1 + g % 4],
     CASE WHEN g % 4 <> 3 THEN (ARRAY['en', 'pt-BR'])[1 + g % 2] END,
     CASE WHEN g % 4 <> 3 THEN 'digest-' || (g % 4) END,
@@ -30,10 +30,7 @@ SELECT
     CASE WHEN g % 5 = 0 THEN '{}'::jsonb
          ELSE jsonb_build_object('tenant', 't' || (g % 7), 'campaign', 'c' || (g % 11)) END,
     CASE s.status WHEN 'suppressed' THEN 0 WHEN 'queued' THEN g % 2 WHEN 'sending' THEN 1 ELSE 1 + g % 3 END,
-    CASE WHEN s.status = 'queued' THEN timestamptz '2100-01-01' END,
     CASE WHEN s.status = 'dead_lettered' THEN '550 mailbox unavailable' END,
-    CASE WHEN s.status = 'sending' THEN gen_random_uuid() END,
-    CASE WHEN s.status = 'sending' THEN timestamptz '2100-01-01' END,
     c.created,
     c.created + interval '1 minute',
     CASE WHEN s.status IN ('sent', 'dead_lettered', 'suppressed') THEN c.created + interval '1 minute' END
@@ -41,6 +38,15 @@ FROM generate_series(1, $1::int) g,
 LATERAL (SELECT (ARRAY['sent', 'sent', 'sent', 'sent', 'sent', 'dead_lettered', 'suppressed', 'queued',
                        'sending', 'sent'])[1 + (g * 7) % 10] AS status) s,
 LATERAL (SELECT $2::timestamptz - (g / 2) * interval '17 seconds' AS created) c
+"""
+
+_QUEUE = """
+INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, attempt_count, claim_token, claim_deadline)
+SELECT CAST(md5('seed:' || g) AS uuid), g % 3, timestamptz '2100-01-01',
+       CASE WHEN (g * 7) % 10 = 8 THEN 1 ELSE g % 2 END,
+       CASE WHEN (g * 7) % 10 = 8 THEN gen_random_uuid() END,
+       CASE WHEN (g * 7) % 10 = 8 THEN timestamptz '2100-01-01' END
+FROM generate_series(1, $1::int) g WHERE (g * 7) % 10 IN (7, 8)
 """
 
 _RECIPIENTS = """
@@ -77,7 +83,7 @@ SELECT d.delivery_id, n, d.created_at + n * interval '1 second', d.created_at + 
             ELSE 'transient_failure' END,
        CASE WHEN n < d.attempt_count THEN 451 WHEN d.status = 'sent' THEN 250 ELSE 550 END,
        'reply ' || n, NULL, 'stub', 10 * n
-FROM deliveries d, generate_series(1, d.attempt_count) n
+FROM delivery_states d, generate_series(1, d.attempt_count) n
 WHERE d.attempt_count > 0 AND d.status <> 'sending'
 """
 
@@ -97,6 +103,7 @@ async def seed_deliveries(dsn: str, count: int) -> None:
         newest = await conn.fetchval("SELECT now() - interval '1 hour'")
         async with conn.transaction():
             await conn.execute(_DELIVERIES, count, newest)
+            await conn.execute(_QUEUE, count)
             await conn.execute(_RECIPIENTS, count)
             await conn.execute(_PAYLOADS)
             await conn.execute(_ATTEMPTS)

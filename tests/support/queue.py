@@ -34,11 +34,11 @@ class Queue:
         return accepted.delivery_id
 
     async def row(self, delivery_id: uuid.UUID) -> Any:
-        return await self.db.conn.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1", delivery_id)
+        return await self.db.conn.fetchrow("SELECT * FROM delivery_states WHERE delivery_id = $1", delivery_id)
 
     async def expire_claim(self, delivery_id: uuid.UUID) -> None:
         await self.db.conn.execute(
-            "UPDATE deliveries SET claim_deadline = now() - interval '1 second' WHERE delivery_id = $1", delivery_id
+            "UPDATE delivery_queue SET claim_deadline = now() - interval '1 second' WHERE delivery_id = $1", delivery_id
         )
 
 

@@ -45,26 +45,36 @@ _CLAIM_KEYS = text(
 _EXISTING_KEYS = text(
     """
     SELECT k.key, k.request_hash, k.delivery_id, k.expires_at, d.status
-    FROM idempotency_keys k JOIN deliveries d ON d.delivery_id = k.delivery_id
+    FROM idempotency_keys k JOIN delivery_states d ON d.delivery_id = k.delivery_id
     WHERE k.source = :source AND k.key = ANY(CAST(:keys AS text[]))
     """
 )
 
+# a queued delivery gets its queue row (migration 0004), and every one its first event (the outbox,
+# SPEC §11), in the same statement
 _INSERT_DELIVERIES = text(
     """
-    INSERT INTO deliveries (
-        delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
-        idempotency_key, message_id, tags, next_attempt_at, resend_of, created_at, updated_at, finished_at,
-        traceparent)
-    SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb),
-           CASE WHEN st = 'queued' THEN sa END, ro, ca, ca, CASE WHEN st <> 'queued' THEN ca END, tp
-    FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:sources AS text[]), CAST(:statuses AS text[]),
-        CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
-        CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
-        CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
-        CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]))
-        AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp)
+    WITH t AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:sources AS text[]), CAST(:statuses AS text[]),
+            CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
+            CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
+            CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
+            CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]),
+            CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed)
+    ), events AS (
+        INSERT INTO delivery_events (delivery_id, type, data) SELECT id, et, CAST(ed AS jsonb) FROM t
+    ), rows AS (
+        INSERT INTO deliveries (
+            delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
+            idempotency_key, message_id, tags, resend_of, created_at, updated_at, finished_at, traceparent)
+        SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb), ro, ca, ca,
+               CASE WHEN st <> 'queued' THEN ca END, tp
+        FROM t
+    )
+    INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at)
+    SELECT id, pri, sa FROM t WHERE st = 'queued'
     """
 )
 
@@ -206,6 +216,7 @@ class IntakeStore:
         return outcomes
 
     async def _insert_deliveries(self, conn: DriverConnection, created: Sequence[NewDelivery]) -> None:
+        events = [d.event for d in created]
         try:
             await conn.execute(
                 _INSERT_DELIVERIES,
@@ -225,6 +236,8 @@ class IntakeStore:
                     "resend_of": [d.resend_of for d in created],
                     "created": [d.accepted_at for d in created],
                     "traceparents": [d.traceparent for d in created],
+                    "event_types": [event.type for event in events],
+                    "event_data": [orjson.dumps(event.data).decode() for event in events],
                 },
             )
         except asyncpg.ForeignKeyViolationError as exc:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,34 +26,40 @@ from mailsvc.domain import transitions
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
 from mailsvc.domain.transitions import AttemptRecord
 
+# A delivery that is not terminal has one row in `delivery_queue` (migration 0004): claims, retries,
+# recovery and releases touch only that narrow row; `deliveries` itself is written at the end.
+
 # The CTE fences the LIMIT: without it the planner may update more rows than asked (PITFALLS).
 _CLAIM = text(
     """
     WITH due AS (
-        SELECT delivery_id FROM deliveries
-        WHERE status = 'queued' AND next_attempt_at <= now()
+        SELECT delivery_id FROM delivery_queue
+        WHERE claim_token IS NULL AND next_attempt_at <= now()
         ORDER BY priority, next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
-        UPDATE deliveries d
-        SET status = 'sending', claim_token = gen_random_uuid(),
-            claim_deadline = now() + make_interval(secs => :lease_s),
-            attempt_count = d.attempt_count + 1, next_attempt_at = NULL, updated_at = now()
-        FROM due WHERE d.delivery_id = due.delivery_id
-        RETURNING d.delivery_id, d.claim_token, d.attempt_count, d.message_id, d.expires_at, d.priority,
-                  d.traceparent
+        UPDATE delivery_queue q
+        SET claim_token = gen_random_uuid(), claim_deadline = now() + make_interval(secs => :lease_s),
+            attempt_count = q.attempt_count + 1
+        FROM due WHERE q.delivery_id = due.delivery_id
+        RETURNING q.delivery_id, q.claim_token, q.attempt_count, q.priority
     )
-    SELECT c.delivery_id, c.claim_token, c.attempt_count, c.message_id, c.expires_at, p.mime, c.traceparent,
+    SELECT c.delivery_id, c.claim_token, c.attempt_count, d.message_id, d.expires_at, p.mime, d.traceparent,
            ARRAY(SELECT r.address FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
            ARRAY(SELECT r.kind FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS kinds
-    FROM claimed c JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
+    FROM claimed c
+    JOIN deliveries d ON d.delivery_id = c.delivery_id
+    JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
     ORDER BY c.priority
     """
 )
 
+# One statement per batch of results, each fenced by its claim token: a retry updates the queue row,
+# an end deletes it and writes the delivery's final state, and every result writes its attempt (and
+# dead letter, recipients' outcomes) — a late record for a re-claimed delivery writes nothing at all.
 _FINISH = text(
     """
     WITH r AS (
@@ -62,18 +69,28 @@ _FINISH = text(
             CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:outcomes AS text[]),
             CAST(:ambiguous AS boolean[]), CAST(:codes AS integer[]), CAST(:replies AS text[]),
             CAST(:classes AS text[]), CAST(:providers AS text[]), CAST(:durations AS integer[]),
-            CAST(:dead AS text[]))
-            AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead)
-    ), applied AS (
-        UPDATE deliveries d
-        SET status = r.status, claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at,
-            last_error = r.err, updated_at = r.fin,
-            finished_at = CASE WHEN r.status IN ('sent', 'dead_lettered') THEN r.fin END
+            CAST(:dead AS text[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead,
+                 ev_type, ev_data)
+    ), retried AS (
+        UPDATE delivery_queue q
+        SET claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at, last_error = r.err
         FROM r
-        WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
-        RETURNING d.delivery_id, r.token
+        WHERE q.delivery_id = r.id AND q.claim_token = r.token AND r.status = 'queued'
+        RETURNING q.delivery_id, r.token
+    ), ended AS (
+        DELETE FROM delivery_queue q USING r
+        WHERE q.delivery_id = r.id AND q.claim_token = r.token AND r.status <> 'queued'
+        RETURNING q.delivery_id, r.token, q.attempt_count
+    ), final AS (
+        UPDATE deliveries d
+        SET status = r.status, attempt_count = e.attempt_count, last_error = r.err, updated_at = r.fin,
+            finished_at = r.fin
+        FROM ended e JOIN r ON r.id = e.delivery_id AND r.token = e.token
+        WHERE d.delivery_id = e.delivery_id
+    ), applied AS (
+        SELECT delivery_id, token FROM retried UNION ALL SELECT delivery_id, token FROM ended
     ), attempt_rows AS (
-        -- children join on the token too: a late record for the same delivery in this batch writes nothing
         INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, ambiguous, smtp_code,
                               smtp_reply, error_class, provider, duration_ms)
         SELECT r.id, r.num, r.started, r.fin, r.outcome, r.amb, r.code, r.reply, r.cls, r.prov, r.dur
@@ -91,6 +108,11 @@ _FINISH = text(
             AS x(id, token, address, outcome, code, reply)
         JOIN applied a ON a.delivery_id = x.id AND a.token = x.token
         WHERE dr.delivery_id = x.id AND lower(dr.address) = lower(x.address)
+    ), event_rows AS (
+        -- the outbox (SPEC §11): the event is committed with the change it describes, or not at all
+        INSERT INTO delivery_events (delivery_id, type, data)
+        SELECT r.id, r.ev_type, CAST(r.ev_data AS jsonb)
+        FROM r JOIN applied a ON a.delivery_id = r.id AND a.token = r.token
     )
     SELECT delivery_id FROM applied
     """
@@ -100,8 +122,8 @@ _FINISH = text(
 # same statement as any other result, in the same transaction as this row lock
 _STALE = text(
     """
-    SELECT delivery_id, claim_token, attempt_count FROM deliveries
-    WHERE status = 'sending' AND claim_deadline < now()
+    SELECT delivery_id, claim_token, attempt_count FROM delivery_queue
+    WHERE claim_token IS NOT NULL AND claim_deadline < now()
     ORDER BY claim_deadline
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -110,21 +132,20 @@ _STALE = text(
 
 _RELEASE = text(
     """
-    UPDATE deliveries d
-    SET status = 'queued', claim_token = NULL, claim_deadline = NULL, next_attempt_at = now(),
-        attempt_count = d.attempt_count - 1, updated_at = now()
+    UPDATE delivery_queue q
+    SET claim_token = NULL, claim_deadline = NULL, next_attempt_at = now(), attempt_count = q.attempt_count - 1
     FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS r(id, token)
-    WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
+    WHERE q.delivery_id = r.id AND q.claim_token = r.token
     """
 )
 
 # a claim whose result cannot be stored: stale recovery takes it on its next pass, not at the deadline
 _EXPIRE = text(
     """
-    UPDATE deliveries d
-    SET claim_deadline = now(), updated_at = now()
+    UPDATE delivery_queue q
+    SET claim_deadline = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS r(id, token)
-    WHERE d.delivery_id = r.id AND d.claim_token = r.token AND d.status = 'sending'
+    WHERE q.delivery_id = r.id AND q.claim_token = r.token
     """
 )
 
@@ -132,7 +153,7 @@ _EXPIRE = text(
 _CLAIM_SQL = DriverStatement(_CLAIM)
 _FINISH_SQL = DriverStatement(_FINISH)
 
-_DUE_BACKLOG = text("SELECT count(*) FROM deliveries WHERE status = 'queued' AND next_attempt_at <= now()")
+_DUE_BACKLOG = text("SELECT count(*) FROM delivery_queue WHERE claim_token IS NULL AND next_attempt_at <= now()")
 
 
 class QueueStore:
@@ -212,6 +233,7 @@ class QueueStore:
 
 
 def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
+    events = [record.event for record in records]
     r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
     for record in records:
         for recipient in record.recipient_outcomes:
@@ -238,6 +260,8 @@ def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
         "providers": [r.provider for r in records],
         "durations": [r.duration_ms for r in records],
         "dead": [r.dead_reason for r in records],
+        "event_types": [event.type for event in events],
+        "event_data": [orjson.dumps(event.data).decode() for event in events],
         "r_ids": r_ids,
         "r_tokens": r_tokens,
         "r_addresses": r_addresses,

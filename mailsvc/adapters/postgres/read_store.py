@@ -30,26 +30,32 @@ from mailsvc.domain.views import (
     RecipientView,
 )
 
+# Read from `delivery_states` (migration 0004): the delivery as the API shows it, `sending` while its
+# queue row is claimed and the queue's scheduling state while it is not terminal.
 _COLUMNS = """d.delivery_id, d.source, d.status, d.template, d.locale, d.template_digest, d.priority, d.send_at,
     d.expires_at, d.idempotency_key, d.message_id, d.tags, d.attempt_count, d.next_attempt_at, d.last_error,
     d.resend_of, d.created_at, d.updated_at, d.finished_at"""
+# `sending` is a queued delivery whose queue row is claimed: filters on it stay on the indexes of
+# `deliveries` (status, created) and probe the queue row by its key
+_CLAIMED = "EXISTS (SELECT 1 FROM delivery_queue q WHERE q.delivery_id = d.delivery_id AND q.claim_token IS NOT NULL)"
 _TO = """ARRAY(SELECT r.address FROM delivery_recipients r
                WHERE r.delivery_id = d.delivery_id AND r.kind = 'to' ORDER BY r.position)"""
 _ATTEMPTS = """ARRAY(SELECT ROW(a.number, a.started_at, a.finished_at, a.outcome, a.ambiguous, a.smtp_code,
                             a.smtp_reply, a.error_class, a.provider, a.duration_ms)
                FROM attempts a WHERE a.delivery_id = d.delivery_id ORDER BY a.number, a.attempt_id)"""
 
-# The page is chosen first (index order, LIMIT), then each of its rows gets its recipients.
+# The page is chosen first on `deliveries` (index order, LIMIT), then each of its rows gets its
+# state and recipients.
 _LIST_DELIVERIES = """
     WITH page AS (
-        SELECT {columns} FROM deliveries d
+        SELECT d.delivery_id FROM deliveries d
         {where}
         ORDER BY d.created_at DESC, d.delivery_id DESC
         LIMIT :limit
     )
-    SELECT d.*, {to} AS to_addresses,
+    SELECT {columns}, {to} AS to_addresses,
            (SELECT count(*) FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id) AS recipient_count
-    FROM page d
+    FROM page JOIN delivery_states d ON d.delivery_id = page.delivery_id
     ORDER BY d.created_at DESC, d.delivery_id DESC
 """
 
@@ -65,7 +71,7 @@ DETAIL = text(
            {_ATTEMPTS} AS attempts,
            ARRAY(SELECT x.delivery_id FROM deliveries x
                  WHERE x.resend_of = d.delivery_id ORDER BY x.created_at, x.delivery_id) AS resends
-    FROM deliveries d
+    FROM delivery_states d
     LEFT JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
     LEFT JOIN dead_letters dl ON dl.delivery_id = d.delivery_id
     WHERE d.delivery_id = :id
@@ -82,7 +88,7 @@ _DEAD_LETTERS = """
         LIMIT :limit
     )
     SELECT page.*, d.source, d.status, d.template, d.attempt_count, {to} AS to_addresses
-    FROM page JOIN deliveries d ON d.delivery_id = page.delivery_id
+    FROM page JOIN deliveries d ON d.delivery_id = page.delivery_id  -- dead-lettered: terminal, no queue row
     ORDER BY page.created_at DESC, page.delivery_id DESC
 """
 
@@ -101,7 +107,7 @@ _RESEND_SOURCE = text(
            p.subject, p.text_body, p.html_body, p.reply_to, p.headers,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name)
                  FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients
-    FROM deliveries d JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
+    FROM delivery_states d JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
     WHERE d.delivery_id = :id
     """
 )
@@ -122,7 +128,9 @@ def delivery_list_statement(query: DeliveryFilter, page: PageRequest) -> tuple[s
     """The SQL and parameters of one page of `GET /deliveries` (public for EXPLAIN in tests)."""
     conditions: list[str] = []
     params: dict[str, Any] = {"limit": page.limit}
-    if query.status is not None:
+    if query.status in ("queued", "sending"):
+        conditions.append(f"d.status = 'queued' AND {'' if query.status == 'sending' else 'NOT '}{_CLAIMED}")
+    elif query.status is not None:
         conditions.append("d.status = :status")
         params["status"] = query.status
     if query.source is not None:
