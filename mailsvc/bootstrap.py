@@ -29,6 +29,7 @@ from mailsvc.adapters.stub_provider import StubProvider
 from mailsvc.adapters.telemetry import setup_telemetry
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
+from mailsvc.domain.mime import ascii_address
 from mailsvc.domain.model import Address
 from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.templates import CatalogError
@@ -158,7 +159,7 @@ def build_execution(
         policy=RetryPolicy(
             settings.work.retry_base_delay, settings.work.retry_max_delay, settings.work.retry_max_attempts
         ),
-        envelope_from=settings.smtp.from_email,
+        envelope_from=ascii_address(settings.smtp.from_email),  # its wire form, once
         # the provider bounds the whole attempt by MAIL_SMTP_TIMEOUT; this is the safety net
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,

@@ -42,7 +42,6 @@ from aiosmtplib import (
 
 from mailsvc.adapters.smtp_pipeline import ReplyTap
 from mailsvc.adapters.smtp_transaction import Attempt, Envelope, transact, wire_payload
-from mailsvc.domain.mime import ascii_address
 from mailsvc.domain.model import OutgoingMessage, ProviderName, RecipientResult, SendResult
 from mailsvc.domain.server_text import server_text
 from mailsvc.logs import mask_address, mask_addresses
@@ -117,17 +116,18 @@ class SmtpProvider:
         """One attempt for `message`, bounded by `MAIL_SMTP_TIMEOUT`. Returns the verdict; never
         raises for SMTP, network or TLS failures (only cancellation propagates)."""
         state = Attempt(delivery_id=str(message.delivery_id))
-        try:
-            sender = ascii_address(message.envelope_from)
-        except ValueError:
+        # Addresses were normalised once, at acceptance (validation): they arrive in their wire form
+        # (ASCII, IDN domains in punycode). This only makes sure no stored byte can become a command.
+        sender = message.envelope_from
+        if not _wire_safe(sender):
             _log.error("smtp.invalid_sender", extra={"delivery_id": state.delivery_id})
             return _transient("invalid_sender")
         recipients: list[tuple[str, str]] = []
         invalid: list[RecipientResult] = []
         for recipient in message.recipients:
-            try:
-                recipients.append((recipient, ascii_address(recipient)))
-            except ValueError:
+            if _wire_safe(recipient):
+                recipients.append((recipient, recipient))
+            else:
                 invalid.append(RecipientResult(recipient, False, None, "invalid address"))
         if not recipients:
             return SendResult("permanent_failure", error_class="invalid_address", recipients=tuple(invalid))
@@ -334,3 +334,10 @@ async def _quit(client: SMTP) -> None:
         pass
     finally:
         client.close()
+
+
+_WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+")  # printable ASCII, no space: what a normalised address is
+
+
+def _wire_safe(address: str) -> bool:
+    return len(address) <= 320 and _WIRE_ADDRESS.fullmatch(address) is not None and "<" not in address

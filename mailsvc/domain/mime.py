@@ -45,6 +45,8 @@ _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _ASCII_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[A-Za-z0-9.:-]+\]")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _HEADER_NAME = re.compile(r"X-[A-Za-z0-9-]+", re.IGNORECASE)
+# a plain ASCII dot-atom address with an LDH domain: what `ascii_address` returns unchanged
+_WIRE_FORM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 def _reject_line_breaks(what: str, value: str) -> None:
@@ -133,8 +135,11 @@ def _unstructured(name: str, value: str) -> str:
 
 @lru_cache(maxsize=4096)
 def _mailbox_tokens(address: Address) -> tuple[str, ...]:
-    """The foldable pieces of one mailbox: display-name words, then `<addr>` (or a bare addr)."""
-    addr = ascii_address(address.email)
+    """The foldable pieces of one mailbox: display-name words, then `<addr>` (or a bare addr).
+
+    Validation hands over addresses in their wire form already (normalised once, there): only
+    anything else — a configured sender, an IDN spelled in Unicode — is normalised here."""
+    addr = address.email if _WIRE_FORM.fullmatch(address.email) else ascii_address(address.email)
     name = address.name
     if not name:
         return (addr,)
