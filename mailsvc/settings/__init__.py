@@ -6,8 +6,10 @@
   parser, default, one line of meaning (what the service talks to; how it does its work)
 - `groups.py`   the root `Settings`, one field per group
 - `load.py`     `load_settings`: the walk, then the rules across fields; `describe`
+- `docs.py`     `.env.example` and the README table, generated from the declarations
 
-Adding a setting: declare the field in its group, then read it where it is used.
+Adding a setting: declare the field in its group, read it where it is used, and run
+`make settings-docs` (the README's Configuration section has the steps).
 """
 
 from mailsvc.settings.behaviour import (

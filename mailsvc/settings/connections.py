@@ -148,7 +148,7 @@ class PostgresSettings:
         "MAIL_POSTGRES_OPERATION_TIMEOUT",
         positive_duration,
         default=timedelta(seconds=5),
-        doc="Bound on each statement (server-side statement_timeout) and on connecting.",
+        doc="Bound on each statement (server-side statement_timeout; the client gives up 1s later) and on connecting.",
     )
     max_open_conns: int = setting(
         "MAIL_POSTGRES_MAX_OPEN_CONNS",

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from devtools import settings_docs
+from mailsvc.cli import main
 from mailsvc.domain.mime import ascii_address
 from mailsvc.settings import (
     HostPort,
@@ -19,6 +21,7 @@ from mailsvc.settings import (
     parse_host_port,
 )
 from mailsvc.settings.declare import Problems, Variable, declarations, read_group, setting, settings_group
+from mailsvc.settings.docs import TABLE_END, env_example, markdown_table, with_table
 from mailsvc.settings.load import group_types
 from mailsvc.settings.values import int_in, positive_duration
 
@@ -261,6 +264,35 @@ def _env_example_values() -> dict[str, str]:
     """The variables `.env.example` sets (not the commented-out ones), as written."""
     lines = (REPO / ".env.example").read_text().splitlines()
     return dict(line.partition("=")[::2] for line in lines if re.match(r"(MAIL|OTEL)_", line))
+
+
+def test_env_example_is_what_the_declarations_print() -> None:
+    assert (REPO / ".env.example").read_text() == env_example(), "stale .env.example: run `make settings-docs`"
+
+
+def test_readme_table_is_what_the_declarations_print() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert markdown_table() in readme
+    assert with_table(readme) == readme, "stale settings table in README.md: run `make settings-docs`"
+
+
+def test_mailsvc_settings_prints_the_env_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["settings", "--env-example"]) == 0
+    assert capsys.readouterr().out == (REPO / ".env.example").read_text()
+    assert main(["settings", "--markdown"]) == 0
+    assert capsys.readouterr().out == markdown_table()
+
+
+def test_settings_docs_rewrites_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make settings-docs`: the stale file and the stale table become what the declarations print,
+    the README around the table stays as it was."""
+    (tmp_path / ".env.example").write_text("MAIL_GONE=1\n")
+    stale = f"# Title\n\nbefore\n\n{markdown_table().splitlines()[0]}\n| old | table |\n{TABLE_END}\nafter\n"
+    (tmp_path / "README.md").write_text(stale)
+    assert settings_docs.main(tmp_path) == 0
+    assert (tmp_path / ".env.example").read_text() == env_example()
+    assert (tmp_path / "README.md").read_text() == f"# Title\n\nbefore\n\n{markdown_table()}after\n"
+    assert "rewritten" in capsys.readouterr().out
 
 
 def test_env_example_lists_every_variable_with_a_comment() -> None:
