@@ -195,7 +195,8 @@ class SmtpSettings:
         sender,
         default="mailsvc@localhost",
         example="",  # left unset: copied into a .env, the stub's sender would mask smtp mode's requirement
-        doc="Envelope sender and From address (ASCII local part); required in smtp mode.",
+        doc="Envelope sender and From address (ASCII local part); required in smtp mode,"
+        " mailsvc@localhost in stub mode.",
     )
     from_name: str = setting("MAIL_SMTP_FROM_NAME", single_line, default="", doc="Display name in From.")
     timeout: timedelta = setting(

@@ -101,6 +101,8 @@ def setting(
     default, and its `example` (which must parse) is what `.env.example` shows."""
     if "\n" in doc or not doc.strip():
         raise ValueError(f"{name}: the doc is one non-empty line")
+    if required == (default is not MISSING):
+        raise TypeError(f"{name}: a setting has a default or is required, not both or neither")
     variable = Variable(name, parse, doc, required=required, allow_empty=allow_empty, example=example)
     if required:
         return field(metadata={_KEY: variable})

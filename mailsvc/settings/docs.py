@@ -13,7 +13,6 @@ from typing import Any
 
 from mailsvc.settings.declare import Variable, declarations, example_text, external_variables, title
 from mailsvc.settings.load import group_types
-from mailsvc.settings.values import format_value
 
 _ENV_HEADER = """\
 # mailsvc configuration. Every variable with its default; copy to .env (read at startup) or export.
@@ -61,7 +60,7 @@ def markdown_table() -> str:
     for heading, declared, group in _sections():
         rows.append(f"| **{heading}** | | |")
         for item, variable in declared:
-            default = "required" if variable.required else _code(format_value(item.default))
+            default = "required" if variable.required else _code(example_text(item, variable))
             rows.append(f"| `{variable.name}` | {default} | {_cell(variable.doc)} |")
         for external in external_variables(group) if group else ():
             rows.append(f"| `{external.name}` | read by the library itself | {_cell(external.doc)} |")

@@ -455,3 +455,5 @@ def test_a_group_needs_a_title_and_a_setting_one_line_of_meaning() -> None:
 
     with pytest.raises(ValueError, match="one non-empty line"):
         setting("SAMPLE_VALUE", int, default=1, doc="first line\nsecond line")
+    with pytest.raises(TypeError, match="not both or neither"):
+        setting("SAMPLE_VALUE", int, doc="Neither a default nor required.")  # type: ignore[call-overload]
