@@ -8,7 +8,7 @@ LOCK := requirements.lock
 # e.g. `make lock LOCK_FLAGS=--upgrade` to move every pin to the newest allowed release
 LOCK_FLAGS ?=
 
-.PHONY: install run test lint format bench chaos lock
+.PHONY: install run test lint format bench chaos lock settings-docs
 
 # The runtime set exactly as locked and hash-checked (what the image installs), then the project
 # and its dev tools on top, with the lock's pins as constraints so no dev tool moves one.
@@ -53,3 +53,7 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	mkdir -p bench-results
 	$(BIN)/mailsvc bench chaos > bench-results/chaos.json
+
+# .env.example and README's settings table, rewritten from the declarations in mailsvc/settings/
+settings-docs: $(STAMP)
+	$(BIN)/python -m devtools.settings_docs

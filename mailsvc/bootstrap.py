@@ -116,7 +116,7 @@ async def _check_postgres(engine: AsyncEngine, role: str, settings: Settings) ->
 async def open_resources(settings: Settings) -> Resources:
     """Open and check every connection; raise `StartupError` (one clear line) on the first failure."""
     redis_commands = commands_client(settings.redis)
-    redis_stream = stream_client(settings.redis, settings.work.stream_block_timeout.total_seconds())
+    redis_stream = stream_client(settings.redis, settings.stream.block_timeout.total_seconds())
     primary, replicas = engines_from_settings(settings.postgres)
     resources = Resources(redis_commands, redis_stream, primary, replicas)
     try:
@@ -133,17 +133,17 @@ async def open_resources(settings: Settings) -> Resources:
 
 def load_catalog(settings: Settings) -> TemplateCatalog:
     try:
-        return TemplateCatalog.load(settings.work.template_dir)
+        return TemplateCatalog.load(settings.templates.dir)
     except CatalogError as error:
         listing = "\n  ".join(error.problems)
         raise StartupError(
-            f"template catalog {settings.work.template_dir} is invalid ({len(error.problems)} problems):\n  {listing}"
+            f"template catalog {settings.templates.dir} is invalid ({len(error.problems)} problems):\n  {listing}"
         ) from error
 
 
 def build_provider(settings: Settings) -> Provider:
     if settings.smtp.mode == "smtp":
-        return SmtpProvider(settings.smtp, settings.work.attempt_worker_concurrency)
+        return SmtpProvider(settings.smtp, settings.workers.concurrency)
     return StubProvider(settings.smtp.stub_outbox_dir)
 
 
@@ -156,9 +156,7 @@ def build_execution(
     queue = QueueStore(resources.primary)
     execution = ExecutionService(
         provider=provider,
-        policy=RetryPolicy(
-            settings.work.retry_base_delay, settings.work.retry_max_delay, settings.work.retry_max_attempts
-        ),
+        policy=RetryPolicy(settings.retry.base_delay, settings.retry.max_delay, settings.retry.max_attempts),
         envelope_from=ascii_address(settings.smtp.from_email),  # its wire form, once
         # the provider bounds the whole attempt by MAIL_SMTP_TIMEOUT; this is the safety net
         attempt_timeout=smtp_timeout.total_seconds() + 5,
@@ -169,14 +167,14 @@ def build_execution(
     pool = WorkerPool(
         execution=execution,
         writer=ResultWriter(queue, lease=lease, instruments=instruments),
-        concurrency=settings.work.attempt_worker_concurrency,
+        concurrency=settings.workers.concurrency,
     )
     scheduler = Scheduler(
         store=queue,
         pool=pool,
         wakeup=wakeup,
         lease=lease,
-        max_attempts=settings.work.retry_max_attempts,
+        max_attempts=settings.retry.max_attempts,
         instruments=instruments,
     )
     pool.on_slot_freed = scheduler.slot_freed
@@ -193,11 +191,11 @@ def build_operator(
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
-    routes = operator_routes(reads, resends, read_timeout=settings.work.operator_request_timeout.total_seconds())
+    routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
     retention = RetentionLoop(
         store=RetentionStore(resources.primary),
-        policy=RetentionPolicy(settings.work.delivery_retention, settings.work.malformed_command_retention),
-        interval=settings.work.cleanup_interval,
+        policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),
+        interval=settings.retention.cleanup_interval,
         instruments=instruments,
     )
     return routes, retention
@@ -217,21 +215,21 @@ async def build_runtime(
             renderer=catalog,
             from_address=Address(settings.smtp.from_email, settings.smtp.from_name or None),
             suppress_auth=settings.smtp.mode == "stub",
-            idempotency_ttl=settings.work.idempotency_ttl,
+            idempotency_ttl=settings.retention.idempotency_ttl,
             stream_key=settings.redis.command_stream,
-            max_rendered_bytes=settings.work.max_rendered_bytes,
+            max_rendered_bytes=settings.templates.max_rendered_bytes,
             wake_scheduler=wakeup.set,
             instruments=instruments,
         )
         consumer = StreamConsumer(
             reader=RedisStreamReader(
-                resources.redis_stream, settings.redis.command_stream, count=settings.work.stream_batch_size
+                resources.redis_stream, settings.redis.command_stream, count=settings.stream.batch_size
             ),
             stream_key=settings.redis.command_stream,
             offsets=intake_store,
             acceptance=acceptance,
             lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"consumer:{settings.redis.command_stream}"),
-            block_ms=int(settings.work.stream_block_timeout.total_seconds() * 1000),
+            block_ms=int(settings.stream.block_timeout.total_seconds() * 1000),
             instruments=instruments,
         )
         scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)

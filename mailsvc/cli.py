@@ -1,4 +1,4 @@
-"""Command line: serve | migrate | dev | templates | send | bench | ops."""
+"""Command line: serve | migrate | dev | templates | send | settings | bench | ops."""
 
 from __future__ import annotations
 
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mailsvc.producer import add_send_arguments
 
     add_send_arguments(commands.add_parser("send", help="XADD a send_email command to the stream"))
+    settings = commands.add_parser("settings", help="print every setting's variable, default and meaning")
+    form = settings.add_mutually_exclusive_group(required=True)
+    form.add_argument("--env-example", action="store_true", help="as .env.example (what `make settings-docs` writes)")
+    form.add_argument("--markdown", action="store_true", help="as the README's table")
     bench = commands.add_parser("bench", help="measure capacity (SPEC §10); part of the development tooling")
     try:  # the bench lives beside the product (top-level `bench` package, dev extra), not in the image
         from bench.cli import add_bench_arguments
@@ -150,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         from mailsvc.producer import send_command
 
         return send_command(args)
+    if args.command == "settings":
+        from mailsvc.settings.docs import env_example, markdown_table
+
+        print(env_example() if args.env_example else markdown_table(), end="")
+        return 0
     if args.command == "bench":
         try:
             from bench.cli import bench_command

@@ -1,20 +1,29 @@
 from __future__ import annotations
 
 import re
+from dataclasses import Field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devtools import settings_docs
+from mailsvc.cli import main
 from mailsvc.domain.mime import ascii_address
 from mailsvc.settings import (
     HostPort,
     SettingsError,
+    describe,
     format_duration,
     load_settings,
     parse_duration,
     parse_host_port,
 )
+from mailsvc.settings.declare import Problems, Variable, declarations, read_group, setting, settings_group
+from mailsvc.settings.docs import TABLE_END, env_example, markdown_table, with_table
+from mailsvc.settings.load import group_types
+from mailsvc.settings.values import int_in, positive_duration
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
@@ -120,7 +129,7 @@ def test_an_idempotency_ttl_longer_than_retention_fails_the_start() -> None:
     with pytest.raises(SettingsError, match="MAIL_IDEMPOTENCY_TTL"):
         load_settings({**BASE, "MAIL_DELIVERY_RETENTION": "12h"})  # against the 24h default TTL
     equal = load_settings({**BASE, "MAIL_IDEMPOTENCY_TTL": "48h", "MAIL_DELIVERY_RETENTION": "48h"})
-    assert equal.work.idempotency_ttl == equal.work.delivery_retention
+    assert equal.retention.idempotency_ttl == equal.retention.delivery_retention
 
 
 def test_defaults_follow_the_spec() -> None:
@@ -132,14 +141,14 @@ def test_defaults_follow_the_spec() -> None:
     assert settings.smtp.mode == "stub"
     assert settings.smtp.tls == "auto"
     assert settings.smtp.insecure_skip_verify is False
-    assert settings.work.attempt_worker_concurrency == 16
-    assert settings.work.idempotency_ttl == timedelta(hours=24)
-    assert settings.work.delivery_retention == timedelta(hours=720)
-    assert settings.work.malformed_command_retention == timedelta(hours=168)
-    assert settings.work.cleanup_interval == timedelta(hours=1)
-    assert settings.work.retry_base_delay == timedelta(seconds=30)
-    assert settings.work.retry_max_delay == timedelta(hours=1)
-    assert settings.work.retry_max_attempts == 10
+    assert settings.workers.concurrency == 16
+    assert settings.retention.idempotency_ttl == timedelta(hours=24)
+    assert settings.retention.delivery_retention == timedelta(hours=720)
+    assert settings.retention.malformed_command_retention == timedelta(hours=168)
+    assert settings.retention.cleanup_interval == timedelta(hours=1)
+    assert settings.retry.base_delay == timedelta(seconds=30)
+    assert settings.retry.max_delay == timedelta(hours=1)
+    assert settings.retry.max_attempts == 10
     assert settings.redis.command_stream == "mail:commands"
 
 
@@ -245,9 +254,45 @@ def test_secrets_never_show_in_repr() -> None:
     assert [t.reveal() for t in settings.http.intake_tokens] == ["tok-a", "tok-b"]
 
 
-def _settings_variables() -> set[str]:
-    source = (REPO / "mailsvc" / "settings.py").read_text()
-    return set(re.findall(r'"((?:MAIL|OTEL)_[A-Z0-9_]+)"', source))
+def _declared() -> dict[str, tuple[Field[Any], Variable[Any]]]:
+    return {
+        variable.name: (item, variable) for group in group_types().values() for item, variable in declarations(group)
+    }
+
+
+def _env_example_values() -> dict[str, str]:
+    """The variables `.env.example` sets (not the commented-out ones), as written."""
+    lines = (REPO / ".env.example").read_text().splitlines()
+    return dict(line.partition("=")[::2] for line in lines if re.match(r"(MAIL|OTEL)_", line))
+
+
+def test_env_example_is_what_the_declarations_print() -> None:
+    assert (REPO / ".env.example").read_text() == env_example(), "stale .env.example: run `make settings-docs`"
+
+
+def test_readme_table_is_what_the_declarations_print() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert markdown_table() in readme
+    assert with_table(readme) == readme, "stale settings table in README.md: run `make settings-docs`"
+
+
+def test_mailsvc_settings_prints_the_env_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["settings", "--env-example"]) == 0
+    assert capsys.readouterr().out == (REPO / ".env.example").read_text()
+    assert main(["settings", "--markdown"]) == 0
+    assert capsys.readouterr().out == markdown_table()
+
+
+def test_settings_docs_rewrites_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make settings-docs`: the stale file and the stale table become what the declarations print,
+    the README around the table stays as it was."""
+    (tmp_path / ".env.example").write_text("MAIL_GONE=1\n")
+    stale = f"# Title\n\nbefore\n\n{markdown_table().splitlines()[0]}\n| old | table |\n{TABLE_END}\nafter\n"
+    (tmp_path / "README.md").write_text(stale)
+    assert settings_docs.main(tmp_path) == 0
+    assert (tmp_path / ".env.example").read_text() == env_example()
+    assert (tmp_path / "README.md").read_text() == f"# Title\n\nbefore\n\n{markdown_table()}after\n"
+    assert "rewritten" in capsys.readouterr().out
 
 
 def test_env_example_lists_every_variable_with_a_comment() -> None:
@@ -258,17 +303,43 @@ def test_env_example_lists_every_variable_with_a_comment() -> None:
         if match:
             listed[match.group(1)] = index
             assert lines[index - 1].startswith("#"), f"{match.group(1)} needs a comment line above it"
-    assert _settings_variables() <= set(listed)
-    assert set(listed) - {"OTEL_EXPORTER_OTLP_ENDPOINT"} <= _settings_variables()
+    assert set(listed) == set(_declared()) | {"OTEL_EXPORTER_OTLP_ENDPOINT"}
+    assert set(_env_example_values()) == set(_declared())  # only the SDK's own endpoint is commented out
 
 
-def test_env_example_values_parse() -> None:
-    env = dict(BASE)
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if re.match(r"(MAIL|OTEL)_", line):
-            name, _, value = line.partition("=")
-            env[name] = value
-    load_settings(env)
+def test_defaults_round_trip_through_env_example() -> None:
+    """Every value `.env.example` writes loads back as the declared default (a required variable
+    as its parsed example): the formatter and the parsers agree, and copying the file changes nothing."""
+    loaded = load_settings(_env_example_values())
+    for name, group in group_types().items():
+        for item, variable in declarations(group):
+            expected = variable.parse(variable.example or "") if variable.required else item.default
+            assert getattr(getattr(loaded, name), item.name) == expected, variable.name
+
+
+def test_every_variable_the_settings_code_names_is_declared() -> None:
+    """Names written out by hand (cross-field messages) cannot drift from the declarations."""
+    source = "".join(path.read_text() for path in (REPO / "mailsvc" / "settings").glob("*.py"))
+    named = set(re.findall(r"\b((?:MAIL|OTEL)_[A-Z0-9_]+)\b", source))
+    assert named <= set(_declared()) | {"OTEL_EXPORTER_OTLP_ENDPOINT"}
+
+
+def test_each_variable_is_declared_once_with_one_line_of_meaning() -> None:
+    names = [variable.name for group in group_types().values() for _, variable in declarations(group)]
+    assert len(names) == len(set(names))
+    for _, variable in _declared().values():
+        assert variable.doc.strip(), variable.name
+        assert "\n" not in variable.doc, variable.name
+        assert re.fullmatch(r"(MAIL|OTEL)_[A-Z0-9_]+", variable.name)
+
+
+def test_describe_masks_secrets_and_names_every_group() -> None:
+    settings = load_settings({**BASE, "MAIL_REDIS_PASSWORD": "hunter2", "MAIL_SMTP_PASSWORD": "smtp-secret"})
+    described = describe(settings)
+    assert list(described) == list(group_types())
+    assert "hunter2" not in repr(described)
+    assert "smtp-secret" not in repr(described)
+    assert described["retry"]["max_attempts"] == "10"
 
 
 def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,7 +347,7 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(name, raising=False)
     dotenv = tmp_path / ".env"
     dotenv.write_text("\n".join(f"{k}={v}" for k, v in BASE.items()) + "\nMAIL_ATTEMPT_WORKER_CONCURRENCY=7\n")
-    assert load_settings(dotenv=dotenv).work.attempt_worker_concurrency == 7
+    assert load_settings(dotenv=dotenv).workers.concurrency == 7
 
 
 @pytest.mark.parametrize(
@@ -285,11 +356,104 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
      ("64 KiB", 64 * 1024), ("1MB", 1_000_000), ("4096B", 4096)],
 )  # fmt: skip
 def test_max_rendered_bytes_takes_byte_sizes(text: str, expected: int) -> None:
-    assert load_settings(BASE).work.max_rendered_bytes == 1024 * 1024  # SPEC §7 default: 1MiB
-    assert load_settings({**BASE, "MAIL_MAX_RENDERED_BYTES": text}).work.max_rendered_bytes == expected
+    assert load_settings(BASE).templates.max_rendered_bytes == 1024 * 1024  # SPEC §7 default: 1MiB
+    assert load_settings({**BASE, "MAIL_MAX_RENDERED_BYTES": text}).templates.max_rendered_bytes == expected
 
 
 @pytest.mark.parametrize("text", ["1.5MiB", "lots", "-1", "0", "1TiB", "100", "MiB", "1 Mi B"])
 def test_max_rendered_bytes_refuses_what_is_not_a_usable_size(text: str) -> None:
     with pytest.raises(SettingsError, match="MAIL_MAX_RENDERED_BYTES: "):
         load_settings({**BASE, "MAIL_MAX_RENDERED_BYTES": text})
+
+
+# --- the loader itself, on a group of its own ---------------------------------------------
+
+
+@settings_group
+class _Sample:
+    """Sample."""
+
+    needed: int = setting("SAMPLE_NEEDED", int_in(1, 9), required=True, example="1", doc="A required number.")
+    delay: timedelta = setting("SAMPLE_DELAY", positive_duration, default=timedelta(seconds=5), doc="A duration.")
+    fixed: int = 7  # not a variable: the loader leaves it alone
+
+
+def _read(env: dict[str, str]) -> tuple[_Sample, list[str]]:
+    problems = Problems()
+    return read_group(_Sample, env, problems), problems.lines
+
+
+def test_the_loader_parses_set_values_and_defaults_unset_or_blank_ones() -> None:
+    assert _read({"SAMPLE_NEEDED": " 3 ", "SAMPLE_DELAY": "250ms"}) == (_Sample(3, timedelta(milliseconds=250)), [])
+    assert _read({"SAMPLE_NEEDED": "3", "SAMPLE_DELAY": "  "}) == (_Sample(3), [])
+    assert _read({"SAMPLE_NEEDED": "3"})[0].delay == timedelta(seconds=5)
+
+
+def test_the_loader_ignores_variables_nothing_declares() -> None:
+    assert _read({"SAMPLE_NEEDED": "3", "SAMPLE_NEDED": "x", "SAMPLE_FIXED": "9", "fixed": "9"}) == (_Sample(3), [])
+    unknown = {"MAIL_NO_SUCH_SETTING": "x", "MAIL_REDIS_DATABASE": "nine", "MAIL_WORK_TEMPLATE_DIR": "/nowhere"}
+    assert load_settings({**BASE, **unknown}) == load_settings(BASE)
+
+
+def test_a_bad_value_and_a_missing_required_one_are_reported_in_one_error() -> None:
+    sample, problems = _read({"SAMPLE_DELAY": "soon"})
+    assert problems == [
+        "SAMPLE_NEEDED: required but not set",
+        "SAMPLE_DELAY: 'soon' is not a duration (use Go syntax such as 250ms, 2s, 1m30s, 24h)",
+    ]
+    assert sample == _Sample(1)  # stand-ins (the example, the default) that the caller never hands out
+    env = {k: v for k, v in BASE.items() if k != "MAIL_POSTGRES_PRIMARY_DSN"}
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**env, "MAIL_REDIS_DB": "16"})
+    assert caught.value.problems == [
+        "MAIL_REDIS_DB: 16 out of range 0-15",
+        "MAIL_POSTGRES_PRIMARY_DSN: required but not set",
+    ]
+    assert str(caught.value) == "\n".join(caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"MAIL_POSTGRES_MAX_OPEN_CONNS": "4", "MAIL_POSTGRES_MAX_IDLE_CONNS": "5"},
+            "MAIL_POSTGRES_MAX_IDLE_CONNS: must not exceed MAIL_POSTGRES_MAX_OPEN_CONNS",
+        ),
+        (
+            {"MAIL_RETRY_BASE_DELAY": "2m", "MAIL_RETRY_MAX_DELAY": "1m"},
+            "MAIL_RETRY_BASE_DELAY: must not exceed MAIL_RETRY_MAX_DELAY",
+        ),
+    ],
+)
+def test_each_cross_field_rule_reports_one_line(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, **env})
+    assert caught.value.problems == [problem]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MAIL_POSTGRES_MAX_OPEN_CONNS": "lots", "MAIL_POSTGRES_MAX_IDLE_CONNS": "50"},
+        {"MAIL_RETRY_BASE_DELAY": "2h", "MAIL_RETRY_MAX_DELAY": "1hour"},
+        {"MAIL_IDEMPOTENCY_TTL": "1000h", "MAIL_DELIVERY_RETENTION": "30d"},
+    ],
+)
+def test_a_cross_field_rule_stays_quiet_about_a_value_that_failed(env: dict[str, str]) -> None:
+    """The failed value fell back to its default; comparing against that would blame the other."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, **env})
+    assert len(caught.value.problems) == 1, caught.value.problems
+
+
+def test_a_group_needs_a_title_and_a_setting_one_line_of_meaning() -> None:
+    with pytest.raises(TypeError, match="docstring"):
+
+        @settings_group
+        class _Untitled:
+            value: int = setting("SAMPLE_VALUE", int, default=1, doc="A value.")
+
+    with pytest.raises(ValueError, match="one non-empty line"):
+        setting("SAMPLE_VALUE", int, default=1, doc="first line\nsecond line")
+    with pytest.raises(TypeError, match="not both or neither"):
+        setting("SAMPLE_VALUE", int, doc="Neither a default nor required.")  # type: ignore[call-overload]

@@ -1,0 +1,138 @@
+"""How the service does its work: the process, templates, reading the command stream, attempt
+workers, retries, retention and operator reads. Each field declares its variable, parser, default
+and one line of meaning (`setting`); `.env.example` and the README table are generated from them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES
+from mailsvc.settings.declare import setting, settings_group
+from mailsvc.settings.values import byte_size_in, int_in, one_of, positive_duration
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+@settings_group
+class ProcessSettings:
+    """Process."""
+
+    shutdown_timeout: timedelta = setting(
+        "MAIL_SHUTDOWN_TIMEOUT",
+        positive_duration,
+        default=timedelta(seconds=30),
+        doc="How long SIGTERM/SIGINT waits for running attempts before cancelling them.",
+    )
+    log_level: str = setting(
+        "MAIL_LOG_LEVEL", one_of(*LOG_LEVELS), default="info", doc="debug | info | warn | error (JSON lines on stdout)."
+    )
+
+
+@settings_group
+class TemplateSettings:
+    """Templates."""
+
+    dir: Path = setting(
+        "MAIL_TEMPLATE_DIR",
+        Path,
+        default=Path("templates"),
+        doc="Template catalog folder (one folder per template id).",
+    )
+    max_rendered_bytes: int = setting(  # each rendered body (text, HTML), in UTF-8 bytes
+        "MAIL_MAX_RENDERED_BYTES",
+        byte_size_in(1024, 64 * 1024 * 1024),
+        default=DEFAULT_MAX_RENDERED_BYTES,
+        example="1MiB",
+        doc="Largest rendered text or HTML body (bytes: 1048576, 512KiB, 1MiB); a larger one is render_too_large.",
+    )
+
+
+@settings_group
+class StreamSettings:
+    """Command stream consumer."""
+
+    block_timeout: timedelta = setting(
+        "MAIL_STREAM_BLOCK_TIMEOUT",
+        positive_duration,
+        default=timedelta(seconds=2),
+        doc="XREAD BLOCK time of the stream consumer.",
+    )
+    batch_size: int = setting(
+        "MAIL_STREAM_BATCH_SIZE",
+        int_in(1, 10_000),
+        default=500,
+        doc="XREAD COUNT: commands read and committed per batch.",
+    )
+
+
+@settings_group
+class WorkerSettings:
+    """Attempt workers."""
+
+    concurrency: int = setting(
+        "MAIL_ATTEMPT_WORKER_CONCURRENCY", int_in(1, 1024), default=16, doc="Attempts running at once in this process."
+    )
+
+
+@settings_group
+class RetrySettings:
+    """Retry."""
+
+    base_delay: timedelta = setting(
+        "MAIL_RETRY_BASE_DELAY",
+        positive_duration,
+        default=timedelta(seconds=30),
+        doc="First retry delay; doubles per attempt, with jitter (at most MAIL_RETRY_MAX_DELAY).",
+    )
+    max_delay: timedelta = setting(
+        "MAIL_RETRY_MAX_DELAY", positive_duration, default=timedelta(hours=1), doc="Retry delay cap."
+    )
+    max_attempts: int = setting(
+        "MAIL_RETRY_MAX_ATTEMPTS",
+        int_in(1, 1000),
+        default=10,
+        doc="Attempts before a delivery is dead-lettered as attempts_exhausted.",
+    )
+
+
+@settings_group
+class RetentionSettings:
+    """Retention."""
+
+    idempotency_ttl: timedelta = setting(
+        "MAIL_IDEMPOTENCY_TTL",
+        positive_duration,
+        default=timedelta(hours=24),
+        doc="How long an idempotency key maps to its delivery (at most MAIL_DELIVERY_RETENTION).",
+    )
+    delivery_retention: timedelta = setting(
+        "MAIL_DELIVERY_RETENTION",
+        positive_duration,
+        default=timedelta(hours=720),
+        doc="Terminal deliveries older than this (by finished_at) are deleted.",
+    )
+    malformed_command_retention: timedelta = setting(
+        "MAIL_MALFORMED_COMMAND_RETENTION",
+        positive_duration,
+        default=timedelta(hours=168),
+        doc="Malformed command records older than this are deleted.",
+    )
+    cleanup_interval: timedelta = setting(
+        "MAIL_CLEANUP_INTERVAL",
+        positive_duration,
+        default=timedelta(hours=1),
+        doc="Retention pass interval (the first pass runs at startup).",
+    )
+
+
+@settings_group
+class OperatorSettings:
+    """Operator API."""
+
+    request_timeout: timedelta = setting(
+        "MAIL_OPERATOR_REQUEST_TIMEOUT",
+        positive_duration,
+        default=timedelta(seconds=5),
+        doc="Operator reads taking longer get 504.",
+    )
