@@ -8,7 +8,7 @@ results, so a batch of ordinary successes while sending touches nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -46,29 +46,36 @@ DEFAULT_PROVIDER_POLICY = ProviderPolicy()
 @dataclass(frozen=True, slots=True)
 class ProviderReport:
     """What a batch of attempts tells the shared state, in order: a success (`reset`) first
-    resumes and zeroes the connection failures; then the failures after the last success."""
+    resumes and zeroes the connection failures; then the failures after the last success.
+
+    `reset_started` / `fault_started` are when the attempt that resumes / pauses started: one that
+    started before the state's last change (an attempt in flight when an operator resumed, or when
+    it paused) says nothing about the state since, and is ignored by the store."""
 
     reset: bool = False
     connect_failures: int = 0
     pause_reason: str | None = None
+    reset_started: datetime | None = None
+    fault_started: datetime | None = None
 
     @property
     def empty(self) -> bool:
         return not self.reset and not self.connect_failures and self.pause_reason is None
 
 
-def provider_report(results: Iterable[tuple[datetime, SendResult | None]]) -> ProviderReport:
-    """The report for `(finished_at, result)` pairs (results without a provider verdict say nothing)."""
-    reset, connects, reason = False, 0, None
-    for _, result in sorted((pair for pair in results if pair[1] is not None), key=lambda pair: pair[0]):
+def provider_report(results: Iterable[tuple[datetime, datetime, SendResult | None]]) -> ProviderReport:
+    """The report for `(started_at, finished_at, result)` of each attempt, in the order they
+    finished (results without a provider verdict say nothing)."""
+    report = ProviderReport()
+    for started, _, result in sorted((item for item in results if item[2] is not None), key=lambda item: item[1]):
         assert result is not None
         if result.outcome == "sent":
-            reset, connects, reason = True, 0, None
+            report = ProviderReport(reset=True, reset_started=started)
         elif result.fault == "connect":
-            connects += 1
+            report = replace(report, connect_failures=report.connect_failures + 1)
         elif result.fault == "pause":
-            reason = pause_reason(result)
-    return ProviderReport(reset, connects, reason)
+            report = replace(report, pause_reason=pause_reason(result), fault_started=started)
+    return report
 
 
 def pause_reason(result: SendResult) -> str:

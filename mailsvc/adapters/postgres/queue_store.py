@@ -108,17 +108,20 @@ _CLAIM_LIMITED = text("WITH" + _GATE + _BUCKET + _CLAIM_BODY.format(limit="COALE
 # What the batch says about the provider (`provider_report`), applied to the shared row in the same
 # statement: a success resumes and zeroes the connection failures, a pausing fault or the
 # MAIL_PROVIDER_PAUSE_AFTER-th connection failure in a row pauses. The WHERE clause leaves the row
-# alone (unlocked) when there is nothing to learn: the usual batch of successes while sending.
+# alone (unlocked) when there is nothing to learn: the usual batch of successes while sending. An
+# attempt that started before the last change (in flight when it paused, or was resumed) is not heard.
 # `since = now()` afterwards: this statement changed the state (it is logged once, by its writer).
-_FAILURES = "(CASE WHEN CAST(:p_reset AS boolean) THEN 0 ELSE s.connect_failures END + CAST(:p_connects AS integer))"
-_PAUSES = f"(CAST(:p_reason AS text) IS NOT NULL OR {_FAILURES} >= CAST(:pause_after AS integer))"
-_NEW_STATE = f"(CASE WHEN {_PAUSES} THEN 'paused' WHEN CAST(:p_reset AS boolean) THEN 'sending' ELSE s.state END)"
+_RESETS = "(CAST(:p_reset AS boolean) AND CAST(:p_reset_started AS timestamptz) >= s.since)"
+_FAILURES = f"(CASE WHEN {_RESETS} THEN 0 ELSE s.connect_failures END + CAST(:p_connects AS integer))"
+_FAULTS = "(CAST(:p_reason AS text) IS NOT NULL AND CAST(:p_fault_started AS timestamptz) >= s.since)"
+_PAUSES = f"({_FAULTS} OR {_FAILURES} >= CAST(:pause_after AS integer))"
+_NEW_STATE = f"(CASE WHEN {_PAUSES} THEN 'paused' WHEN {_RESETS} THEN 'sending' ELSE s.state END)"
 _PROVIDER_UPDATE = f"""
         UPDATE provider_state s
         SET connect_failures = {_FAILURES},
             state = {_NEW_STATE},
-            reason = CASE WHEN {_NEW_STATE} = s.state THEN s.reason
-                          WHEN {_PAUSES} THEN COALESCE(CAST(:p_reason AS text), '{CONNECT_FAILURES_REASON}') END,
+            reason = CASE WHEN {_NEW_STATE} = s.state THEN s.reason WHEN {_NEW_STATE} = 'sending' THEN NULL
+                          WHEN {_FAULTS} THEN CAST(:p_reason AS text) ELSE '{CONNECT_FAILURES_REASON}' END,
             since = CASE WHEN {_NEW_STATE} = s.state THEN s.since ELSE now() END,
             next_probe_at = CASE WHEN {_NEW_STATE} = 'sending' THEN NULL
                                  WHEN s.state = 'paused' THEN s.next_probe_at
@@ -283,7 +286,7 @@ class QueueStore:
         return self._applied(rows)
 
     def _finish_params(self, records: Sequence[AttemptRecord]) -> dict[str, Any]:
-        report = provider_report((r.finished_at, r.result) for r in records)
+        report = provider_report((r.started_at, r.finished_at, r.result) for r in records)
         return _finish_params(records) | _report_params(report, self.provider)
 
     def _applied(self, rows: Sequence[Any]) -> set[UUID]:
@@ -386,6 +389,8 @@ def _report_params(report: ProviderReport, policy: ProviderPolicy) -> dict[str, 
         "p_reset": report.reset,
         "p_connects": report.connect_failures,
         "p_reason": report.pause_reason,
+        "p_reset_started": report.reset_started,
+        "p_fault_started": report.fault_started,
         "pause_after": policy.pause_after,
         "probe_s": policy.probe_interval.total_seconds(),
     }
