@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from bench.cpu import CpuWindow
 from bench.infra import BenchEnv, unique_token
 from bench.payloads import PayloadKind
 from bench.processes import BenchError
@@ -62,8 +64,12 @@ class Bench:
             await sink.close()
 
     @contextlib.asynccontextmanager
-    async def services(self, sink: Sink, dsn: str, stream: str, replicas: int | None = None) -> AsyncIterator[Running]:
+    async def services(
+        self, sink: Sink, dsn: str, stream: str, replicas: int | None = None, *, events: bool | None = None
+    ) -> AsyncIterator[Running]:
         options = self.service if replicas is None else replace(self.service, replicas=replicas)
+        if events is not None:
+            options = replace(options, events=events)
         async with running_services(
             options,
             dsn=dsn,
@@ -73,6 +79,13 @@ class Bench:
             sink_port=sink.port,
         ) as running:
             yield running
+
+    async def cpu_window(self, dsn: str, running: Running) -> CpuWindow:
+        """CPU of the services and PostgreSQL, and WAL, from now until its `stop()` (bench/cpu.py)."""
+        database = urlsplit(dsn).path.lstrip("/")
+        window = CpuWindow(self.env.admin_dsn, database, [service.process.pid for service in running.processes])
+        await window.start()
+        return window
 
 
 def run_token() -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mailsvc
+from bench.cpu import process_cpu_s
 from bench.payloads import FROM_EMAIL
 from bench.processes import BenchError, stop_process
 from devtools.embedded import free_port
@@ -36,6 +37,7 @@ class ServiceOptions:
     concurrency: int = 16
     log_level: str = "warn"
     extra_env: tuple[tuple[str, str], ...] = ()
+    events: bool = True  # False: MAIL_REDIS_EVENT_STREAM empty, delivery events are not published (SPEC §11)
 
 
 def template_dir() -> Path:
@@ -64,6 +66,8 @@ def service_env(options: ServiceOptions, *, dsn: str, redis_addr: str, redis_pas
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
     }
+    if not options.events:
+        env["MAIL_REDIS_EVENT_STREAM"] = ""
     env.update(dict(options.extra_env))
     return env
 
@@ -129,13 +133,8 @@ class ServiceProcess:
         return None
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far, from /proc (Linux), or None."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far (with the children it waited for), from /proc (Linux), or None."""
+        return process_cpu_s(self.process.pid, children=True)
 
     async def stop(self) -> None:
         self.cpu_s = self.cpu_seconds()
