@@ -65,8 +65,16 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def services(
-        self, sink: Sink, dsn: str, stream: str, replicas: int | None = None, *, events: bool | None = None
+        self,
+        sink: Sink,
+        dsn: str,
+        stream: str,
+        replicas: int | None = None,
+        *,
+        events: bool | None = None,
+        window: CpuWindow | None = None,
     ) -> AsyncIterator[Running]:
+        """The services; `window` (from `cpu_window`) starts when the first of them answers."""
         options = self.service if replicas is None else replace(self.service, replicas=replicas)
         if events is not None:
             options = replace(options, events=events)
@@ -77,15 +85,14 @@ class Bench:
             redis_password=self.env.redis_password,
             stream=stream,
             sink_port=sink.port,
+            on_first_ready=window.start if window is not None else None,
         ) as running:
             yield running
 
-    async def cpu_window(self, dsn: str, running: Running) -> CpuWindow:
-        """CPU of the services and PostgreSQL, and WAL, from now until its `stop()` (bench/cpu.py)."""
-        database = urlsplit(dsn).path.lstrip("/")
-        window = CpuWindow(self.env.admin_dsn, database, [service.process.pid for service in running.processes])
-        await window.start()
-        return window
+    def cpu_window(self, dsn: str) -> CpuWindow:
+        """PostgreSQL CPU and WAL (and the services' CPU handed to its `stop()`) over a window
+        (bench/cpu.py); give it to `services()` to open it when the first replica answers."""
+        return CpuWindow(self.env.admin_dsn, urlsplit(dsn).path.lstrip("/"))
 
 
 def run_token() -> str:

@@ -1,7 +1,10 @@
 """CPU and WAL over a measurement window: the service processes and PostgreSQL, from `/proc`.
 
+The window runs from the first replica's readiness to the sink's last arrival; each replica's own
+CPU is counted from its own readiness (so a later replica's start-up is not in it).
+
 - **Service**: each `mailsvc serve` process's utime + stime, plus cutime + cstime (the children it
-  waited for; it starts none today, so this is for safety).
+  waited for; it starts none today, so this is for safety); read by `bench.service`.
 - **PostgreSQL**: the postmaster is found as the parent of our own backend (`pg_backend_pid()`),
   which needs PostgreSQL on this machine, in our PID namespace. Its cluster's CPU is the
   postmaster's own time + its reaped children's (cutime + cstime: backends that exited) + every
@@ -94,19 +97,19 @@ def _round(value: Any) -> Any:
 
 @dataclass
 class Sample:
-    services: list[float | None]
     cluster: float | None
     run_db: dict[int, float]
     wal_lsn: str
 
 
 class CpuWindow:
-    """`start()` when the window opens, `stop()` when it closes; `figures(deliveries)` after."""
+    """`start()` when the window opens (the first replica answers), `stop(service CPU seconds of
+    each replica since its own readiness)` when it closes; `figures(deliveries)` after."""
 
-    def __init__(self, admin_dsn: str, database: str, service_pids: list[int]) -> None:
+    def __init__(self, admin_dsn: str, database: str) -> None:
         self.admin_dsn = admin_dsn.replace("+asyncpg", "", 1)
         self.database = database
-        self.service_pids = service_pids
+        self.service_s: list[float | None] = []
         self.postmaster: int | None = None
         self.first: Sample | None = None
         self.last: Sample | None = None
@@ -128,19 +131,25 @@ class CpuWindow:
         pids = await self._conn.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'", self.database
         )
-        services = [process_cpu_s(pid, children=True) for pid in self.service_pids]
         cluster = cluster_cpu_s(self.postmaster) if self.postmaster is not None else None
         run_db = _sum_cpu(int(row["pid"]) for row in pids) if self.postmaster is not None else {}
-        return Sample(services, cluster, run_db, lsn)
+        return Sample(cluster, run_db, lsn)
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self.admin_dsn)
-        await self._locate_postmaster(self._conn)
-        self.first = await self._sample()
+        try:
+            self._conn = await asyncpg.connect(self.admin_dsn)
+            await self._locate_postmaster(self._conn)
+            self.first = await self._sample()
+        except (OSError, asyncpg.PostgresError) as exc:
+            self.problems.append(f"no PostgreSQL CPU or WAL figures: {exc}")
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
 
-    async def stop(self) -> None:
-        assert self._conn is not None
-        assert self.first is not None
+    async def stop(self, service_s: list[float | None]) -> None:
+        self.service_s = service_s
+        if self._conn is None or self.first is None:
+            return
         try:
             self.last = await self._sample()
             diff = "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)"
@@ -151,12 +160,9 @@ class CpuWindow:
     def used(self) -> dict[str, Any]:
         """CPU seconds and WAL bytes over the window, by process group."""
         first, last = self.first, self.last
+        out: dict[str, Any] = {"service_s": self.service_s}
         if first is None or last is None:
-            return {}
-        services = [
-            None if a is None or b is None else b - a for a, b in zip(first.services, last.services, strict=True)
-        ]
-        out: dict[str, Any] = {"service_s": services}
+            return out
         if first.cluster is not None and last.cluster is not None:
             run_db = sum(value - first.run_db.get(pid, 0.0) for pid, value in last.run_db.items())
             out["postgres_cluster_s"] = last.cluster - first.cluster

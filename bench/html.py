@@ -6,7 +6,6 @@ time at the sink, the latency distribution and CPU per delivery by process."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,13 +25,17 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _tick(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
     step = 10 ** len(str(int(value))) / 10 if value >= 1 else 0.1
     while step * 10 < value:
         step *= 10
-    for factor in (1, 2, 2.5, 5, 10):
+    for factor in (1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10):
         if step * factor >= value:
             return step * factor
     return value
@@ -54,7 +57,7 @@ def _axes(y_max: float, y_label: str, x_label: str) -> list[str]:
         value = y_max * i / 4
         y = _H - _PAD_B - plot_h * i / 4
         parts.append(f'<line x1="{_PAD_L}" y1="{y:.1f}" x2="{_W - _PAD_R}" y2="{y:.1f}" class="grid"/>')
-        parts.append(_text(_PAD_L - 6, y + 4, _fmt(value), anchor="end"))
+        parts.append(_text(_PAD_L - 6, y + 4, _tick(value), anchor="end"))
     return parts
 
 
@@ -86,11 +89,29 @@ def _e2e_runs(scenarios: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
                     yield f"{name} {part} run {index + 1}", details[part]
 
 
+def _rates(timeline: list[list[float]], step: float = 0.1) -> list[tuple[float, float]]:
+    """(end, deliveries/s) over intervals of at least `step` seconds (a short last one is merged
+    into the one before: the last arrival often lands just after a sample)."""
+    points: list[tuple[float, float]] = []
+    t0, n0 = timeline[0] if timeline else (0.0, 0.0)
+    previous: tuple[float, float] | None = None
+    for t1, n1 in timeline[1:]:
+        if t1 - t0 >= step:
+            points.append((t1, (n1 - n0) / (t1 - t0)))
+            previous, (t0, n0) = (t0, n0), (t1, n1)
+    if timeline and timeline[-1][0] > t0:  # a short tail: widen the last interval to cover it
+        if points and previous is not None:
+            points.pop()
+            t0, n0 = previous
+        t1, n1 = timeline[-1]
+        points.append((t1, (n1 - n0) / (t1 - t0)))
+    return points
+
+
 def throughput_chart(scenarios: dict[str, Any]) -> str:
     series: list[tuple[str, list[tuple[float, float]]]] = []
     for label, details in _e2e_runs(scenarios):
-        timeline = details["sink_timeline"]
-        points = [(t1, (n1 - n0) / (t1 - t0)) for (t0, n0), (t1, n1) in itertools.pairwise(timeline) if t1 > t0]
+        points = _rates(details["sink_timeline"])
         if points:
             series.append((label, points))
     if not series:
@@ -101,7 +122,7 @@ def throughput_chart(scenarios: dict[str, Any]) -> str:
     parts = _axes(y_max, "deliveries/s", "seconds since the service was ready")
     for i in range(5):
         x = _PAD_L + plot_w * i / 4
-        parts.append(_text(x, _H - _PAD_B + 16, _fmt(x_max * i / 4)))
+        parts.append(_text(x, _H - _PAD_B + 16, _tick(x_max * i / 4)))
     for index, (_, points) in enumerate(series):
         path = " ".join(f"{_PAD_L + plot_w * t / x_max:.1f},{_H - _PAD_B - plot_h * r / y_max:.1f}" for t, r in points)
         colour = _COLOURS[index % len(_COLOURS)]
@@ -138,32 +159,33 @@ def latency_chart(scenarios: dict[str, Any]) -> str:
 
 
 def cpu_chart(scenarios: dict[str, Any]) -> str:
-    rows: list[tuple[str, str, float]] = []  # run label, process, ms per delivery
+    runs: list[tuple[str, dict[str, float]]] = []  # run label, {process: ms per delivery}
     for label, details in _e2e_runs(scenarios):
-        for process, value in details.get("cpu", {}).get("cpu_ms_per_delivery_by_process", {}).items():
-            rows.append((label, process, float(value)))
-    if not rows:
+        parts = details.get("cpu", {}).get("cpu_ms_per_delivery_by_process", {})
+        if parts:
+            runs.append((label, {process: float(value) for process, value in parts.items()}))
+    if not runs:
         return '<p class="none">No CPU figures in this run (e2e not run, or /proc not readable).</p>'
-    processes = list(dict.fromkeys(process for _, process, _ in rows))
-    bar, gap, label_w = 14, 8, 250
-    height = _PAD_T + len(rows) * bar + len({label for label, _, _ in rows}) * gap + 30
-    x_max = _nice_max(max(value for _, _, value in rows))
-    plot_w = _W - label_w - _PAD_R - 60
-    parts, y, previous = [], float(_PAD_T), None
-    for label, process, value in rows:
-        if label != previous:
-            y += gap
-            previous = label
-        colour = _COLOURS[processes.index(process) % len(_COLOURS)]
-        parts.append(_text(label_w - 6, y + bar - 3, f"{label} · {process}", anchor="end", extra='font-size="11"'))
-        parts.append(
-            f'<rect x="{label_w}" y="{y:.1f}" width="{plot_w * value / x_max:.1f}" height="{bar - 2}" fill="{colour}"/>'
-        )
-        parts.append(_text(label_w + plot_w * value / x_max + 4, y + bar - 3, f"{value:.3f} ms", anchor="start",
-                           extra='font-size="11"'))  # fmt: skip
-        y += bar
-    parts.append(f'<line x1="{label_w}" y1="{_PAD_T}" x2="{label_w}" y2="{y:.1f}" class="axis"/>')
-    body = "\n".join(parts)
+    processes = list(dict.fromkeys(process for _, parts in runs for process in parts))
+    bar, head, label_w = 15, 20, 230
+    height = _PAD_T + sum(head + bar * (len(parts) + 1) for _, parts in runs) + 10
+    x_max = _nice_max(max(sum(parts.values()) for _, parts in runs))
+    plot_w = _W - label_w - _PAD_R - 70
+    svg_parts, y = [], float(_PAD_T)
+    for label, parts in runs:
+        svg_parts.append(_text(8, y + head - 5, label, anchor="start", extra='font-weight="bold"'))
+        y += head
+        for process, value in [*parts.items(), ("total", sum(parts.values()))]:
+            colour = "#555" if process == "total" else _COLOURS[processes.index(process) % len(_COLOURS)]
+            width = plot_w * value / x_max
+            svg_parts.append(_text(label_w - 6, y + bar - 4, process, anchor="end"))
+            svg_parts.append(
+                f'<rect x="{label_w}" y="{y:.1f}" width="{width:.1f}" height="{bar - 3}" fill="{colour}"/>'
+            )
+            svg_parts.append(_text(label_w + width + 4, y + bar - 4, f"{value:.3f} ms", anchor="start"))
+            y += bar
+    svg_parts.append(f'<line x1="{label_w}" y1="{_PAD_T}" x2="{label_w}" y2="{y:.1f}" class="axis"/>')
+    body = "\n".join(svg_parts)
     svg = f'<svg viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" role="img">'
     return f"{svg}<title>CPU per delivery by process</title>\n{body}\n</svg>" + _legend(processes)
 

@@ -56,10 +56,10 @@ async def _e2e_once(
             raw = await raw_ceiling(sink, raw_count, bench.service.concurrency * replicas, bench.sizes.payload)
         await sink.reset()
         await xadd_backlog(bench.env.redis, stream, count, fields_for(run_token(), bench.sizes.payload))
-        async with bench.services(sink, dsn, stream, replicas, events=events) as running:
-            window = await bench.cpu_window(dsn, running)
+        window = bench.cpu_window(dsn)
+        async with bench.services(sink, dsn, stream, replicas, events=events, window=window) as running:
             last = await wait_for_count(sink, count, timeline=timeline)
-            await window.stop()
+            await window.stop([service.cpu_since_ready() for service in running.processes])
         received = await sink.stats()
         counts = await table_counts(dsn)
     seconds = (last - running.ready_ns) / 1e9
@@ -70,7 +70,8 @@ async def _e2e_once(
     figures.update(window.figures(count))
     details: dict[str, Any] = {"sink": sink.kind, "replicas": replicas, "rows": counts, "services": running.summary()}
     details["cpu"] = window.details(count)
-    details["sink_timeline"] = [[round((t - running.ready_ns) / 1e9, 3), n] for t, n in timeline]
+    # the sink was reset before the services started: nothing had arrived when the first answered
+    details["sink_timeline"] = [[0.0, 0], *([round((t - running.ready_ns) / 1e9, 3), n] for t, n in timeline)]
     if raw is not None:
         details["raw"] = {**raw, "connections": bench.service.concurrency * replicas}
     if received.bytes is not None:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,11 @@ class ServiceProcess:
             async with asyncio.timeout(5):
                 await asyncio.gather(*self.readers, return_exceptions=True)
 
+    def cpu_since_ready(self) -> float | None:
+        """CPU seconds used since this replica answered HTTP, or None."""
+        now = self.cpu_seconds()
+        return None if now is None or self.cpu_ready is None else now - self.cpu_ready
+
     def _cpu_used(self) -> float | None:
         if self.cpu_s is None or self.cpu_ready is None:
             return None
@@ -177,9 +182,12 @@ async def _start_one(env: dict[str, str], cwd: Path, port: int) -> ServiceProces
 
 
 @contextlib.asynccontextmanager
-async def running_services(options: ServiceOptions, **where: Any) -> AsyncIterator[Running]:
+async def running_services(
+    options: ServiceOptions, on_first_ready: Callable[[], Awaitable[None]] | None = None, **where: Any
+) -> AsyncIterator[Running]:
     """`options.replicas` services, all ready; stopped (SIGTERM, then kill) on the way out.
 
+    `on_first_ready` is awaited the moment the first replica answers (a measurement window opens).
     `where`: dsn, redis_addr, redis_password, stream, sink_port (see `service_env`)."""
     # a folder without a .env: the bench sets every variable the service reads
     with tempfile.TemporaryDirectory(prefix="mailsvc-bench-service-") as cwd:
@@ -189,7 +197,19 @@ async def running_services(options: ServiceOptions, **where: Any) -> AsyncIterat
                 port = free_port()
                 env = service_env(options, http_port=port, **where)
                 running.processes.append(await _start_one(env, Path(cwd), port))
-            readiness = await asyncio.gather(*(service.wait_ready() for service in running.processes))
+            first = asyncio.Lock()
+            fired = False
+
+            async def ready(service: ServiceProcess) -> int:
+                nonlocal fired
+                answered = await service.wait_ready()
+                async with first:
+                    if on_first_ready is not None and not fired:
+                        fired = True
+                        await on_first_ready()
+                return answered
+
+            readiness = await asyncio.gather(*(ready(service) for service in running.processes))
             running.ready_ns = min(readiness)
             yield running
         finally:
