@@ -10,6 +10,7 @@ from uuid import UUID
 from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.transitions import acceptance_event
 
 
@@ -34,6 +35,8 @@ class NewDelivery:
     # set when the request fails validation only because time passed (its `expires_at`): it may
     # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
     replay_only: ValidationFailed | None = None
+    # an operator's write (a resend): recorded with the delivery, only when the delivery is created
+    operator_action: OperatorAction | None = None
 
     @property
     def send_at(self) -> datetime:

@@ -21,8 +21,9 @@ from uuid import UUID
 import idna
 
 from mailsvc.domain.commands import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, TEMPLATE_ID, Problem, ValidationFailed
+from mailsvc.domain.operator_actions import ACTION_KINDS
 
-ListKind = Literal["deliveries", "dead_letters", "malformed"]
+ListKind = Literal["deliveries", "dead_letters", "malformed", "operator_actions"]
 Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
@@ -33,7 +34,7 @@ MAX_PARAM_LENGTH = 1000
 MAX_ADDRESS = 320
 REASON = re.compile(r"[a-z0-9_]{1,64}")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m"}
+_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m", "operator_actions": "a"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,15 @@ def parse_malformed_query(params: Params) -> tuple[str | None, PageRequest]:
     page = read.page("malformed")
     read.done()
     return reason, page
+
+
+def parse_operator_action_query(params: Params) -> tuple[str | None, PageRequest]:
+    """`GET /operator-actions`: an optional `kind`, and the page."""
+    read = _Reader(params, _PAGE | {"kind"})
+    kind = read.choice("kind", ACTION_KINDS)
+    page = read.page("operator_actions")
+    read.done()
+    return kind, page
 
 
 def parse_include(params: Params) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
+from mailsvc.adapters.postgres.operator_actions import record_actions
 from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import NotFound, OffsetMoved
@@ -142,6 +143,7 @@ class IntakeStore:
             created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
             if created:
                 await self._insert_deliveries(conn, created)
+                await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
             judged = [
                 _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
             ]
