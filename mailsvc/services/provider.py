@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailsvc.domain.events import rfc3339
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.provider import ProviderChange, ProviderPolicy, ProviderState
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 
@@ -22,7 +23,7 @@ log = logging.getLogger("mailsvc.provider")
 class ProviderStateStore(Protocol):
     async def state(self) -> ProviderState: ...
 
-    async def resume(self) -> tuple[ProviderState, bool]: ...
+    async def resume(self, action: OperatorAction) -> tuple[ProviderState, bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,10 @@ class ProviderService:
     async def show(self) -> ProviderView:
         return ProviderView(self.mode, await self.store.state(), self.policy)
 
-    async def resume(self) -> ProviderView:
-        """`POST /provider/resume`: sending again at once (a provider already sending is left as it is)."""
-        state, changed = await self.store.resume()
+    async def resume(self, *, actor: str, note: str | None = None) -> ProviderView:
+        """`POST /provider/resume`: sending again at once (a provider already sending is left as it
+        is); audited as a `provider_resume` operator action by `actor`, in the same transaction."""
+        state, changed = await self.store.resume(OperatorAction("provider_resume", actor, note=note))
         if changed:
             self.changed(ProviderChange("sending", None, by="operator"))
         return ProviderView(self.mode, state, self.policy)

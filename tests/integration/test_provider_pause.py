@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 import httpx
+import orjson
 from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
@@ -227,3 +228,8 @@ async def test_resume_through_the_api_sends_before_any_probe_is_due(
             assert datetime.fromisoformat(again["since"]) == run.resumed["since"]
     assert run.during == []
     await assert_none_lost(db)
+    actions = await db.conn.fetch("SELECT kind, actor, counts FROM operator_actions ORDER BY created_at, action_id")
+    assert [(a["kind"], a["actor"], orjson.loads(a["counts"])) for a in actions] == [
+        ("provider_resume", "trusted-network", {"resumed": 1}),
+        ("provider_resume", "trusted-network", {"resumed": 0}),
+    ]

@@ -6,11 +6,15 @@ inside the statements that claim and finish; this is the rest: read it, resume i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.adapters.postgres.operator_actions import record_actions
 from mailsvc.domain.clock import utc_now
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.provider import ProviderState
 
 _READ = text("SELECT state, reason, since, next_probe_at, connect_failures FROM provider_state WHERE id = 1")
@@ -39,14 +43,16 @@ class ProviderStore:
             return _sending()
         return ProviderState(row.state, row.reason, row.since, row.next_probe_at, row.connect_failures)
 
-    async def resume(self) -> tuple[ProviderState, bool]:
-        """Resume sending; the state after, and whether this call changed it (it was paused)."""
+    async def resume(self, action: OperatorAction) -> tuple[ProviderState, bool]:
+        """Resume sending; the state after, and whether this call changed it (it was paused).
+        `action` is recorded in the same transaction, its counts saying `resumed` 1 or 0."""
         async with unavailable_as_domain_error(), self.engine.begin() as conn:
             row = (await conn.execute(_RESUME)).first()
+            changed = row is not None and bool(row.changed)
+            await record_actions(conn, [replace(action, counts={"resumed": int(changed)})])
         if row is None:
             return _sending(), False
-        state = ProviderState(row.state, row.reason, row.since, row.next_probe_at, row.connect_failures)
-        return state, bool(row.changed)
+        return ProviderState(row.state, row.reason, row.since, row.next_probe_at, row.connect_failures), changed
 
 
 def _sending() -> ProviderState:

@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailsvc.http.errors import JsonResponse
+from mailsvc.http.guards import request_actor
 from mailsvc.http.routes.intake import PREFIX
 from mailsvc.services.provider import ProviderService
 
@@ -15,8 +16,8 @@ def provider_routes(provider: ProviderService) -> list[Route]:
     async def show(_: Request) -> Response:
         return JsonResponse((await provider.show()).json())
 
-    async def resume(_: Request) -> Response:
-        return JsonResponse((await provider.resume()).json())
+    async def resume(request: Request) -> Response:
+        return JsonResponse((await provider.resume(actor=request_actor(request.scope))).json())
 
     return [
         Route(f"{PREFIX}/provider", show, methods=["GET"], name="get_provider"),
