@@ -103,7 +103,7 @@ class Instruments:
         meter.create_observable_gauge(
             "mail.provider.paused",
             callbacks=[self._observe("provider_paused")],
-            unit="1",
+            unit="{paused}",  # not "1": the collector would name it mail_provider_paused_ratio
             description="1 while the provider is paused (SPEC §12: no claims but one probe per interval), else 0",
         )
 
