@@ -173,6 +173,7 @@ async def test_a_server_that_is_down_pauses_after_consecutive_connect_failures(
             assert paused["reason"] == "connect_failed"
             assert paused["connect_failures"] >= 5
             run = await pause_then_fix(db, server.start)
+            assert run.paused["reason"] == "connect_failed"
     finally:
         server.stop()
     assert_one_probe_per_interval(run)
@@ -233,3 +234,40 @@ async def test_resume_through_the_api_sends_before_any_probe_is_due(
         ("provider_resume", "trusted-network", {"resumed": 1}),
         ("provider_resume", "trusted-network", {"resumed": 0}),
     ]
+
+
+async def test_a_probe_that_meets_another_fault_keeps_it_paused_with_the_newer_reason(
+    service_env: dict[str, str], redis_client: Redis, stream_key: str, db: Ledger
+) -> None:
+    port = free_port()
+    handler = ScriptedHandler(accept_logins=False)
+    server = SmtpServer(handler, port=port)
+    env = env_for(
+        service_env,
+        HostPort(HOST, port),
+        MAIL_PROVIDER_PAUSE_AFTER="5",
+        MAIL_SMTP_USERNAME="mailsvc",
+        MAIL_SMTP_PASSWORD="wrong",
+    )
+    try:
+        async with in_process_service(env):
+            await xadd_many(redis_client, stream_key, QUEUED)
+            paused = await wait_paused(db)
+            assert paused["reason"] == "connect_failed"
+            server.start()  # up again, but refusing our credentials
+
+            async def auth_refused() -> asyncpg.Record | None:
+                row = await provider_row(db)
+                return row if row["reason"] == "auth_failed 535" else None
+
+            still = await wait_until(auth_refused, timeout=30, what="the reason of the pause updated")
+            assert (still["state"], still["since"]) == ("paused", paused["since"])  # no change of state
+
+            def accept() -> None:
+                handler.accept_logins = True
+
+            run = await pause_then_fix(db, accept, probes=0)
+    finally:
+        server.stop()
+    assert_one_probe_per_interval(run)
+    await assert_none_lost(db)

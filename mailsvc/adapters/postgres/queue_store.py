@@ -120,8 +120,9 @@ _PROVIDER_UPDATE = f"""
         UPDATE provider_state s
         SET connect_failures = {_FAILURES},
             state = {_NEW_STATE},
-            reason = CASE WHEN {_NEW_STATE} = s.state THEN s.reason WHEN {_NEW_STATE} = 'sending' THEN NULL
-                          WHEN {_FAULTS} THEN CAST(:p_reason AS text) ELSE '{CONNECT_FAILURES_REASON}' END,
+            reason = CASE WHEN {_NEW_STATE} = 'sending' THEN NULL
+                          WHEN {_FAULTS} THEN CAST(:p_reason AS text)  -- a probe's newer fault replaces it
+                          WHEN {_NEW_STATE} = s.state THEN s.reason ELSE '{CONNECT_FAILURES_REASON}' END,
             since = CASE WHEN {_NEW_STATE} = s.state THEN s.since ELSE now() END,
             next_probe_at = CASE WHEN {_NEW_STATE} = 'sending' THEN NULL
                                  WHEN s.state = 'paused' THEN s.next_probe_at
