@@ -162,6 +162,7 @@ def build_execution(
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,
         instruments=instruments,
+        suppression_ttl=settings.retention.suppression_ttl,
     )
     lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
     pool = WorkerPool(

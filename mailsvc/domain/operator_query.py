@@ -27,7 +27,7 @@ Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-STATUSES = ("queued", "sending", "sent", "dead_lettered", "suppressed")
+STATUSES = ("queued", "sending", "sent", "dead_lettered", "suppressed", "cancelled", "superseded")
 SOURCES = ("notification", "auth", "resend")
 MAX_PARAM_LENGTH = 1000
 MAX_ADDRESS = 320

@@ -184,7 +184,7 @@ SCHEMAS: dict[str, Schema] = {
     "Accepted": closed(
         {
             "delivery_id": UUID_STR,
-            "status": {"type": "string", "enum": ["queued", "sending", "sent", "dead_lettered", "suppressed"]},
+            "status": {"type": "string", "enum": list(STATUSES)},
             "idempotent_replay": {"type": "boolean"},
         }
     ),
