@@ -21,8 +21,9 @@ from uuid import UUID
 import idna
 
 from mailsvc.domain.commands import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, TEMPLATE_ID, Problem, ValidationFailed
+from mailsvc.domain.suppression import REASONS, suppression_address
 
-ListKind = Literal["deliveries", "dead_letters", "malformed"]
+ListKind = Literal["deliveries", "dead_letters", "malformed", "suppressions"]
 Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
@@ -33,7 +34,7 @@ MAX_PARAM_LENGTH = 1000
 MAX_ADDRESS = 320
 REASON = re.compile(r"[a-z0-9_]{1,64}")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m"}
+_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m", "suppressions": "s"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Keyset:
     """A position in a newest-first list: the timestamp and id of the last item seen."""
 
     at: datetime
-    key: str  # a UUID (deliveries, dead letters) or an integer (malformed commands), as text
+    key: str  # a UUID (deliveries, dead letters), an integer (malformed commands) or an address, as text
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,10 @@ def decode_cursor(kind: ListKind, cursor: str) -> Keyset:
         at = datetime.fromisoformat(at_text)
         if at.tzinfo is None:
             raise ValueError("naive")
-        canonical = str(int(key)) if kind == "malformed" else str(UUID(key))
+        if kind == "suppressions":
+            canonical = key if key and key == key.lower() else ""
+        else:
+            canonical = str(int(key)) if kind == "malformed" else str(UUID(key))
     except ValueError:
         raise ValueError("not a cursor this API returned") from None
     if canonical != key:
@@ -202,6 +206,22 @@ def parse_malformed_query(params: Params) -> tuple[str | None, PageRequest]:
     page = read.page("malformed")
     read.done()
     return reason, page
+
+
+def parse_suppression_query(params: Params) -> tuple[str | None, str | None, PageRequest]:
+    """`GET /suppressions`: `reason`, `address` (compared as the list stores it) and the page."""
+    read = _Reader(params, _PAGE | {"reason", "address"})
+    reason = read.choice("reason", REASONS)
+    address = read.one("address")
+    if address is not None:
+        try:
+            address = suppression_address(address)
+        except ValueError as exc:
+            read.problems.append(Problem("address", str(exc)))
+            address = None
+    page = read.page("suppressions")
+    read.done()
+    return reason, address, page
 
 
 def parse_include(params: Params) -> bool:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 from uuid import UUID
 
-from mailsvc.domain.commands import normalize_email
+from mailsvc.domain.commands import Problem, ValidationFailed, has_header_unsafe, normalize_email
 from mailsvc.domain.model import RecipientResult
 
 SuppressionReason = Literal["hard_bounce", "complaint", "manual"]
@@ -38,6 +38,65 @@ class Suppression:
     note: str | None
     created_at: datetime
     expires_at: datetime | None
+
+
+MAX_NOTE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionRequest:
+    """`PUT /suppressions/{address}`: an operator's entry (SPEC §12)."""
+
+    address: str
+    reason: SuppressionReason
+    note: str | None
+    expires_at: datetime | None
+
+
+def parse_suppression_request(address: str, body: Any, now: datetime) -> SuppressionRequest:
+    """Validate an operator's entry; raise `ValidationFailed` listing every problem."""
+    problems: list[Problem] = []
+    key = ""
+    try:
+        key = suppression_address(address)
+    except ValueError as exc:
+        problems.append(Problem("address", str(exc)))
+    if not isinstance(body, dict):
+        raise ValidationFailed([*problems, Problem("", "body must be a JSON object")])
+    for name in sorted(set(body) - {"reason", "note", "expires_at"}):
+        problems.append(Problem(str(name), "unknown field"))
+    reason = body.get("reason")
+    if reason not in MANUAL_REASONS:
+        problems.append(Problem("reason", "required: manual or complaint (hard_bounce entries are automatic)"))
+    note = body.get("note")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE or "\x00" in note):
+        problems.append(Problem("note", f"must be a string of at most {MAX_NOTE} characters without NUL"))
+    expires_at = None
+    raw_expiry = body.get("expires_at")
+    if raw_expiry is not None:
+        expires_at = _timestamp(raw_expiry, now, problems)
+    if problems:
+        raise ValidationFailed(problems)
+    assert reason in MANUAL_REASONS
+    return SuppressionRequest(key, reason, note, expires_at)
+
+
+def _timestamp(value: Any, now: datetime, problems: list[Problem]) -> datetime | None:
+    if not isinstance(value, str) or len(value) > 64 or has_header_unsafe(value):
+        problems.append(Problem("expires_at", "must be an RFC 3339 timestamp, e.g. 2026-11-22T10:00:00Z"))
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None or "T" not in value.upper():
+            raise ValueError("no offset")
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        problems.append(Problem("expires_at", "must be an RFC 3339 timestamp with offset, e.g. 2026-11-22T10:00:00Z"))
+        return None
+    if parsed <= now:
+        problems.append(Problem("expires_at", "must be in the future"))
+        return None
+    return parsed
 
 
 def suppression_address(address: str) -> str:
