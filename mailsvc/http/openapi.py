@@ -233,6 +233,7 @@ def _paths() -> dict[str, Any]:
                     "201": _ok("Suppression", "a new entry"),
                     "200": _ok("Suppression", "the entry in force was replaced"),
                     "400": _error("400"),
+                    "404": _error("404", "no route: the address holds a line break"),
                     "413": _error("413"),
                     **_READ_ERRORS,
                 },
