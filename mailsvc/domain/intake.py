@@ -11,6 +11,7 @@ from uuid import UUID
 from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.suppression import key_of
 from mailsvc.domain.transitions import acceptance_event, after_suppression_check, suppressed_reason
 
@@ -38,6 +39,8 @@ class NewDelivery:
     replay_only: ValidationFailed | None = None
     # positions of the recipients on the suppression list at acceptance (SPEC §12): never sent to
     suppressed: frozenset[int] = frozenset()
+    # an operator's write (a resend): recorded with the delivery, only when the delivery is created
+    operator_action: OperatorAction | None = None
 
     @property
     def send_at(self) -> datetime:

@@ -21,9 +21,10 @@ from uuid import UUID
 import idna
 
 from mailsvc.domain.commands import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, TEMPLATE_ID, Problem, ValidationFailed
+from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.suppression import REASONS, suppression_address
 
-ListKind = Literal["deliveries", "dead_letters", "malformed", "suppressions"]
+ListKind = Literal["deliveries", "dead_letters", "malformed", "operator_actions", "suppressions"]
 Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
@@ -34,7 +35,13 @@ MAX_PARAM_LENGTH = 1000
 MAX_ADDRESS = 320
 REASON = re.compile(r"[a-z0-9_]{1,64}")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m", "suppressions": "s"}
+_CURSOR_TAGS: dict[ListKind, str] = {
+    "deliveries": "d",
+    "dead_letters": "l",
+    "malformed": "m",
+    "operator_actions": "a",
+    "suppressions": "s",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +229,15 @@ def parse_suppression_query(params: Params) -> tuple[str | None, str | None, Pag
     page = read.page("suppressions")
     read.done()
     return reason, address, page
+
+
+def parse_operator_action_query(params: Params) -> tuple[str | None, PageRequest]:
+    """`GET /operator-actions`: an optional `kind`, and the page."""
+    read = _Reader(params, _PAGE | {"kind"})
+    kind = read.choice("kind", ACTION_KINDS)
+    page = read.page("operator_actions")
+    read.done()
+    return kind, page
 
 
 def parse_include(params: Params) -> bool:

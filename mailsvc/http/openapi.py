@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import IDEMPOTENCY_KEY
+from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.operator_query import DEFAULT_LIMIT, MAX_LIMIT, SOURCES, STATUSES
 from mailsvc.http.openapi_schemas import SCHEMAS, TIMESTAMP, Schema, ref
 
@@ -265,6 +266,14 @@ def _paths() -> dict[str, Any]:
                     *_PAGE,
                 ],
                 "responses": {"200": _ok("MalformedCommandPage", "one page"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/operator-actions": {
+            "get": {
+                "operationId": "listOperatorActions",
+                "summary": "The audit trail of operator writes, newest first",
+                "parameters": [_query("kind", {"type": "string", "enum": list(ACTION_KINDS)}, "one kind"), *_PAGE],
+                "responses": {"200": _ok("OperatorActionPage", "one page"), **_READ_ERRORS},
             }
         },
         f"{PREFIX}/templates": {

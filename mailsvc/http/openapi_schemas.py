@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import MAX_HEADERS, MAX_RECIPIENTS, MAX_TAGS
+from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.operator_query import SOURCES, STATUSES
 
 Schema = dict[str, Any]
@@ -272,6 +273,28 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
     },
     "SuppressionPage": page_of("Suppression"),
+    "OperatorAction": closed(
+        {
+            "action_id": UUID_STR,
+            "kind": {"type": "string", "enum": list(ACTION_KINDS)},
+            "actor": {
+                "type": "string",
+                "pattern": "^(trusted-network|[0-9a-f]{12})$",
+                "description": "first 12 hex digits of the SHA-256 of the bearer token, or `trusted-network`",
+            },
+            "target": {"type": ["object", "null"], "description": "what it acted on (ids)"},
+            "filter": {"type": ["object", "null"], "description": "the selection of a bulk action"},
+            "counts": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "integer"},
+                "description": "what it did",
+            },
+            "note": OPT_STRING,
+            "created_at": TIMESTAMP,
+        },
+        description="one operator write, recorded in the transaction that made it",
+    ),
+    "OperatorActionPage": page_of("OperatorAction"),
     "DeliveryPage": page_of("DeliveryItem"),
     "DeadLetterPage": page_of("DeadLetterItem"),
     "MalformedCommandPage": page_of("MalformedCommand"),

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from mailsvc.domain.clock import utc_now
 from mailsvc.domain.intake import CancelOutcome
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import Keyset, PageRequest, encode_cursor
 from mailsvc.domain.suppression import Suppression, SuppressionRequest, parse_suppression_request
 from mailsvc.domain.transitions import CancelledBy
@@ -25,15 +26,17 @@ from mailsvc.services.operator_read import OperatorReadStore
 class SuppressionStore(Protocol):
     async def get(self, address: str) -> Suppression | None: ...
 
-    async def put(self, request: SuppressionRequest) -> tuple[Suppression, bool]: ...
+    async def put(self, request: SuppressionRequest, action: OperatorAction) -> tuple[Suppression, bool]: ...
 
-    async def delete(self, address: str) -> bool: ...
+    async def delete(self, address: str, action: OperatorAction) -> bool: ...
 
     async def list(self, reason: str | None, address: str | None, page: PageRequest) -> list[Suppression]: ...
 
 
 class CancelStore(Protocol):
-    async def cancel_delivery(self, delivery_id: UUID, by: CancelledBy) -> CancelOutcome: ...
+    async def cancel_delivery(
+        self, delivery_id: UUID, by: CancelledBy, action: OperatorAction | None = None
+    ) -> CancelOutcome: ...
 
 
 class PolicyService:
@@ -69,22 +72,31 @@ class PolicyService:
             raise NotFound(f"{address!r} is not suppressed")
         return found
 
-    async def put_suppression(self, address: str, body: Any) -> tuple[Suppression, bool]:
-        """Add or replace an operator's entry; True when it is new. Raise `ValidationFailed`."""
+    async def put_suppression(self, address: str, body: Any, *, actor: str) -> tuple[Suppression, bool]:
+        """Add or replace an operator's entry (audited); True when it is new. Raise `ValidationFailed`."""
         request = parse_suppression_request(address, body, self.clock())
-        entry, created = await self.suppressions.put(request)
+        action = OperatorAction(
+            "suppression_add",
+            actor,
+            target={"address": request.address, "reason": request.reason},
+            counts={"added": 1},
+            note=request.note,
+        )
+        entry, created = await self.suppressions.put(request, action)
         self.instruments.suppressions_added.add(1, {"reason": request.reason})
         return entry, created
 
-    async def remove_suppression(self, address: str) -> None:
-        """Raise `NotFound` when no entry is in force."""
-        if not await self.suppressions.delete(address):
+    async def remove_suppression(self, address: str, *, actor: str) -> None:
+        """Remove an entry (audited); raise `NotFound` when none is in force."""
+        action = OperatorAction("suppression_remove", actor, target={"address": address}, counts={"removed": 1})
+        if not await self.suppressions.delete(address, action):
             raise NotFound(f"{address!r} is not suppressed")
 
-    async def cancel(self, delivery_id: UUID) -> DeliveryDetail:
-        """Cancel a queued delivery (committed, SPEC §12) and return it; raise `NotFound`, or
-        `NotCancellable` when it is being sent or finished."""
-        outcome = await self.cancels.cancel_delivery(delivery_id, "operator")
+    async def cancel(self, delivery_id: UUID, *, actor: str) -> DeliveryDetail:
+        """Cancel a queued delivery (committed with its operator action, SPEC §12) and return it;
+        raise `NotFound`, or `NotCancellable` when it is being sent or finished."""
+        action = OperatorAction("cancel", actor, target={"delivery_id": str(delivery_id)}, counts={"cancelled": 1})
+        outcome = await self.cancels.cancel_delivery(delivery_id, "operator", action)
         if outcome.kind == "unknown_target":
             raise NotFound(f"no delivery {delivery_id}")
         if outcome.kind == "not_cancellable":

@@ -7,7 +7,7 @@ what acceptance searches (a claimed delivery is `queued` in `deliveries` too —
 it is sending, and the supersede statement leaves it alone).
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -24,6 +24,7 @@ TABLES = {
     "delivery_events",
     "event_cursors",
     "suppressions",
+    "operator_actions",
 }
 
 

@@ -18,8 +18,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
+from mailsvc.adapters.postgres.operator_actions import record_actions
 from mailsvc.domain import transitions
 from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.stream import parse_id
 from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand
 from mailsvc.errors import NotFound, OffsetMoved
@@ -242,6 +244,7 @@ class IntakeStore:
                     outcomes[index] = replace(
                         outcomes[index], status=d.status, superseded=superseded.get(d.delivery_id, 0)
                     )
+                await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
             judged = [
                 _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
             ]
@@ -408,10 +411,14 @@ class IntakeStore:
         )
         return {UUID(str(row.delivery_id)) for row in rows}
 
-    async def cancel_delivery(self, delivery_id: UUID, by: transitions.CancelledBy) -> CancelOutcome:
-        """Cancel one delivery if it is queued and unclaimed (committed); else why not."""
+    async def cancel_delivery(
+        self, delivery_id: UUID, by: transitions.CancelledBy, action: OperatorAction | None = None
+    ) -> CancelOutcome:
+        """Cancel one delivery if it is queued and unclaimed (committed, with `action` when given:
+        an operator's cancel is audited in its transaction); else why not."""
         async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
             if await self._cancel(conn, [delivery_id], by):
+                await record_actions(conn, [action] if action is not None else [])
                 return CancelOutcome("cancelled", delivery_id)
             found = list(await conn.execute(_EXISTS, {"id": delivery_id}))
         return CancelOutcome("not_cancellable" if found else "unknown_target", delivery_id)

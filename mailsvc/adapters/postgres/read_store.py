@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
 from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, PageRequest
 from mailsvc.domain.views import (
     AttemptView,
@@ -98,6 +99,14 @@ _MALFORMED = """
     FROM malformed_commands m
     {where}
     ORDER BY m.received_at DESC, m.malformed_id DESC
+    LIMIT :limit
+"""
+
+_OPERATOR_ACTIONS = """
+    SELECT a.action_id, a.kind, a.actor, a.target, a.filter, a.counts, a.note, a.created_at
+    FROM operator_actions a
+    {where}
+    ORDER BY a.created_at DESC, a.action_id DESC
     LIMIT :limit
 """
 
@@ -238,6 +247,27 @@ class ReadStore:
                 message=row.message,
                 raw_fields=bytes(row.raw_fields).decode("utf-8", "replace"),
                 received_at=row.received_at,
+            )
+            for row in rows
+        ]
+
+    async def list_operator_actions(self, kind: str | None, page: PageRequest) -> list[OperatorAction]:
+        """The audit trail, newest first (`kind`: only actions of that kind)."""
+        conditions, params = _keyset("a.created_at", "a.action_id", "uuid", page)
+        if kind is not None:
+            conditions.append("a.kind = :kind")
+            params["kind"] = kind
+        rows = await self._rows(text(_OPERATOR_ACTIONS.format(where=_where(conditions))), params)
+        return [
+            OperatorAction(
+                kind=row.kind,
+                actor=row.actor,
+                target=_json(row.target),
+                filter=_json(row.filter),
+                counts=_json(row.counts),
+                note=row.note,
+                action_id=row.action_id,
+                created_at=row.created_at,
             )
             for row in rows
         ]

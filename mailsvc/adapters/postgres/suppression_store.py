@@ -13,6 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.adapters.postgres.operator_actions import record_actions
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import PageRequest
 from mailsvc.domain.suppression import Suppression, SuppressionRequest
 
@@ -60,8 +62,9 @@ class SuppressionStore:
             row = (await conn.execute(_GET, {"address": address})).first()
         return None if row is None else _suppression(row)
 
-    async def put(self, request: SuppressionRequest) -> tuple[Suppression, bool]:
-        """Add or replace the entry (committed); True when there was none in force before."""
+    async def put(self, request: SuppressionRequest, action: OperatorAction) -> tuple[Suppression, bool]:
+        """Add or replace the entry (committed, with its operator action); True when there was
+        none in force before."""
         params = {
             "address": request.address,
             "reason": request.reason,
@@ -70,13 +73,18 @@ class SuppressionStore:
         }
         async with unavailable_as_domain_error(), self.engine.begin() as conn:
             row = (await conn.execute(_PUT, params)).one()
+            await record_actions(conn, [action])
         return _suppression(row), bool(row.created)
 
-    async def delete(self, address: str) -> bool:
-        """Remove the entry (committed); False when there was none in force."""
+    async def delete(self, address: str, action: OperatorAction) -> bool:
+        """Remove the entry (committed, with its operator action); False when there was none in
+        force (an expired one is removed all the same, and no action is recorded)."""
         async with unavailable_as_domain_error(), self.engine.begin() as conn:
             row = (await conn.execute(_DELETE, {"address": address})).first()
-        return row is not None and bool(row.in_force)
+            removed = row is not None and bool(row.in_force)
+            if removed:
+                await record_actions(conn, [action])
+        return removed
 
     async def list(self, reason: str | None, address: str | None, page: PageRequest) -> list[Suppression]:
         """At most `page.limit` entries in force, newest first, after `page.after`."""

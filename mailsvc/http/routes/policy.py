@@ -14,6 +14,7 @@ from mailsvc.domain.operator_query import parse_suppression_query, require_no_pa
 from mailsvc.domain.suppression import Suppression, suppression_address
 from mailsvc.http.bodies import read_json
 from mailsvc.http.errors import JsonResponse, validation_error
+from mailsvc.http.guards import request_actor
 from mailsvc.http.operator_json import detail_json, timestamp
 from mailsvc.http.routes.intake import PREFIX
 from mailsvc.http.routes.operator import _delivery_id, _parse
@@ -53,16 +54,17 @@ def policy_routes(policy: PolicyService, max_body_bytes: int) -> list[Route]:
 
     async def put_suppression(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        entry, created = await policy.put_suppression(request.path_params["address"], body)
+        actor = request_actor(request.scope)
+        entry, created = await policy.put_suppression(request.path_params["address"], body, actor=actor)
         return JsonResponse(suppression_json(entry), status_code=201 if created else 200)
 
     async def delete_suppression(request: Request) -> Response:
-        await policy.remove_suppression(_address(request))
+        await policy.remove_suppression(_address(request), actor=request_actor(request.scope))
         return Response(status_code=204)
 
     async def cancel(request: Request) -> Response:
         delivery_id = _delivery_id(request)
-        return JsonResponse(detail_json(await policy.cancel(delivery_id)))
+        return JsonResponse(detail_json(await policy.cancel(delivery_id, actor=request_actor(request.scope))))
 
     return [
         Route(f"{PREFIX}/suppressions", list_suppressions, methods=["GET"], name="list_suppressions"),
