@@ -23,6 +23,7 @@ from mailsvc.adapters.postgres.provider_store import ProviderStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
+from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
@@ -39,6 +40,7 @@ from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
+from mailsvc.http.routes.policy import policy_routes
 from mailsvc.http.routes.provider import provider_routes
 from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
@@ -53,6 +55,7 @@ from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.policy import PolicyService
 from mailsvc.services.provider import ProviderService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
@@ -188,6 +191,7 @@ def build_execution(
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,
         instruments=instruments,
+        suppression_ttl=settings.retention.suppression_ttl,
     )
     lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
     pool = WorkerPool(
@@ -219,6 +223,13 @@ def build_operator(
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
     routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
+    policy = PolicyService(
+        suppressions=SuppressionStore(resources.primary),
+        cancels=IntakeStore(resources.primary),
+        reads=ReadStore([resources.primary]),
+        instruments=instruments,
+    )
+    routes += policy_routes(policy, settings.http.max_body_bytes)
     retention = RetentionLoop(
         store=RetentionStore(resources.primary),
         policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),

@@ -11,7 +11,7 @@ never locks it when sending without a rate limit.
 provider (paused or pausing): they do not count toward MAIL_RETRY_MAX_ATTEMPTS.
 
 Revision ID: 0007
-Revises: 0008
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0007"
-down_revision = "0008"  # main has 0008 (operator_actions) on 0005
+down_revision = "0006"  # main: 0005 → 0008 (operator_actions) → 0006 (sending policy)
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, malformed, provider, templates
+from mailsvc.ops.commands import dead_letters, deliveries, malformed, provider, suppressions, templates
 from mailsvc.ops.registry import Group
 
-GROUPS: tuple[Group, ...] = (deliveries.GROUP, dead_letters.GROUP, malformed.GROUP, provider.GROUP, templates.GROUP)
+GROUPS: tuple[Group, ...] = (
+    deliveries.GROUP,
+    dead_letters.GROUP,
+    malformed.GROUP,
+    suppressions.GROUP,
+    provider.GROUP,
+    templates.GROUP,
+)
