@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import engines_from_settings
+from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
 from mailsvc.adapters.postgres.notifications import WorkListener
@@ -23,6 +24,7 @@ from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
+from mailsvc.adapters.redis_events import RedisEventWriter
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider
@@ -41,6 +43,7 @@ from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
 from mailsvc.loops.consumer import StreamConsumer
+from mailsvc.loops.publisher import EventPublisher
 from mailsvc.loops.retention import RetentionLoop, RetentionPolicy
 from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
@@ -181,6 +184,22 @@ def build_execution(
     return scheduler, pool, provider
 
 
+def build_publisher(
+    settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
+) -> EventPublisher | None:
+    """The event publisher (SPEC §11), or None when `MAIL_REDIS_EVENT_STREAM` is empty."""
+    stream = settings.redis.event_stream
+    if not stream:
+        return None
+    return EventPublisher(
+        source=EventStore([resources.primary]),
+        sink=RedisEventWriter(resources.redis_commands, stream, maxlen=settings.redis.event_stream_maxlen),
+        stream_key=stream,
+        lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"events:{stream}"),
+        instruments=instruments,
+    )
+
+
 def build_operator(
     settings: Settings,
     resources: Resources,
@@ -193,8 +212,13 @@ def build_operator(
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
     routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
     retention = RetentionLoop(
-        store=RetentionStore(resources.primary),
-        policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),
+        store=RetentionStore(resources.primary, event_stream=settings.redis.event_stream),
+        policy=RetentionPolicy(
+            settings.retention.delivery_retention,
+            settings.retention.malformed_command_retention,
+            # never longer than the delivery's own life (an explicit longer one is refused at load)
+            min(settings.retention.event_retention, settings.retention.delivery_retention),
+        ),
         interval=settings.retention.cleanup_interval,
         instruments=instruments,
     )
@@ -210,6 +234,13 @@ async def build_runtime(
     try:
         wakeup = Wakeup()
         intake_store = IntakeStore(resources.primary)
+        publisher = build_publisher(settings, resources, instruments)
+
+        def work_committed() -> None:
+            wakeup.set()
+            if publisher is not None:
+                publisher.wake()
+
         acceptance = AcceptanceService(
             store=GroupCommitStore(intake_store),
             renderer=catalog,
@@ -218,7 +249,7 @@ async def build_runtime(
             idempotency_ttl=settings.retention.idempotency_ttl,
             stream_key=settings.redis.command_stream,
             max_rendered_bytes=settings.templates.max_rendered_bytes,
-            wake_scheduler=wakeup.set,
+            wake_scheduler=work_committed,
             instruments=instruments,
         )
         consumer = StreamConsumer(
@@ -233,7 +264,10 @@ async def build_runtime(
             instruments=instruments,
         )
         scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)
-        listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
+        if publisher is not None:
+            wake_publisher = publisher.wake
+            pool.writer.on_written = lambda record, applied: wake_publisher() if applied else None
+        listener = WorkListener(settings.postgres.primary_dsn.reveal(), work_committed)
         operator, retention = build_operator(settings, resources, catalog, acceptance, instruments)
         routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator]
         app = create_app(
@@ -244,6 +278,8 @@ async def build_runtime(
         log.info("http_listening", extra={"host": host, "port": port})
         server = build_server(app, settings.http)
         loops: list[Loop] = [consumer, scheduler, pool, listener, retention, *(extra_loops or [])]
+        if publisher is not None:
+            loops.append(publisher)
         if not (settings.http.intake_tokens or settings.http.operator_tokens) and not (settings.http.addr.is_loopback):
             log.warning(
                 "http_listener_unauthenticated",

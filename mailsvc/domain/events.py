@@ -6,10 +6,14 @@ transaction as the status change; the publisher turns stored rows into CloudEven
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from uuid import UUID
 
 EventType = Literal[
     "delivery.queued",
@@ -42,3 +46,74 @@ class Event:
 def rfc3339(value: datetime | None) -> str | None:
     """Timestamps in event data: RFC 3339 with offset, as the producer wrote its own."""
     return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EventPosition:
+    """Where an event sits in the feed: its writing transaction, then its sequence number. Readers
+    go in this order and only below the visibility horizon (migration 0005), so a position once
+    passed can never have an event appear before it."""
+
+    xid: int
+    seq: int
+
+    def token(self) -> str:
+        """The opaque cursor `GET /events` hands out."""
+        return base64.urlsafe_b64encode(f"{self.xid}.{self.seq}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str) -> EventPosition:
+        """Raise `ValueError` for anything that is not a cursor we handed out."""
+        try:
+            xid, _, seq = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii").partition(".")
+            position = cls(int(xid), int(seq))
+        except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+            raise ValueError("not a cursor of this feed") from exc
+        if position.xid < 0 or position.seq < 0:
+            raise ValueError("not a cursor of this feed")
+        return position
+
+
+FEED_START = EventPosition(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One committed event with what a producer needs to match it to its own request."""
+
+    position: EventPosition
+    event_id: UUID
+    delivery_id: UUID
+    type: EventType
+    data: Mapping[str, Any]
+    time: datetime
+    source: str  # the delivery's: notification | auth | resend
+    idempotency_key: str
+    tags: Mapping[str, Any]
+    traceparent: str | None
+
+    def cloud_event(self) -> dict[str, Any]:
+        """CloudEvents 1.0 (SPEC §11), structured JSON mode: `data` and `tags` stay objects."""
+        return {
+            "specversion": "1.0",
+            "id": str(self.event_id),
+            "source": "mailsvc",
+            "type": self.type,
+            "time": self.time.isoformat(),
+            "subject": str(self.delivery_id),
+            "datacontenttype": "application/json",
+            "data": dict(self.data),
+            "traceparent": self.traceparent,
+            "deliverysource": self.source,
+            "idempotencykey": self.idempotency_key,
+            "tags": dict(self.tags),
+        }
+
+    def stream_fields(self) -> dict[str, str]:
+        """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
+        `traceparent` left out when the delivery has no trace)."""
+        event = self.cloud_event()
+        fields = {name: value for name, value in event.items() if isinstance(value, str)}
+        fields["data"] = json.dumps(event["data"], separators=(",", ":"), ensure_ascii=False)
+        fields["tags"] = json.dumps(event["tags"], separators=(",", ":"), ensure_ascii=False)
+        return fields

@@ -118,7 +118,7 @@ async def remaining(conn: asyncpg.Connection, table: str, column: str = "deliver
 
 def report(*, failed: tuple[str, ...] = (), **deleted: int) -> RetentionReport:
     """The report of a pass that deleted `deleted` (zero for every other table)."""
-    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events", "delivery_events")
     return RetentionReport({table: deleted.get(table, 0) for table in tables}, failed)
 
 
@@ -368,7 +368,13 @@ async def test_an_unreachable_database_is_retried_not_fatal(caplog: pytest.LogCa
             await asyncio.wait_for(task, 5)
     finally:
         await engine.dispose()
-    assert passes[0].failed == ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    assert passes[0].failed == (
+        "deliveries",
+        "malformed_commands",
+        "idempotency_keys",
+        "stream_events",
+        "delivery_events",
+    )
     failures = [r for r in caplog.records if r.getMessage() == "retention_step_failed"]
     assert {r.__dict__["error_class"] for r in failures} == {"StoreUnavailable"}
 
