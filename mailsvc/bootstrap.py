@@ -37,6 +37,7 @@ from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
+from mailsvc.http.routes.events import event_routes
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
 from mailsvc.http.server import bind_socket, build_server
@@ -50,6 +51,7 @@ from mailsvc.loops.wakeup import Wakeup
 from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
 from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.event_feed import EventFeedService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
@@ -210,7 +212,10 @@ def build_operator(
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
-    routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
+    read_timeout = settings.operator.request_timeout.total_seconds()
+    routes = operator_routes(reads, resends, read_timeout=read_timeout)
+    feed = EventFeedService(EventStore(resources.replicas or [resources.primary]))
+    routes += event_routes(feed, read_timeout=read_timeout)
     retention = RetentionLoop(
         store=RetentionStore(resources.primary, event_stream=settings.redis.event_stream),
         policy=RetentionPolicy(

@@ -11,7 +11,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -99,7 +99,7 @@ class StoredEvent:
             "id": str(self.event_id),
             "source": "mailsvc",
             "type": self.type,
-            "time": self.time.isoformat(),
+            "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "subject": str(self.delivery_id),
             "datacontenttype": "application/json",
             "data": dict(self.data),

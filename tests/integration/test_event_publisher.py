@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -80,7 +80,8 @@ async def test_an_event_is_published_as_cloudevents_attributes(
     assert queued["data"]["priority"] == "normal"
     assert sent_event["type"] == "delivery.sent"
     assert sent_event["data"]["smtp_code"] == 250
-    assert queued["time"] == rows[0]["created_at"].isoformat()
+    assert datetime.fromisoformat(queued["time"]) == rows[0]["created_at"]
+    assert queued["time"].endswith("Z")
     cursor = await queue.db.conn.fetchrow("SELECT xid::text, seq FROM event_cursors WHERE stream_key = $1", events_key)
     assert cursor["seq"] == (await queue.db.conn.fetchval("SELECT max(seq) FROM delivery_events"))
 
