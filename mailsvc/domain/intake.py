@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
+from mailsvc.domain.stream import parse_id
 from mailsvc.domain.transitions import acceptance_event
 
 
@@ -38,6 +39,14 @@ class NewDelivery:
     @property
     def send_at(self) -> datetime:
         return self.request.send_at or self.accepted_at
+
+    @property
+    def submitted_at(self) -> datetime:
+        """When the producer submitted it: its XADD (the entry id's milliseconds), else acceptance."""
+        if self.stream_entry_id is None:
+            return self.accepted_at
+        ms, _ = parse_id(self.stream_entry_id)
+        return datetime.fromtimestamp(ms / 1000, UTC)
 
     @property
     def event(self) -> Event:

@@ -118,6 +118,8 @@ class ClaimedDelivery:
     mime: bytes
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
     recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
+    source: Source | None = None
+    submitted_at: datetime | None = None  # the producer's XADD or the HTTP acceptance: latency starts here
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ _CLAIM = text(
         RETURNING q.delivery_id, q.claim_token, q.attempt_count, q.priority
     )
     SELECT c.delivery_id, c.claim_token, c.attempt_count, d.message_id, d.expires_at, p.mime, d.traceparent,
+           d.source, d.submitted_at,
            ARRAY(SELECT r.address FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
            ARRAY(SELECT r.kind FROM delivery_recipients r
@@ -179,6 +180,8 @@ class QueueStore:
                 mime=bytes(row["mime"]),
                 traceparent=row["traceparent"],
                 recipient_kinds=tuple(row["kinds"]),
+                source=row["source"],
+                submitted_at=row["submitted_at"],
             )
             for row in rows
         ]
