@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("acceptance", "e2e", "scaleout", "latency", "http", "http-backlog", "soak")
+SCENARIOS = ("acceptance", "e2e", "events", "scaleout", "latency", "http", "http-backlog", "soak")
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -97,7 +97,8 @@ async def _run(args: argparse.Namespace) -> int:
     from bench.stats import median_figures
 
     runners: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
-        "acceptance": scenarios.acceptance, "e2e": scenarios.e2e, "scaleout": scenarios.scaleout,
+        "acceptance": scenarios.acceptance, "e2e": scenarios.e2e, "events": scenarios.events,
+        "scaleout": scenarios.scaleout,
         "latency": scenarios.latency, "http": sustained.http, "http-backlog": scenarios.http_backlog,
         "soak": sustained.soak,
     }  # fmt: skip

@@ -62,8 +62,17 @@ class Bench:
             await sink.close()
 
     @contextlib.asynccontextmanager
-    async def services(self, sink: Sink, dsn: str, stream: str, replicas: int | None = None) -> AsyncIterator[Running]:
+    async def services(
+        self,
+        sink: Sink,
+        dsn: str,
+        stream: str,
+        replicas: int | None = None,
+        extra_env: tuple[tuple[str, str], ...] = (),
+    ) -> AsyncIterator[Running]:
         options = self.service if replicas is None else replace(self.service, replicas=replicas)
+        if extra_env:
+            options = replace(options, extra_env=options.extra_env + extra_env)
         async with running_services(
             options,
             dsn=dsn,

@@ -1,5 +1,6 @@
-"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), scaleout, latency,
-http-backlog (HTTP latency while the consumer works through large commands).
+"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), events (e2e with event
+publishing off and on), scaleout, latency, http-backlog (HTTP latency while the consumer works
+through large commands).
 
 A backlog scenario XADDs every command before the service starts, then times from the moment the
 (first) service answers to the moment the last command is accepted / the sink has the last mail.
@@ -8,12 +9,15 @@ A backlog scenario XADDs every command before the service starts, then times fro
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from bench.context import Bench, RunResult, run_token, table_counts, wait_for_offset
 from bench.http_client import Connection, HttpError
+from bench.infra import events_stream_for
 from bench.payloads import fields_for, http_payload, large_fields_for, xadd_backlog, xadd_paced
 from bench.processes import BenchError
 from bench.raw import raw_ceiling
@@ -71,6 +75,75 @@ async def _e2e_once(bench: Bench, count: int, replicas: int, raw_count: int | No
 async def e2e(bench: Bench) -> RunResult:
     """XADD backlog of N → the sink has all N; and the raw ceiling in the same run."""
     return await _e2e_once(bench, bench.sizes.count, bench.service.replicas, bench.sizes.raw_count or bench.sizes.count)
+
+
+async def _e2e_events_once(bench: Bench, count: int, *, publish: bool) -> RunResult:
+    """The e2e backlog with event publishing on or off; with it on, how long each event waited
+    between its transaction and its XADD (publish lag) and how many were published."""
+    async with bench.sink() as sink, bench.env.run_resources() as (dsn, stream):
+        events_key = events_stream_for(stream)
+        extra = () if publish else (("MAIL_REDIS_EVENT_STREAM", ""),)
+        await sink.reset()
+        await xadd_backlog(bench.env.redis, stream, count, fields_for(run_token(), bench.sizes.payload))
+        async with bench.services(sink, dsn, stream, extra_env=extra) as running:
+            last = await wait_for_count(sink, count)
+            if publish:
+                await _wait_for_events(bench, events_key, 2 * count)
+        lags = await _publish_lags(bench, events_key) if publish else []
+    seconds = (last - running.ready_ns) / 1e9
+    cpu = sum(p.get("cpu_s_after_ready") or 0.0 for p in running.summary())
+    figures: dict[str, float] = {
+        "deliveries_per_s": count / seconds,
+        "seconds": seconds,
+        "service_cpu_ms_per_delivery": 1000 * cpu / count,
+    }
+    lag = summarize_ns(lags)
+    if lag is not None:
+        figures |= {"events": lag["count"], "publish_lag_p50_ms": lag["p50_ms"], "publish_lag_p99_ms": lag["p99_ms"]}
+    return {"figures": figures, "details": {"sink": sink.kind, "services": running.summary(), "publish_lag": lag}}
+
+
+async def _wait_for_events(bench: Bench, key: str, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while int(await bench.env.redis.xlen(key)) < count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"fewer than {count} events in {key} after {timeout:g}s")
+        await asyncio.sleep(0.1)
+
+
+async def _publish_lags(bench: Bench, key: str) -> list[int]:
+    """Per event: its XADD (the entry id's milliseconds) minus its `time` (the writing transaction's)."""
+    lags: list[int] = []
+    after = "-"
+    while True:
+        entries: list[Any] = list(await bench.env.redis.xrange(key, min=after, count=5000) or [])
+        if after != "-":
+            entries = entries[1:]
+        if not entries:
+            return lags
+        for entry_id, fields in entries:
+            added_ms = int(bytes(entry_id).split(b"-")[0])
+            written = datetime.fromisoformat(bytes(fields[b"time"]).decode())
+            lags.append(int((added_ms - written.timestamp() * 1000) * 1_000_000))
+        after = bytes(entries[-1][0]).decode()
+
+
+async def events(bench: Bench) -> RunResult:
+    """The e2e backlog with event publishing off, then on, in the same run (SPEC §10: on >= 90 % of
+    off; publish lag p99 <= 1 s)."""
+    count = bench.sizes.count
+    off = await _e2e_events_once(bench, count, publish=False)
+    on = await _e2e_events_once(bench, count, publish=True)
+    off_rate, on_rate = off["figures"]["deliveries_per_s"], on["figures"]["deliveries_per_s"]
+    figures = {
+        "off_per_s": off_rate,
+        "on_per_s": on_rate,
+        "ratio": on_rate / off_rate,
+        "off_service_cpu_ms_per_delivery": off["figures"]["service_cpu_ms_per_delivery"],
+        "on_service_cpu_ms_per_delivery": on["figures"]["service_cpu_ms_per_delivery"],
+        **{k: v for k, v in on["figures"].items() if k.startswith(("publish_lag", "events"))},
+    }
+    return {"figures": figures, "details": {"off": off["details"], "on": on["details"], "count": count}}
 
 
 async def scaleout(bench: Bench) -> RunResult:

@@ -20,6 +20,7 @@ TINY = ["-n", "200", "--rate", "50", "--duration", "2", "--clients", "4", "--min
 EXPECTED = {
     "acceptance": ("commands_per_s", "seconds"),
     "e2e": ("deliveries_per_s", "raw_messages_per_s", "ratio_to_raw"),
+    "events": ("off_per_s", "on_per_s", "ratio", "publish_lag_p50_ms", "publish_lag_p99_ms"),
     "scaleout": ("one_replica_per_s", "two_replicas_per_s", "ratio"),
     "latency": ("rate", "p50_ms", "p90_ms", "p99_ms", "max_ms"),
     "http": ("requests_per_s", "p50_ms", "p99_ms", "max_ms"),
