@@ -79,21 +79,44 @@ FEED_START = EventPosition(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """One committed event with what a producer needs to match it to its own request."""
+    """One committed event with what a producer needs to match it to its own request. `data_json`
+    and `tags_json` are JSON text as stored: the stream gets them as they are, never re-encoded."""
 
     position: EventPosition
     event_id: UUID
     delivery_id: UUID
     type: EventType
-    data: Mapping[str, Any]
+    data_json: str
     time: datetime
     source: str  # the delivery's: notification | auth | resend
     idempotency_key: str
-    tags: Mapping[str, Any]
+    tags_json: str
     traceparent: str | None
 
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.data_json)
+        return value
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.tags_json)
+        return value
+
     def cloud_event(self) -> dict[str, Any]:
-        """CloudEvents 1.0 (SPEC §11), structured JSON mode: `data` and `tags` stay objects."""
+        """CloudEvents 1.0 (SPEC §11), structured JSON mode: `data` and `tags` as objects."""
+        return {**self._attributes(), "data": self.data, "traceparent": self.traceparent, "tags": self.tags}
+
+    def stream_fields(self) -> dict[str, str]:
+        """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
+        `traceparent` left out when the delivery has no trace)."""
+        fields = self._attributes()
+        fields["data"], fields["tags"] = self.data_json, self.tags_json
+        if self.traceparent:
+            fields["traceparent"] = self.traceparent
+        return fields
+
+    def _attributes(self) -> dict[str, str]:
         return {
             "specversion": "1.0",
             "id": str(self.event_id),
@@ -102,18 +125,6 @@ class StoredEvent:
             "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "subject": str(self.delivery_id),
             "datacontenttype": "application/json",
-            "data": dict(self.data),
-            "traceparent": self.traceparent,
             "deliverysource": self.source,
             "idempotencykey": self.idempotency_key,
-            "tags": dict(self.tags),
         }
-
-    def stream_fields(self) -> dict[str, str]:
-        """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
-        `traceparent` left out when the delivery has no trace)."""
-        event = self.cloud_event()
-        fields = {name: value for name, value in event.items() if isinstance(value, str)}
-        fields["data"] = json.dumps(event["data"], separators=(",", ":"), ensure_ascii=False)
-        fields["tags"] = json.dumps(event["tags"], separators=(",", ":"), ensure_ascii=False)
-        return fields

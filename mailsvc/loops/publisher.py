@@ -57,7 +57,7 @@ class EventPublisher:
         lock: ConsumerLock,
         batch_size: int = 500,
         poll_interval: float = 0.25,
-        linger: float = 0.005,
+        linger: float = 0.02,
         standby_interval: float = 1.0,
         max_backoff: float = 5.0,
         instruments: Instruments = NO_INSTRUMENTS,

@@ -19,11 +19,11 @@ def stored(traceparent: str | None = None) -> StoredEvent:
         event_id=uuid.UUID(int=1),
         delivery_id=uuid.UUID(int=2),
         type="delivery.sent",
-        data={"attempt": 1, "smtp_code": 250, "recipients": [{"address": "é@example.org"}]},
+        data_json=json.dumps({"attempt": 1, "smtp_code": 250, "recipients": [{"address": "é@example.org"}]}),
         time=datetime(2026, 12, 1, 10, 0, tzinfo=timezone(timedelta(hours=2))),
         source="notification",
         idempotency_key="k-1",
-        tags={"tenant": "acme"},
+        tags_json='{"tenant": "acme"}',
         traceparent=traceparent,
     )
 

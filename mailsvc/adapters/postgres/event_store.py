@@ -14,25 +14,24 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.postgres.db import unavailable_as_domain_error
+from mailsvc.adapters.postgres.db import DriverStatement, driver_connection, unavailable_as_domain_error
 from mailsvc.domain.events import EventPosition, EventType, StoredEvent
 from mailsvc.errors import OffsetMoved
 
 _HORIZON = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
 _AFTER = "(e.xid, e.seq) > (CAST(CAST(:xid AS text) AS xid8), :seq)"
 _FEED = """
-    SELECT CAST(e.xid AS text) AS xid, e.seq, e.event_id, e.delivery_id, e.type, e.data, e.created_at,
-           d.source, d.idempotency_key, d.tags, d.traceparent
+    SELECT CAST(e.xid AS text) AS xid, e.seq, e.event_id, e.delivery_id, e.type, CAST(e.data AS text) AS data,
+           e.created_at, d.source, d.idempotency_key, CAST(d.tags AS text) AS tags, d.traceparent
     FROM delivery_events e JOIN deliveries d ON d.delivery_id = e.delivery_id
     WHERE {where}
     ORDER BY e.xid, e.seq
     LIMIT :limit
 """
-_UNPUBLISHED = text(_FEED.format(where=f"{_AFTER} AND {_HORIZON}"))
+_UNPUBLISHED = DriverStatement(text(_FEED.format(where=f"{_AFTER} AND {_HORIZON}")))
 
 # the first event not yet published, committed but perhaps not yet below the horizon
 _OLDEST_UNPUBLISHED = text(
@@ -49,25 +48,34 @@ _FIRST_CURSOR = text(
     ON CONFLICT (stream_key) DO NOTHING
     """
 )
-_ADVANCE_CURSOR = text(
-    """
-    UPDATE event_cursors SET xid = CAST(CAST(:xid AS text) AS xid8), seq = :seq, updated_at = now()
-    WHERE stream_key = :key AND xid = CAST(CAST(:old_xid AS text) AS xid8) AND seq = :old_seq
-    """
+_ADVANCE_CURSOR = DriverStatement(
+    text(
+        """
+        UPDATE event_cursors SET xid = CAST(CAST(:xid AS text) AS xid8), seq = :seq, updated_at = now()
+        WHERE stream_key = :key AND xid = CAST(CAST(:old_xid AS text) AS xid8) AND seq = :old_seq
+        """
+    )
 )
 
 
 class EventStore:
     """Reads of the feed (round-robin over `engines`) and the cursors (on the first engine, the
-    primary, when the store publishes). Raises `StoreUnavailable` when PostgreSQL cannot answer."""
+    primary, when the store publishes). Raises `StoreUnavailable` when PostgreSQL cannot answer.
+
+    The publisher's statements run for every batch of events: straight through asyncpg, one
+    statement each without BEGIN/COMMIT (see `driver_connection`)."""
 
     def __init__(self, engines: Sequence[AsyncEngine]) -> None:
         self.primary = engines[0]
+        self.single = self.primary.execution_options(isolation_level="AUTOCOMMIT")
         self._engines = itertools.cycle(engines)
 
     async def unpublished(self, after: EventPosition, limit: int) -> list[StoredEvent]:
         """Up to `limit` events after `after`, below the horizon, in feed order (from the primary)."""
-        return await self._fetch(self.primary, _UNPUBLISHED, {"xid": str(after.xid), "seq": after.seq, "limit": limit})
+        params = {"xid": str(after.xid), "seq": after.seq, "limit": limit}
+        async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
+            rows = await conn.fetch(_UNPUBLISHED.sql, *_UNPUBLISHED.args(params))
+        return [_stored(row) for row in rows]
 
     async def feed(
         self, after: EventPosition, *, delivery_id: UUID | None, types: Sequence[EventType], limit: int
@@ -81,7 +89,10 @@ class EventStore:
         if types:
             where.append("e.type = ANY(CAST(:types AS text[]))")
             params["types"] = list(types)
-        return await self._fetch(next(self._engines), text(_FEED.format(where=" AND ".join(where))), params)
+        statement = text(_FEED.format(where=" AND ".join(where)))
+        async with unavailable_as_domain_error(), next(self._engines).connect() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        return [_stored(row._mapping) for row in rows]
 
     async def oldest_unpublished_age(self, after: EventPosition) -> float:
         """Seconds since the oldest event after `after` was written; 0.0 when there is none."""
@@ -98,37 +109,29 @@ class EventStore:
         """Compare-and-set: move the cursor from `expected` (None: there is none yet) to `new`.
         Raises `OffsetMoved` when another publisher moved it meanwhile."""
         params: dict[str, Any] = {"key": stream_key, "xid": str(new.xid), "seq": new.seq}
-        async with unavailable_as_domain_error(), self.primary.begin() as conn:
-            if expected is None:
-                result = await conn.execute(_FIRST_CURSOR, params)
-            else:
-                params |= {"old_xid": str(expected.xid), "old_seq": expected.seq}
-                result = await conn.execute(_ADVANCE_CURSOR, params)
-        if result.rowcount != 1:
+        if expected is None:
+            async with unavailable_as_domain_error(), self.primary.begin() as conn:
+                moved = (await conn.execute(_FIRST_CURSOR, params)).rowcount
+        else:
+            params |= {"old_xid": str(expected.xid), "old_seq": expected.seq}
+            async with unavailable_as_domain_error(), driver_connection(self.single) as raw:
+                status = await raw.execute(_ADVANCE_CURSOR.sql, *_ADVANCE_CURSOR.args(params))
+            moved = int(status.rsplit(" ", 1)[-1])
+        if moved != 1:
             raise OffsetMoved(f"event cursor of {stream_key} moved")
-
-    @staticmethod
-    async def _fetch(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> list[StoredEvent]:
-        async with unavailable_as_domain_error(), engine.connect() as conn:
-            rows = (await conn.execute(statement, params)).all()
-        return [_stored(row) for row in rows]
-
-
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _stored(row: Any) -> StoredEvent:
-    created: datetime = row.created_at
+    created: datetime = row["created_at"]
     return StoredEvent(
-        position=EventPosition(int(row.xid), row.seq),
-        event_id=row.event_id,
-        delivery_id=row.delivery_id,
-        type=row.type,
-        data=_json(row.data),
+        position=EventPosition(int(row["xid"]), row["seq"]),
+        event_id=row["event_id"],
+        delivery_id=row["delivery_id"],
+        type=row["type"],
+        data_json=row["data"],
         time=created,
-        source=row.source,
-        idempotency_key=row.idempotency_key,
-        tags=_json(row.tags) or {},
-        traceparent=row.traceparent,
+        source=row["source"],
+        idempotency_key=row["idempotency_key"],
+        tags_json=row["tags"],
+        traceparent=row["traceparent"],
     )
