@@ -194,10 +194,15 @@ async def latency(bench: Bench) -> RunResult:
         paced = loop.time() - started
         await wait_for_count(sink, sent)
         stats = await sink.stats()
+        events_key = events_stream_for(stream)
+        await _wait_for_events(bench, events_key, 2 * (warm + sent))
+        lag = summarize_ns(await _publish_lags(bench, events_key))  # at this fixed ("nominal") rate
     if not stats.latency:
         raise BenchError("the sink saw no X-Bench-Sent-Ns header: cannot compute latency")
     figures = {"rate": rate, "achieved_rate": sent / paced, "samples": float(sent)}
     figures.update({name: value for name, value in stats.latency.items() if name.endswith("_ms")})
+    if lag is not None:
+        figures |= {"publish_lag_p50_ms": lag["p50_ms"], "publish_lag_p99_ms": lag["p99_ms"]}
     details = {"sink": sink.kind, "rate_source": source, "warmup_s": warmup, "services": running.summary()}
     return {"figures": figures, "details": details}
 
