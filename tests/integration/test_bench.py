@@ -32,7 +32,7 @@ EXPECTED = {
 def run_bench(pg: PostgresServer, redis_addr: str, *args: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "mailsvc", "bench", *args]
     command += ["--postgres-dsn", pg.admin_dsn, "--redis-addr", redis_addr]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=150, check=False)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scenario" in done.stderr  # the human table
     document: dict[str, Any] = json.loads(done.stdout)
