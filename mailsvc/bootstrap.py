@@ -23,6 +23,7 @@ from mailsvc.adapters.postgres.notifications import WorkListener
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
+from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_events import RedisEventWriter
 from mailsvc.adapters.redis_stream import RedisStreamReader
@@ -40,6 +41,7 @@ from mailsvc.http.app import create_app
 from mailsvc.http.routes.events import event_routes
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
+from mailsvc.http.routes.policy import policy_routes
 from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
@@ -55,6 +57,7 @@ from mailsvc.services.event_feed import EventFeedService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.policy import PolicyService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
 
@@ -167,6 +170,7 @@ def build_execution(
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,
         instruments=instruments,
+        suppression_ttl=settings.retention.suppression_ttl,
     )
     lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
     pool = WorkerPool(
@@ -216,6 +220,13 @@ def build_operator(
     routes = operator_routes(reads, resends, read_timeout=read_timeout)
     feed = EventFeedService(EventStore(resources.replicas or [resources.primary]))
     routes += event_routes(feed, read_timeout=read_timeout)
+    policy = PolicyService(
+        suppressions=SuppressionStore(resources.primary),
+        cancels=IntakeStore(resources.primary),
+        reads=ReadStore([resources.primary]),
+        instruments=instruments,
+    )
+    routes += policy_routes(policy, settings.http.max_body_bytes)
     retention = RetentionLoop(
         store=RetentionStore(resources.primary, event_stream=settings.redis.event_stream),
         policy=RetentionPolicy(

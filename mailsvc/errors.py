@@ -41,6 +41,10 @@ class NotResendable(MailsvcError):
     """Only a delivery in a terminal status can be resent."""
 
 
+class NotCancellable(MailsvcError):
+    """Only a `queued` delivery can be cancelled: it is being sent, or it is finished."""
+
+
 class OffsetMoved(MailsvcError):
     """Another consumer advanced the stream offset: this batch was rolled back."""
 

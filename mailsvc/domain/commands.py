@@ -54,6 +54,7 @@ _KNOWN_FIELDS = frozenset(
         "expires_at",
         "headers",
         "tags",
+        "collapse_key",
     }
 )
 
@@ -96,6 +97,7 @@ class SendRequest:
     expires_at: datetime | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    collapse_key: str | None = None  # a newer delivery with the same (source, key) supersedes this one (SPEC §12)
 
 
 def request_hash(payload: Any) -> bytes:
@@ -165,7 +167,7 @@ _SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion",
 
 
 @functools.lru_cache(maxsize=8192)
-def _normalize_email(raw: str) -> str:
+def normalize_email(raw: str) -> str:
     """The address as it goes on the wire (IDN domain in punycode), or ValueError."""
     if has_header_unsafe(raw):
         raise ValueError("must not contain control characters or line breaks")
@@ -228,7 +230,7 @@ class _Checker:
             self.fail(path, "must be an address string or an object with email and name")
             return None
         try:
-            return Address(_normalize_email(email.strip()), name)
+            return Address(normalize_email(email.strip()), name)
         except ValueError as exc:
             self.fail(f"{path}.email" if isinstance(value, Mapping) else path, str(exc))
             return None
@@ -376,6 +378,9 @@ def parse_send_request(payload: Any) -> SendRequest:
         check.fail("expires_at", "must be after send_at")
     headers = check.headers(payload)
     tags = check.tags(payload)
+    collapse_key = check.string(payload, "collapse_key", limit=200)
+    if collapse_key is not None and not valid_idempotency_key(collapse_key):
+        check.fail("collapse_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")
     reported = {p.field for p in check.problems}
     for path in _nul_paths(payload) if _may_hold_nul(payload) else ():
         if path not in reported:
@@ -396,4 +401,5 @@ def parse_send_request(payload: Any) -> SendRequest:
         expires_at=expires_at,
         headers=headers,
         tags=tags,
+        collapse_key=collapse_key,
     )

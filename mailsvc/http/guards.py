@@ -8,11 +8,21 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mailsvc.domain.operator_actions import TRUSTED_NETWORK, token_fingerprint
 from mailsvc.http.errors import ApiError, error_response, unavailable
 from mailsvc.settings import Secret
 
 log = logging.getLogger("mailsvc.http")
 Access = Literal["intake", "operator"]
+# the scope key under which the guard leaves who is asking (the operator-action `actor`)
+ACTOR_KEY = "mailsvc.actor"
+
+
+def request_actor(scope: Scope) -> str:
+    """Who made this request: the fingerprint of its bearer token (set by `TokenGuard` once the token
+    is checked), or `trusted-network` when no tokens are configured."""
+    actor = scope.get(ACTOR_KEY)
+    return actor if isinstance(actor, str) else TRUSTED_NETWORK
 
 
 def required_access(method: str, path: str) -> Access:
@@ -48,9 +58,11 @@ class TokenGuard:
             )
         presented = header[7:].strip()
         if self._matches(presented, self.operator):
+            scope[ACTOR_KEY] = token_fingerprint(presented)
             return None
         if self._matches(presented, self.intake):
             if required_access(scope["method"], scope["path"]) == "intake":
+                scope[ACTOR_KEY] = token_fingerprint(presented)
                 return None
             return ApiError(403, "forbidden", "this token may only submit deliveries")
         return ApiError(401, "unauthorized", "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -10,6 +10,7 @@ from typing import Any
 
 from mailsvc.domain.commands import MAX_HEADERS, MAX_RECIPIENTS, MAX_TAGS
 from mailsvc.domain.events import EVENT_TYPES
+from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.operator_query import SOURCES, STATUSES
 
 Schema = dict[str, Any]
@@ -89,6 +90,11 @@ SEND_EMAIL: Schema = {
         "headers": STRING_MAP
         | {"maxProperties": MAX_HEADERS, "propertyNames": {"pattern": "^X-"}, "description": "X-* headers only"},
         "tags": STRING_MAP | {"maxProperties": MAX_TAGS, "propertyNames": {"pattern": "^[^:]+$"}},
+        "collapse_key": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9._:-]{1,200}$",
+            "description": "supersedes the queued deliveries of the same source and key (SPEC §12)",
+        },
     },
     "additionalProperties": False,
 }
@@ -115,6 +121,8 @@ _DELIVERY_FIELDS: dict[str, Schema] = {
     "finished_at": OPT_TIMESTAMP | {"description": "set once the delivery reached a terminal status"},
     "to": {"type": "array", "items": {"type": "string"}, "description": "the `to` addresses, in order"},
     "recipient_count": {"type": "integer", "minimum": 0, "description": "to + cc + bcc"},
+    "collapse_key": OPT_STRING | {"description": "a newer delivery with this (source, key) supersedes it"},
+    "superseded_by": {"type": ["string", "null"], "format": "uuid", "description": "the delivery that superseded it"},
 }
 
 _ATTEMPT: Schema = closed(
@@ -140,7 +148,7 @@ _RECIPIENT: Schema = closed(
         "kind": {"type": "string", "enum": ["to", "cc", "bcc"]},
         "address": {"type": "string"},
         "name": OPT_STRING,
-        "outcome": {"type": ["string", "null"], "enum": ["accepted", "refused", None]},
+        "outcome": {"type": ["string", "null"], "enum": ["accepted", "refused", "suppressed", None]},
         "smtp_code": OPT_INT,
         "smtp_reply": OPT_STRING,
     }
@@ -185,7 +193,7 @@ SCHEMAS: dict[str, Schema] = {
     "Accepted": closed(
         {
             "delivery_id": UUID_STR,
-            "status": {"type": "string", "enum": ["queued", "sending", "sent", "dead_lettered", "suppressed"]},
+            "status": {"type": "string", "enum": list(STATUSES)},
             "idempotent_replay": {"type": "boolean"},
         }
     ),
@@ -268,6 +276,49 @@ SCHEMAS: dict[str, Schema] = {
             "next_cursor": {"type": "string", "description": "pass as `after` to continue; always given"},
         }
     ),
+    "Suppression": closed(
+        {
+            "address": {"type": "string", "description": "lower case, the domain in punycode"},
+            "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "manual"]},
+            "delivery_id": {"type": ["string", "null"], "format": "uuid", "description": "the bounce that added it"},
+            "note": OPT_STRING,
+            "created_at": TIMESTAMP,
+            "expires_at": OPT_TIMESTAMP | {"description": "null: until removed"},
+        }
+    ),
+    "SuppressionInput": {
+        "type": "object",
+        "required": ["reason"],
+        "properties": {
+            "reason": {"type": "string", "enum": ["manual", "complaint"]},
+            "note": {"type": ["string", "null"], "maxLength": 1000},
+            "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "in the future"},
+        },
+        "additionalProperties": False,
+    },
+    "SuppressionPage": page_of("Suppression"),
+    "OperatorAction": closed(
+        {
+            "action_id": UUID_STR,
+            "kind": {"type": "string", "enum": list(ACTION_KINDS)},
+            "actor": {
+                "type": "string",
+                "pattern": "^(trusted-network|[0-9a-f]{12})$",
+                "description": "first 12 hex digits of the SHA-256 of the bearer token, or `trusted-network`",
+            },
+            "target": {"type": ["object", "null"], "description": "what it acted on (ids)"},
+            "filter": {"type": ["object", "null"], "description": "the selection of a bulk action"},
+            "counts": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "integer"},
+                "description": "what it did",
+            },
+            "note": OPT_STRING,
+            "created_at": TIMESTAMP,
+        },
+        description="one operator write, recorded in the transaction that made it",
+    ),
+    "OperatorActionPage": page_of("OperatorAction"),
     "DeliveryPage": page_of("DeliveryItem"),
     "DeadLetterPage": page_of("DeadLetterItem"),
     "MalformedCommandPage": page_of("MalformedCommand"),

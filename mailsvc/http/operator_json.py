@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailsvc.domain.model import Address
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.templates import TemplateInfo
 from mailsvc.domain.views import (
     AttemptView,
@@ -47,6 +48,8 @@ def summary_json(d: DeliverySummary) -> dict[str, Any]:
         "finished_at": timestamp(d.finished_at),
         "to": list(d.to),
         "recipient_count": d.recipient_count,
+        "collapse_key": d.collapse_key,
+        "superseded_by": None if d.superseded_by is None else str(d.superseded_by),
     }
 
 
@@ -137,4 +140,17 @@ def template_json(t: TemplateInfo) -> dict[str, Any]:
         "locales": list(t.locales),
         "variables": list(t.variables),
         "required_variables": list(t.required_variables),
+    }
+
+
+def operator_action_json(a: OperatorAction) -> dict[str, Any]:
+    return {
+        "action_id": str(a.action_id),
+        "kind": a.kind,
+        "actor": a.actor,
+        "target": None if a.target is None else dict(a.target),
+        "filter": None if a.filter is None else dict(a.filter),
+        "counts": None if a.counts is None else dict(a.counts),
+        "note": a.note,
+        "created_at": timestamp(a.created_at),
     }

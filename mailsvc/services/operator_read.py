@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, ListKind, PageRequest, encode_cursor
 from mailsvc.domain.templates import TemplateInfo
 from mailsvc.domain.views import (
@@ -33,6 +34,8 @@ class OperatorReadStore(Protocol):
 
     async def list_malformed(self, reason: str | None, page: PageRequest) -> list[MalformedItem]: ...
 
+    async def list_operator_actions(self, kind: str | None, page: PageRequest) -> list[OperatorAction]: ...
+
 
 class TemplateListing(Protocol):
     def templates(self) -> list[TemplateInfo]: ...
@@ -45,6 +48,11 @@ def _page(kind: ListKind, rows: Sequence[T], limit: int, position: Callable[[T],
         return Page(items, None)
     at, key = position(items[-1])
     return Page(items, encode_cursor(kind, Keyset(at, key)))
+
+
+def _written(action: OperatorAction) -> datetime:
+    assert action.created_at is not None  # read back from the store
+    return action.created_at
 
 
 def _one_more(page: PageRequest) -> PageRequest:
@@ -82,6 +90,10 @@ class OperatorReadService:
     async def malformed_commands(self, reason: str | None, page: PageRequest) -> Page[MalformedItem]:
         rows = await self.store.list_malformed(reason, _one_more(page))
         return _page("malformed", rows, page.limit, lambda m: (m.received_at, str(m.malformed_id)))
+
+    async def operator_actions(self, kind: str | None, page: PageRequest) -> Page[OperatorAction]:
+        rows = await self.store.list_operator_actions(kind, _one_more(page))
+        return _page("operator_actions", rows, page.limit, lambda a: (_written(a), str(a.action_id)))
 
     def templates(self) -> list[TemplateInfo]:
         return self.catalog.templates()

@@ -10,12 +10,13 @@ original replays the first resend; for another original it is a conflict.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, request_hash
 from mailsvc.domain.model import TERMINAL_STATUSES, RenderedContent, ResendSource
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.errors import NotFound, NotResendable
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.acceptance_types import Accepted
@@ -41,8 +42,10 @@ class ResendService:
         self.sources = sources  # the primary: a replica may not have seen the final status yet
         self.acceptance = acceptance
 
-    async def resend(self, delivery_id: UUID, idempotency_key: str | None) -> Resent:
+    async def resend(self, delivery_id: UUID, idempotency_key: str | None, *, actor: str) -> Resent:
         """Create (and commit) the new delivery, or replay the one created earlier with this key.
+        A created resend records its operator action (by `actor`) in the same transaction; a replay
+        records nothing, since it wrote nothing.
 
         Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet),
         `IdempotencyConflict` (key used to resend another delivery), `StoreUnavailable`.
@@ -76,4 +79,11 @@ class ResendService:
             content,
             resend_of=delivery_id,
         )
+        action = OperatorAction(
+            "resend",
+            actor,
+            target={"delivery_id": str(delivery_id), "resend_delivery_id": str(prepared.delivery_id)},
+            counts={"resent": 1},
+        )
+        prepared = replace(prepared, operator_action=action)
         return Resent(await self.acceptance.persist_one(prepared), delivery_id)

@@ -124,6 +124,12 @@ class RetentionSettings:
         default=timedelta(hours=168),
         doc="Published delivery events older than this are deleted (never kept longer than MAIL_DELIVERY_RETENTION).",
     )
+    suppression_ttl: timedelta = setting(
+        "MAIL_SUPPRESSION_TTL",
+        positive_duration,
+        default=timedelta(hours=720),
+        doc="How long an automatic suppression (a hard bounce at RCPT TO) lasts before it expires.",
+    )
     cleanup_interval: timedelta = setting(
         "MAIL_CLEANUP_INTERVAL",
         positive_duration,

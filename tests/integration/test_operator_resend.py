@@ -196,7 +196,7 @@ async def test_resend_of_a_delivery_deleted_meanwhile_is_not_found(
     resends = ResendService(sources=RetentionWinsTheRace([engine]), acceptance=acceptance)
     try:
         with pytest.raises(NotFound, match="deleted"):
-            await resends.resend(uuid.UUID(str(original["delivery_id"])), "r-gone")
+            await resends.resend(uuid.UUID(str(original["delivery_id"])), "r-gone", actor="trusted-network")
         async with engine.connect() as conn:
             copies = (await conn.execute(text("SELECT count(*) FROM deliveries WHERE source = 'resend'"))).scalar()
             keys = (await conn.execute(text("SELECT count(*) FROM idempotency_keys WHERE key = 'r-gone'"))).scalar()

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
 from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
+from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, PageRequest
 from mailsvc.domain.views import (
     AttemptView,
@@ -34,7 +35,7 @@ from mailsvc.domain.views import (
 # queue row is claimed and the queue's scheduling state while it is not terminal.
 _COLUMNS = """d.delivery_id, d.source, d.status, d.template, d.locale, d.template_digest, d.priority, d.send_at,
     d.expires_at, d.idempotency_key, d.message_id, d.tags, d.attempt_count, d.next_attempt_at, d.last_error,
-    d.resend_of, d.created_at, d.updated_at, d.finished_at"""
+    d.resend_of, d.created_at, d.updated_at, d.finished_at, d.collapse_key, d.superseded_by"""
 # `sending` is a queued delivery whose queue row is claimed: filters on it stay on the indexes of
 # `deliveries` (status, created) and probe the queue row by its key
 _CLAIMED = "EXISTS (SELECT 1 FROM delivery_queue q WHERE q.delivery_id = d.delivery_id AND q.claim_token IS NOT NULL)"
@@ -98,6 +99,14 @@ _MALFORMED = """
     FROM malformed_commands m
     {where}
     ORDER BY m.received_at DESC, m.malformed_id DESC
+    LIMIT :limit
+"""
+
+_OPERATOR_ACTIONS = """
+    SELECT a.action_id, a.kind, a.actor, a.target, a.filter, a.counts, a.note, a.created_at
+    FROM operator_actions a
+    {where}
+    ORDER BY a.created_at DESC, a.action_id DESC
     LIMIT :limit
 """
 
@@ -242,6 +251,27 @@ class ReadStore:
             for row in rows
         ]
 
+    async def list_operator_actions(self, kind: str | None, page: PageRequest) -> list[OperatorAction]:
+        """The audit trail, newest first (`kind`: only actions of that kind)."""
+        conditions, params = _keyset("a.created_at", "a.action_id", "uuid", page)
+        if kind is not None:
+            conditions.append("a.kind = :kind")
+            params["kind"] = kind
+        rows = await self._rows(text(_OPERATOR_ACTIONS.format(where=_where(conditions))), params)
+        return [
+            OperatorAction(
+                kind=row.kind,
+                actor=row.actor,
+                target=_json(row.target),
+                filter=_json(row.filter),
+                counts=_json(row.counts),
+                note=row.note,
+                action_id=row.action_id,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
     async def load_resend_source(self, delivery_id: UUID) -> ResendSource | None:
         """The stored rendered payload of a delivery (None when it or its payload is gone)."""
         rows = await self._rows(_RESEND_SOURCE, {"id": delivery_id})
@@ -311,4 +341,6 @@ def _summary(row: Row[Any], to: tuple[str, ...], recipient_count: int) -> Delive
         finished_at=row.finished_at,
         to=to,
         recipient_count=recipient_count,
+        collapse_key=row.collapse_key,
+        superseded_by=row.superseded_by,
     )

@@ -20,7 +20,7 @@ _FINISHED_DELIVERIES = text(
     """
     DELETE FROM deliveries WHERE delivery_id IN (
         SELECT delivery_id FROM deliveries
-        WHERE finished_at < :cutoff AND status IN ('sent', 'dead_lettered', 'suppressed')
+        WHERE finished_at < :cutoff AND status IN ('sent', 'dead_lettered', 'suppressed', 'cancelled', 'superseded')
         ORDER BY finished_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
@@ -56,6 +56,18 @@ _STREAM_EVENTS = text(
         SELECT event_id FROM stream_events
         WHERE detected_at < :cutoff
         ORDER BY event_id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    """
+)
+
+# an expired suppression no longer applies at acceptance (`expires_at <= now`)
+_EXPIRED_SUPPRESSIONS = text(
+    """
+    DELETE FROM suppressions WHERE address IN (
+        SELECT address FROM suppressions
+        WHERE expires_at <= :cutoff
+        ORDER BY expires_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
     """
@@ -119,3 +131,7 @@ class RetentionStore:
         async with unavailable_as_domain_error(), self.engine.begin() as conn:
             params = {"cutoff": written_before, "limit": limit, "stream": self.event_stream}
             return (await conn.execute(_PUBLISHED_EVENTS, params)).rowcount
+
+    async def delete_expired_suppressions(self, now: datetime, limit: int) -> int:
+        """At most `limit` suppressions expired at `now` (entries without an expiry stay)."""
+        return await self._batch(_EXPIRED_SUPPRESSIONS, now, limit)

@@ -23,15 +23,18 @@ from mailsvc.domain.operator_query import (
     parse_delivery_query,
     parse_include,
     parse_malformed_query,
+    parse_operator_action_query,
     require_no_params,
 )
 from mailsvc.http.errors import ApiError, JsonResponse, not_found, validation_error
+from mailsvc.http.guards import request_actor
 from mailsvc.http.openapi import openapi_document
 from mailsvc.http.operator_json import (
     attempt_json,
     dead_letter_json,
     detail_json,
     malformed_json,
+    operator_action_json,
     summary_json,
     template_json,
 )
@@ -100,7 +103,9 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         key = request.headers.get("idempotency-key")
         if key is not None and not valid_idempotency_key(key):
             raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
-        resent = await resends.resend(delivery_id, key)  # domain errors: mapped in `http/errors.py`
+        resent = await resends.resend(
+            delivery_id, key, actor=request_actor(request.scope)
+        )  # domain errors: mapped in `http/errors.py`
         accepted = resent.accepted
         body = {
             "delivery_id": str(accepted.delivery_id),
@@ -120,6 +125,12 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         found = await bounded(reads.malformed_commands(reason, page))
         return JsonResponse({"items": [malformed_json(m) for m in found.items], "next_cursor": found.next_cursor})
 
+    async def list_operator_actions(request: Request) -> Response:
+        kind, page = _parse(parse_operator_action_query, request)
+        found = await bounded(reads.operator_actions(kind, page))
+        items = [operator_action_json(a) for a in found.items]
+        return JsonResponse({"items": items, "next_cursor": found.next_cursor})
+
     async def list_templates(_: Request) -> Response:
         return JsonResponse({"items": [template_json(t) for t in reads.templates()]})
 
@@ -133,6 +144,7 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/resend", resend, methods=["POST"], name="resend_delivery"),
         Route(f"{PREFIX}/dead-letters", list_dead_letters, methods=["GET"], name="list_dead_letters"),
         Route(f"{PREFIX}/malformed-commands", list_malformed, methods=["GET"], name="list_malformed_commands"),
+        Route(f"{PREFIX}/operator-actions", list_operator_actions, methods=["GET"], name="list_operator_actions"),
         Route(f"{PREFIX}/templates", list_templates, methods=["GET"], name="list_templates"),
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"], name="openapi"),
     ]

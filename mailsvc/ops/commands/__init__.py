@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, events, malformed, templates
+from mailsvc.ops.commands import dead_letters, deliveries, events, malformed, suppressions, templates
 from mailsvc.ops.registry import Group
 
-GROUPS: tuple[Group, ...] = (deliveries.GROUP, dead_letters.GROUP, malformed.GROUP, events.GROUP, templates.GROUP)
+GROUPS: tuple[Group, ...] = (
+    deliveries.GROUP,
+    dead_letters.GROUP,
+    malformed.GROUP,
+    suppressions.GROUP,
+    events.GROUP,
+    templates.GROUP,
+)
