@@ -131,7 +131,9 @@ def test_events_off_empties_the_event_stream_for_the_service() -> None:
     where = {"dsn": "postgresql://x/y", "redis_addr": "r:1", "redis_password": "", "stream": "s", "sink_port": 1,
              "http_port": 2}  # fmt: skip
     assert service_env(ServiceOptions(events=False), **where)["MAIL_REDIS_EVENT_STREAM"] == ""
-    assert "MAIL_REDIS_EVENT_STREAM" not in service_env(ServiceOptions(), **where)
+    # on: each run publishes to its own event stream beside its command stream (deleted with it)
+    where["stream"] = "mailsvc-bench:t:commands"
+    assert service_env(ServiceOptions(), **where)["MAIL_REDIS_EVENT_STREAM"] == "mailsvc-bench:t:events"
 
 
 def test_report_writes_a_self_contained_page_beside_the_json(python_sink_run: dict[str, Any], report_dir: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -170,3 +171,16 @@ async def test_the_feed_pages_oldest_first_and_always_gives_a_cursor(
 
 async def _feed_size(port: int, count: int) -> bool:
     return len((await feed(port, limit=1000))["items"]) >= count
+
+
+async def test_delivery_cancelled_by_the_operator(
+    smtp_service: InProcessService, redis_client: Redis, stream_key: str, db: Ledger
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    key = await xadd(redis_client, stream_key, raw_payload("ann@example.org", send_at=later))
+    row = await db.wait_status(key, "queued")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{smtp_service.http_port}") as client:
+        answer = await client.post(f"{API}/deliveries/{row['delivery_id']}/cancel")
+    assert answer.status_code == 200, answer.text
+    event = await event_in_both(smtp_service, redis_client, stream_key, row["delivery_id"], "delivery.cancelled")
+    assert event["data"] == {"by": "operator"}
