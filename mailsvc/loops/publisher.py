@@ -122,6 +122,9 @@ class EventPublisher:
                     if not batch:
                         backoff = 0.1
                         await wait_any(self._stopping, self._wake, timeout=self.poll_interval)
+                        # at most one read per `linger` however often commits wake it: while an
+                        # open transaction holds the horizon back, every read comes back empty
+                        await wait_any(self._stopping, timeout=self.linger)
                         continue
                     await self.sink.publish(batch)
                     if not self.lock.held:  # published, but the cursor moves only under a proven lock
