@@ -19,6 +19,7 @@ from mailsvc.adapters.postgres.engine import engines_from_settings
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
 from mailsvc.adapters.postgres.notifications import WorkListener
+from mailsvc.adapters.postgres.provider_store import ProviderStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
@@ -32,6 +33,7 @@ from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
 from mailsvc.domain.mime import ascii_address
 from mailsvc.domain.model import Address
+from mailsvc.domain.provider import ProviderPolicy
 from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
@@ -39,6 +41,7 @@ from mailsvc.http.app import create_app
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
 from mailsvc.http.routes.policy import policy_routes
+from mailsvc.http.routes.provider import provider_routes
 from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
@@ -53,6 +56,7 @@ from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.policy import PolicyService
+from mailsvc.services.provider import ProviderService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
 
@@ -150,13 +154,35 @@ def build_provider(settings: Settings) -> Provider:
     return StubProvider(settings.smtp.stub_outbox_dir)
 
 
+def provider_policy(settings: Settings) -> ProviderPolicy:
+    group = settings.provider_policy
+    return ProviderPolicy(group.pause_after, group.probe_interval, group.rate_limit, group.rate_burst)
+
+
+def build_provider_service(
+    settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
+) -> ProviderService:
+    """The provider's shared state as the operator sees it (`GET /provider`), its log and gauge."""
+    return ProviderService(
+        ProviderStore(resources.primary),
+        mode=settings.smtp.mode,
+        policy=provider_policy(settings),
+        instruments=instruments,
+    )
+
+
 def build_execution(
-    settings: Settings, resources: Resources, wakeup: Wakeup, instruments: Instruments = NO_INSTRUMENTS
+    settings: Settings,
+    resources: Resources,
+    wakeup: Wakeup,
+    instruments: Instruments = NO_INSTRUMENTS,
+    provider_service: ProviderService | None = None,
 ) -> tuple[Scheduler, WorkerPool, Provider]:
     """The scheduler and the worker pool it feeds, with the provider they send through."""
     provider = build_provider(settings)
     smtp_timeout = settings.smtp.timeout
-    queue = QueueStore(resources.primary)
+    states = provider_service or build_provider_service(settings, resources, instruments)
+    queue = QueueStore(resources.primary, provider=provider_policy(settings), on_provider_change=states.changed)
     execution = ExecutionService(
         provider=provider,
         policy=RetryPolicy(settings.retry.base_delay, settings.retry.max_delay, settings.retry.max_attempts),
@@ -180,6 +206,7 @@ def build_execution(
         lease=lease,
         max_attempts=settings.retry.max_attempts,
         instruments=instruments,
+        samplers=[states.sample],
     )
     pool.on_slot_freed = scheduler.slot_freed
     return scheduler, pool, provider
@@ -243,10 +270,11 @@ async def build_runtime(
             block_ms=int(settings.stream.block_timeout.total_seconds() * 1000),
             instruments=instruments,
         )
-        scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)
+        states = build_provider_service(settings, resources, instruments)
+        scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments, states)
         listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
         operator, retention = build_operator(settings, resources, catalog, acceptance, instruments)
-        routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator]
+        routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator, *provider_routes(states)]
         app = create_app(
             routes, settings.http, concurrency_limit=settings.postgres.max_open_conns * 8, instruments=instruments
         )

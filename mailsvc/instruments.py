@@ -105,9 +105,16 @@ class Instruments:
             unit="{delivery}",
             description="Queued deliveries whose attempt is due now",
         )
+        meter.create_observable_gauge(
+            "mail.provider.paused",
+            callbacks=[self._observe("provider_paused")],
+            unit="{paused}",  # not "1": the collector would name it mail_provider_paused_ratio
+            description="1 while the provider is paused (SPEC §12: no claims but one probe per interval), else 0",
+        )
 
     def watch(self, gauge: str, read: Callable[[], int | None]) -> None:
-        """Register the function a gauge reads its value from (`stream_lag`, `due_backlog`)."""
+        """Register the function a gauge reads its value from (`stream_lag`, `due_backlog`,
+        `provider_paused`)."""
         self._gauges[gauge] = read
 
     def _observe(self, gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:

@@ -276,6 +276,28 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("OperatorActionPage", "one page"), **_READ_ERRORS},
             }
         },
+        f"{PREFIX}/provider": {
+            "get": {
+                "operationId": "getProvider",
+                "summary": "The provider's state: sending or paused, why and since when, the rate limit",
+                "responses": {
+                    "200": _ok("Provider", "the state shared by every replica"),
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
+            }
+        },
+        f"{PREFIX}/provider/resume": {
+            "post": {
+                "operationId": "resumeProvider",
+                "summary": "Resume sending now (audited as a `provider_resume` operator action)",
+                "description": "A paused provider sends again at once, without waiting for a probe; one "
+                "already sending is left as it is. Either way the call is recorded in the operator actions.",
+                "responses": {
+                    "200": _ok("Provider", "the state after"),
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
+            }
+        },
         f"{PREFIX}/templates": {
             "get": {
                 "operationId": "listTemplates",

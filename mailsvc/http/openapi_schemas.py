@@ -294,6 +294,31 @@ SCHEMAS: dict[str, Schema] = {
         },
         description="one operator write, recorded in the transaction that made it",
     ),
+    "Provider": closed(
+        {
+            "mode": {"type": "string", "enum": ["stub", "smtp"], "description": "MAIL_SMTP_MODE"},
+            "state": {
+                "type": "string",
+                "enum": ["sending", "paused"],
+                "description": "paused: no replica claims work but one probe delivery per MAIL_PROVIDER_PROBE_INTERVAL",
+            },
+            "reason": {
+                "type": ["string", "null"],
+                "description": "why it paused: the error class and reply code (`auth_failed 535`, "
+                "`sender_refused 530`, `tls_verify_failed`, `connect_failed`); null while sending",
+            },
+            "since": {**TIMESTAMP, "description": "when the state last changed"},
+            "next_probe_at": {**OPT_TIMESTAMP, "description": "while paused: the earliest next probe"},
+            "rate_limit": {
+                "oneOf": [
+                    {"type": "null"},
+                    closed({"per_second": {"type": "number"}, "burst": {"type": "integer"}}),
+                ],
+                "description": "MAIL_SMTP_RATE_LIMIT and the bucket size, shared by every replica; null: unlimited",
+            },
+        },
+        description="the SMTP provider's shared state (SPEC §12)",
+    ),
     "OperatorActionPage": page_of("OperatorAction"),
     "DeliveryPage": page_of("DeliveryItem"),
     "DeadLetterPage": page_of("DeadLetterItem"),

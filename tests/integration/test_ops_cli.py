@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -365,6 +366,36 @@ async def test_dead_letters_malformed_and_templates_lists(service: Service, seed
     assert {"auth.login_code", "auth.password_reset", "notification.generic"} <= listed
     templates_json = await ops(service.cli, "templates", "list", "--json")
     assert templates_json.json() == (await service.api.get(f"{API}/templates")).json()
+
+
+async def test_provider_show_and_resume(service: Service, seeded: Seeded) -> None:
+    shown = await ops(service.cli, "provider", "show")
+    assert shown.code == 0
+    assert [line.split()[:2] for line in shown.lines] == [
+        ["mode", "stub"],
+        ["state", "sending"],
+        ["since", (await service.api.get(f"{API}/provider")).json()["since"]],
+        ["rate", "limit"],
+    ]
+    assert shown.lines[-1].split() == ["rate", "limit", "none"]
+    conn = await asyncpg.connect(service.env["MAIL_POSTGRES_PRIMARY_DSN"])
+    try:  # paused as an AUTH failure would leave it, with no probe due for an hour
+        await conn.execute(
+            "UPDATE provider_state SET state = 'paused', reason = 'auth_failed 535', since = now(),"
+            " next_probe_at = now() + interval '1 hour' WHERE id = 1"
+        )
+        paused = await ops(service.cli, "provider", "show", "--json")
+        assert (paused.json()["state"], paused.json()["reason"]) == ("paused", "auth_failed 535")
+        assert "reason         auth_failed 535" in (await ops(service.cli, "provider", "show")).lines
+        resumed = await ops(service.cli, "provider", "resume")
+        assert resumed.code == 0
+        assert resumed.lines[1].split() == ["state", "sending"]
+        assert await conn.fetchval("SELECT state FROM provider_state") == "sending"
+        [action] = await conn.fetch("SELECT kind, actor FROM operator_actions WHERE kind = 'provider_resume'")
+        assert action["actor"] != "trusted-network"  # the fingerprint of the CLI's token
+    finally:
+        await conn.execute("UPDATE provider_state SET state = 'sending', reason = NULL, next_probe_at = NULL")
+        await conn.close()
 
 
 async def test_suppressions_add_list_remove(service: Service, seeded: Seeded) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, malformed, suppressions, templates
+from mailsvc.ops.commands import dead_letters, deliveries, malformed, provider, suppressions, templates
 from mailsvc.ops.registry import Group
 
 GROUPS: tuple[Group, ...] = (
@@ -10,5 +10,6 @@ GROUPS: tuple[Group, ...] = (
     dead_letters.GROUP,
     malformed.GROUP,
     suppressions.GROUP,
+    provider.GROUP,
     templates.GROUP,
 )
