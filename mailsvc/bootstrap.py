@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import engines_from_settings
+from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
 from mailsvc.adapters.postgres.notifications import WorkListener
@@ -25,6 +26,7 @@ from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
+from mailsvc.adapters.redis_events import RedisEventWriter
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider
@@ -38,6 +40,7 @@ from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
+from mailsvc.http.routes.events import event_routes
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
 from mailsvc.http.routes.policy import policy_routes
@@ -46,12 +49,14 @@ from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
 from mailsvc.loops.consumer import StreamConsumer
+from mailsvc.loops.publisher import EventPublisher
 from mailsvc.loops.retention import RetentionLoop, RetentionPolicy
 from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
 from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
 from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.event_feed import EventFeedService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
@@ -212,6 +217,22 @@ def build_execution(
     return scheduler, pool, provider
 
 
+def build_publisher(
+    settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
+) -> EventPublisher | None:
+    """The event publisher (SPEC §11), or None when `MAIL_REDIS_EVENT_STREAM` is empty."""
+    stream = settings.redis.event_stream
+    if not stream:
+        return None
+    return EventPublisher(
+        source=EventStore([resources.primary]),
+        sink=RedisEventWriter(resources.redis_commands, stream, maxlen=settings.redis.event_stream_maxlen),
+        stream_key=stream,
+        lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"events:{stream}"),
+        instruments=instruments,
+    )
+
+
 def build_operator(
     settings: Settings,
     resources: Resources,
@@ -222,7 +243,10 @@ def build_operator(
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
-    routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
+    read_timeout = settings.operator.request_timeout.total_seconds()
+    routes = operator_routes(reads, resends, read_timeout=read_timeout)
+    feed = EventFeedService(EventStore(resources.replicas or [resources.primary]))
+    routes += event_routes(feed, read_timeout=read_timeout)
     policy = PolicyService(
         suppressions=SuppressionStore(resources.primary),
         cancels=IntakeStore(resources.primary),
@@ -231,8 +255,13 @@ def build_operator(
     )
     routes += policy_routes(policy, settings.http.max_body_bytes)
     retention = RetentionLoop(
-        store=RetentionStore(resources.primary),
-        policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),
+        store=RetentionStore(resources.primary, event_stream=settings.redis.event_stream),
+        policy=RetentionPolicy(
+            settings.retention.delivery_retention,
+            settings.retention.malformed_command_retention,
+            # never longer than the delivery's own life (an explicit longer one is refused at load)
+            min(settings.retention.event_retention, settings.retention.delivery_retention),
+        ),
         interval=settings.retention.cleanup_interval,
         instruments=instruments,
     )
@@ -248,6 +277,13 @@ async def build_runtime(
     try:
         wakeup = Wakeup()
         intake_store = IntakeStore(resources.primary)
+        publisher = build_publisher(settings, resources, instruments)
+
+        def work_committed() -> None:
+            wakeup.set()
+            if publisher is not None:
+                publisher.wake()
+
         acceptance = AcceptanceService(
             store=GroupCommitStore(intake_store),
             renderer=catalog,
@@ -256,7 +292,7 @@ async def build_runtime(
             idempotency_ttl=settings.retention.idempotency_ttl,
             stream_key=settings.redis.command_stream,
             max_rendered_bytes=settings.templates.max_rendered_bytes,
-            wake_scheduler=wakeup.set,
+            wake_scheduler=work_committed,
             instruments=instruments,
         )
         consumer = StreamConsumer(
@@ -272,7 +308,10 @@ async def build_runtime(
         )
         states = build_provider_service(settings, resources, instruments)
         scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments, states)
-        listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
+        if publisher is not None:
+            wake_publisher = publisher.wake
+            pool.writer.on_written = lambda record, applied: wake_publisher() if applied else None
+        listener = WorkListener(settings.postgres.primary_dsn.reveal(), work_committed)
         operator, retention = build_operator(settings, resources, catalog, acceptance, instruments)
         routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator, *provider_routes(states)]
         app = create_app(
@@ -283,6 +322,8 @@ async def build_runtime(
         log.info("http_listening", extra={"host": host, "port": port})
         server = build_server(app, settings.http)
         loops: list[Loop] = [consumer, scheduler, pool, listener, retention, *(extra_loops or [])]
+        if publisher is not None:
+            loops.append(publisher)
         if not (settings.http.intake_tokens or settings.http.operator_tokens) and not (settings.http.addr.is_loopback):
             log.warning(
                 "http_listener_unauthenticated",

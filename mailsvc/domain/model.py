@@ -124,6 +124,8 @@ class ClaimedDelivery:
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
     recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
     provider_faults: int = 0  # earlier attempts that failed by the provider's fault: they do not count
+    source: Source | None = None
+    submitted_at: datetime | None = None  # the producer's XADD or the HTTP acceptance: latency starts here
     # recipients suppressed at acceptance (address, kind): never sent to, named in the event
     suppressed: tuple[tuple[str, RecipientKind], ...] = ()
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import IDEMPOTENCY_KEY
+from mailsvc.domain.events import EVENT_TYPES
 from mailsvc.domain.operator_actions import ACTION_KINDS
-from mailsvc.domain.operator_query import DEFAULT_LIMIT, MAX_LIMIT, SOURCES, STATUSES
+from mailsvc.domain.operator_query import (
+    DEFAULT_EVENT_LIMIT,
+    DEFAULT_LIMIT,
+    MAX_EVENT_LIMIT,
+    MAX_LIMIT,
+    SOURCES,
+    STATUSES,
+)
 from mailsvc.http.openapi_schemas import SCHEMAS, TIMESTAMP, Schema, ref
 
 PREFIX = "/api/v1/internal"
@@ -181,6 +189,36 @@ def _paths() -> dict[str, Any]:
                     "422": _error("422", "invalid Idempotency-Key"),
                     "503": _error("503"),
                 },
+            }
+        },
+        f"{PREFIX}/events": {
+            "get": {
+                "operationId": "listEvents",
+                "summary": "The delivery event feed (CloudEvents), oldest first",
+                "description": "The events the publisher writes to MAIL_REDIS_EVENT_STREAM, from PostgreSQL, with the "
+                "same visibility horizon: an event appears once no transaction that could precede it is open, so "
+                "polling with `next_cursor` never skips one. `next_cursor` is always given.",
+                "parameters": [
+                    _query(
+                        "after",
+                        {"type": "string", "minLength": 1},
+                        "`next_cursor` of the previous call (opaque); absent: from the oldest event kept",
+                    ),
+                    _query("delivery_id", {"type": "string", "format": "uuid"}, "one delivery's events"),
+                    _query(
+                        "type",
+                        {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+                        "event types; repeat for several (OR)",
+                        style="form",
+                        explode=True,
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_EVENT_LIMIT, "default": DEFAULT_EVENT_LIMIT},
+                        "page size",
+                    ),
+                ],
+                "responses": {"200": _ok("EventPage", "the next events (perhaps none)"), **_READ_ERRORS},
             }
         },
         f"{PREFIX}/deliveries/{{delivery_id}}/cancel": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import MAX_HEADERS, MAX_RECIPIENTS, MAX_TAGS
+from mailsvc.domain.events import EVENT_TYPES
 from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.operator_query import SOURCES, STATUSES
 
@@ -250,6 +251,29 @@ SCHEMAS: dict[str, Schema] = {
             "locales": {"type": "array", "items": {"type": "string"}},
             "variables": {"type": "array", "items": {"type": "string"}},
             "required_variables": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "Event": closed(
+        {
+            "specversion": {"type": "string", "const": "1.0"},
+            "id": UUID_STR | {"description": "unique; the same on every re-publication"},
+            "source": {"type": "string", "const": "mailsvc"},
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "time": TIMESTAMP,
+            "subject": UUID_STR | {"description": "the delivery_id"},
+            "datacontenttype": {"type": "string", "const": "application/json"},
+            "data": {"type": "object", "description": "by type, SPEC §11"},
+            "traceparent": OPT_STRING | {"description": "W3C traceparent of the delivery's trace"},
+            "deliverysource": {"type": "string", "enum": list(SOURCES)},
+            "idempotencykey": {"type": "string"},
+            "tags": STRING_MAP,
+        },
+        description="A CloudEvents 1.0 event (structured JSON), as published to the event stream",
+    ),
+    "EventPage": closed(
+        {
+            "items": {"type": "array", "items": ref("Event")},
+            "next_cursor": {"type": "string", "description": "pass as `after` to continue; always given"},
         }
     ),
     "Suppression": closed(

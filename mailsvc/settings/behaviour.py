@@ -148,6 +148,12 @@ class RetentionSettings:
         default=timedelta(hours=168),
         doc="Malformed command records older than this are deleted.",
     )
+    event_retention: timedelta = setting(
+        "MAIL_EVENT_RETENTION",
+        positive_duration,
+        default=timedelta(hours=168),
+        doc="Published delivery events older than this are deleted (never kept longer than MAIL_DELIVERY_RETENTION).",
+    )
     suppression_ttl: timedelta = setting(
         "MAIL_SUPPRESSION_TTL",
         positive_duration,

@@ -93,7 +93,7 @@ _CLAIM_BODY = """
         RETURNING q.delivery_id, q.claim_token, q.attempt_count, q.priority, q.provider_faults
     )
     SELECT c.delivery_id, c.claim_token, c.attempt_count, c.provider_faults, d.message_id, d.expires_at, p.mime,
-           d.traceparent,
+           d.traceparent, d.source, d.submitted_at,
            ARRAY(SELECT r.address FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
            ARRAY(SELECT r.kind FROM delivery_recipients r
@@ -292,6 +292,8 @@ class QueueStore:
                 mime=bytes(row["mime"]),
                 traceparent=row["traceparent"],
                 recipient_kinds=tuple(row["kinds"]),
+                source=row["source"],
+                submitted_at=row["submitted_at"],
             )
             for row in rows
         ]

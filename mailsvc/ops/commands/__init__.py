@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, malformed, provider, suppressions, templates
+from mailsvc.ops.commands import dead_letters, deliveries, events, malformed, provider, suppressions, templates
 from mailsvc.ops.registry import Group
 
 GROUPS: tuple[Group, ...] = (
@@ -11,5 +11,6 @@ GROUPS: tuple[Group, ...] = (
     malformed.GROUP,
     suppressions.GROUP,
     provider.GROUP,
+    events.GROUP,
     templates.GROUP,
 )
