@@ -27,7 +27,7 @@ from typing import Any
 from bench.chaos.facts import TAKEN, Command, DeliveryRow, Facts, Xadd
 from bench.chaos.recovery import availability, recovery
 
-TERMINAL = frozenset({"sent", "dead_lettered", "suppressed"})
+TERMINAL = frozenset({"sent", "dead_lettered", "suppressed", "cancelled", "superseded"})
 HEADLINE = ("lost", "double_accepted", "unexplained_duplicates")
 _EXAMPLES = 20
 _KILLS = ("sigkill", "sigterm")

@@ -244,3 +244,15 @@ async def test_a_worker_killed_mid_attempt_is_recovered_and_delivered(
     assert row["status"] == "sent"
     assert [(a["number"], a["outcome"]) for a in attempts] == [(1, "abandoned"), (2, "sent")]
     assert message_id_of(dropped.content) == message_id_of(delivered.content) == row["message_id"]
+
+
+async def test_a_claim_leaves_suppressed_recipients_out_and_keeps_the_rest_of_its_state(queue: Queue) -> None:
+    await queue.db.conn.execute("INSERT INTO suppressions (address, reason) VALUES ('gone@example.org', 'manual')")
+    delivery_id = await queue.accept("ann@example.org", "Gone@Example.org", "bob@example.org")
+    await queue.db.conn.execute("UPDATE delivery_queue SET provider_faults = 2 WHERE delivery_id = $1", delivery_id)
+    (claim,) = await queue.store.claim(10, timedelta(minutes=1))
+    assert claim.recipients == ("ann@example.org", "bob@example.org")
+    assert claim.recipient_kinds == ("to", "to")
+    assert claim.suppressed == (("Gone@Example.org", "to"),)
+    assert claim.provider_faults == 2
+    assert claim.attempt_number == 1

@@ -20,7 +20,7 @@ from tests.support.infra import wait_until
 
 FROM_EMAIL = "noreply@mail.example.com"
 FROM_NAME = "Example Mail"
-TERMINAL = ("sent", "dead_lettered", "suppressed")
+TERMINAL = ("sent", "dead_lettered", "suppressed", "cancelled", "superseded")
 
 
 def condition(check: Callable[[], object]) -> Callable[[], Awaitable[object]]:

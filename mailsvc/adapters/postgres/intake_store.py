@@ -242,9 +242,9 @@ class IntakeStore:
                 await self._insert_deliveries(conn, created)
                 superseded = await self._supersede(conn, collapsing) if collapsing else {}
                 for index, d in zip(positions, created, strict=True):
-                    outcomes[index] = replace(
-                        outcomes[index], status=d.status, superseded=superseded.get(d.delivery_id, 0)
-                    )
+                    count = superseded.get(d.delivery_id, 0)
+                    if count or d.status != outcomes[index].status:  # suppressed at the door, or collapsing
+                        outcomes[index] = replace(outcomes[index], status=d.status, superseded=count)
                 await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
             judged = [
                 _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")

@@ -8,6 +8,7 @@ one statement per batch, whatever its size.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -279,7 +280,7 @@ class QueueStore:
         async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
             params = {**self._claim_params, "limit": limit, "lease_s": lease.total_seconds()}
             rows = await conn.fetch(self._claim_sql.sql, *self._claim_sql.args(params))
-        return [
+        claims = [
             ClaimedDelivery(
                 delivery_id=row["delivery_id"],
                 claim_token=row["claim_token"],
@@ -294,9 +295,11 @@ class QueueStore:
                 source=row["source"],
                 submitted_at=row["submitted_at"],
             )
-            if not any(row["suppressed"])
-            else _without_suppressed(row)
             for row in rows
+        ]
+        return [
+            claim if not any(row["suppressed"]) else _without_suppressed(claim, row["suppressed"])
+            for claim, row in zip(claims, rows, strict=True)
         ]
 
     async def finish(self, records: Sequence[AttemptRecord]) -> set[UUID]:
@@ -367,23 +370,15 @@ class QueueStore:
             return int((await conn.execute(_DUE_BACKLOG)).scalar_one())
 
 
-def _without_suppressed(row: Any) -> ClaimedDelivery:
-    """A claim with recipients suppressed at acceptance: they stay out of the envelope."""
-    kept = [(a, k) for a, k, gone in zip(row["recipients"], row["kinds"], row["suppressed"], strict=True) if not gone]
-    return ClaimedDelivery(
-        delivery_id=row["delivery_id"],
-        claim_token=row["claim_token"],
-        attempt_number=row["attempt_count"],
-        provider_faults=row["provider_faults"],
-        message_id=row["message_id"],
-        expires_at=row["expires_at"],
-        recipients=tuple(a for a, _ in kept),
-        mime=bytes(row["mime"]),
-        traceparent=row["traceparent"],
-        recipient_kinds=tuple(k for _, k in kept),
-        suppressed=tuple(
-            (a, k) for a, k, gone in zip(row["recipients"], row["kinds"], row["suppressed"], strict=True) if gone
-        ),
+def _without_suppressed(claim: ClaimedDelivery, flags: Sequence[bool | None]) -> ClaimedDelivery:
+    """`claim` without the recipients suppressed at acceptance: they stay out of the envelope and
+    are named in its event."""
+    pairs = list(zip(claim.recipients, claim.recipient_kinds, flags, strict=True))
+    return replace(
+        claim,
+        recipients=tuple(a for a, _, gone in pairs if not gone),
+        recipient_kinds=tuple(k for _, k, gone in pairs if not gone),
+        suppressed=tuple((a, k) for a, k, gone in pairs if gone),
     )
 
 
