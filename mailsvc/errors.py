@@ -41,6 +41,10 @@ class NotResendable(MailsvcError):
     """Only a delivery in a terminal status can be resent."""
 
 
+class ContentRedacted(MailsvcError):
+    """The delivery was sensitive and is terminal: its content is gone (SPEC §13), nothing to send again."""
+
+
 class OffsetMoved(MailsvcError):
     """Another consumer advanced the stream offset: this batch was rolled back."""
 

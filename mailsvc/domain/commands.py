@@ -54,6 +54,7 @@ _KNOWN_FIELDS = frozenset(
         "expires_at",
         "headers",
         "tags",
+        "sensitive",
     }
 )
 
@@ -96,6 +97,8 @@ class SendRequest:
     expires_at: datetime | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # raw content that is a secret (SPEC §13); a template's manifest decides for templated content
+    sensitive: bool = False
 
 
 def request_hash(payload: Any) -> bytes:
@@ -376,6 +379,9 @@ def parse_send_request(payload: Any) -> SendRequest:
         check.fail("expires_at", "must be after send_at")
     headers = check.headers(payload)
     tags = check.tags(payload)
+    sensitive = payload.get("sensitive")
+    if sensitive is not None and not isinstance(sensitive, bool):
+        check.fail("sensitive", "must be true or false")
     reported = {p.field for p in check.problems}
     for path in _nul_paths(payload) if _may_hold_nul(payload) else ():
         if path not in reported:
@@ -396,4 +402,5 @@ def parse_send_request(payload: Any) -> SendRequest:
         expires_at=expires_at,
         headers=headers,
         tags=tags,
+        sensitive=sensitive is True,
     )

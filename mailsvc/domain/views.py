@@ -78,6 +78,18 @@ class Body:
 
 
 @dataclass(frozen=True, slots=True)
+class Redaction:
+    """What is left of a sensitive delivery's content once it is terminal (SPEC §13)."""
+
+    redacted_at: datetime
+    mime_sha256: str  # hex, of the MIME message as built and sent
+    mime_bytes: int
+    subject_bytes: int
+    text_bytes: int
+    html_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryDetail:
     """One delivery with everything an operator needs to explain what happened to it."""
 
@@ -89,7 +101,9 @@ class DeliveryDetail:
     attempts: tuple[AttemptView, ...]
     dead_letter: DeadLetterView | None
     resends: tuple[UUID, ...]
-    body: Body | None  # only when asked for
+    body: Body | None  # only when asked for (never once redacted)
+    sensitive: bool = False
+    redaction: Redaction | None = None
 
 
 @dataclass(frozen=True, slots=True)

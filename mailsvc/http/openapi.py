@@ -168,7 +168,8 @@ def _paths() -> dict[str, Any]:
                     "404": _error("404"),
                     "409": _error(
                         "409",
-                        "`not_resendable` (the delivery is not in a terminal status) or `idempotency_key_conflict` "
+                        "`not_resendable` (the delivery is not in a terminal status), `content_redacted` (it was "
+                        "sensitive: its content was removed when it finished) or `idempotency_key_conflict` "
                         "(the key was used to resend another delivery)",
                     ),
                     "422": _error("422", "invalid Idempotency-Key"),
@@ -206,7 +207,7 @@ def _paths() -> dict[str, Any]:
         f"{PREFIX}/templates": {
             "get": {
                 "operationId": "listTemplates",
-                "summary": "The template catalog: ids, locales, declared variables",
+                "summary": "The template catalog: ids, locales, declared variables, sensitive",
                 "responses": {
                     "200": _ok("TemplateList", "every template"),
                     **{s: _error(s) for s in ("401", "403", "503")},

@@ -89,6 +89,11 @@ SEND_EMAIL: Schema = {
         "headers": STRING_MAP
         | {"maxProperties": MAX_HEADERS, "propertyNames": {"pattern": "^X-"}, "description": "X-* headers only"},
         "tags": STRING_MAP | {"maxProperties": MAX_TAGS, "propertyNames": {"pattern": "^[^:]+$"}},
+        "sensitive": {
+            "type": "boolean",
+            "description": "the content is a secret: redacted once the delivery is terminal (SPEC §13); for a "
+            "template its manifest decides, and true here can only add redaction",
+        },
     },
     "additionalProperties": False,
 }
@@ -162,7 +167,25 @@ _DETAIL_FIELDS: dict[str, Schema] = {
     "attempts": {"type": "array", "items": ref("Attempt"), "description": "oldest first"},
     "dead_letter": {"oneOf": [{"type": "null"}, ref("DeadLetter")]},
     "resends": {"type": "array", "items": UUID_STR, "description": "ids of the deliveries that resent this one"},
-    "text_body": {"type": "string", "description": "only with ?include=body"},
+    "sensitive": {"type": "boolean", "description": "the content is a secret, redacted once terminal (SPEC §13)"},
+    "redacted": {"type": "boolean", "description": "the content was removed: no subject, no bodies"},
+    "content_digest": {
+        "oneOf": [
+            {"type": "null"},
+            closed(
+                {
+                    "redacted_at": TIMESTAMP,
+                    "mime_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "mime_bytes": {"type": "integer", "minimum": 0},
+                    "subject_bytes": {"type": "integer", "minimum": 0},
+                    "text_bytes": {"type": "integer", "minimum": 0},
+                    "html_bytes": OPT_INT,
+                },
+                description="what is kept of redacted content: the SHA-256 of the MIME message sent, and sizes",
+            ),
+        ]
+    },
+    "text_body": {"type": "string", "description": "only with ?include=body (never once redacted)"},
     "html_body": OPT_STRING | {"description": "only with ?include=body"},
 }
 
@@ -243,6 +266,7 @@ SCHEMAS: dict[str, Schema] = {
             "locales": {"type": "array", "items": {"type": "string"}},
             "variables": {"type": "array", "items": {"type": "string"}},
             "required_variables": {"type": "array", "items": {"type": "string"}},
+            "sensitive": {"type": "boolean", "description": "its deliveries are redacted once terminal (SPEC §13)"},
         }
     ),
     "OperatorAction": closed(

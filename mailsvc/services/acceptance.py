@@ -85,9 +85,11 @@ class AcceptanceService:
         """Render a validated request once; raise `TemplateError` for template problems, and
         `ValidationFailed` (`render_too_large`) for raw bodies over `max_rendered_bytes`."""
         if request.template is not None:
-            return self.renderer.render(
+            content = self.renderer.render(
                 request.template, request.locale, request.variables, max_bytes=self.max_rendered_bytes
             )
+            # the manifest decides; a command may only add redaction, never turn it off (SPEC §2)
+            return replace(content, sensitive=True) if request.sensitive else content
         assert request.subject is not None
         assert request.text is not None
         limit = self.max_rendered_bytes
@@ -98,7 +100,9 @@ class AcceptanceService:
         ]
         if oversized:
             raise ValidationFailed(oversized, reason="render_too_large")
-        return RenderedContent(subject=request.subject, text=request.text, html=request.html)
+        return RenderedContent(
+            subject=request.subject, text=request.text, html=request.html, sensitive=request.sensitive
+        )
 
     def prepare(
         self,

@@ -17,7 +17,7 @@ from uuid import UUID
 from mailsvc.domain.commands import SendRequest, request_hash
 from mailsvc.domain.model import TERMINAL_STATUSES, RenderedContent, ResendSource
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.errors import NotFound, NotResendable
+from mailsvc.errors import ContentRedacted, NotFound, NotResendable
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.acceptance_types import Accepted
 
@@ -47,7 +47,8 @@ class ResendService:
         A created resend records its operator action (by `actor`) in the same transaction; a replay
         records nothing, since it wrote nothing.
 
-        Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet),
+        Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet), `ContentRedacted`
+        (a sensitive delivery: its content is gone, the producer must issue a new one),
         `IdempotencyConflict` (key used to resend another delivery), `StoreUnavailable`.
         """
         source = await self.sources.load_resend_source(delivery_id)
@@ -55,6 +56,8 @@ class ResendService:
             raise NotFound(f"no delivery {delivery_id}")
         if source.status not in TERMINAL_STATUSES:
             raise NotResendable(f"delivery {delivery_id} is {source.status}; only a finished delivery can be resent")
+        if source.redacted or source.subject is None or source.text is None:
+            raise ContentRedacted(f"delivery {delivery_id} was sensitive: its content was removed when it finished")
         request = SendRequest(
             recipients=source.recipients,
             reply_to=source.reply_to,

@@ -1,8 +1,13 @@
-"""Operator actions (SPEC §14): the audit trail of every operator write.
+"""Operator actions (SPEC §14) and sensitive content (SPEC §13).
 
-Written in the same transaction as the write it audits (`adapters/postgres/operator_actions.py`).
-No foreign key to `deliveries`: the trail outlives the deliveries it names (retention deletes
-those), so targets are kept as JSON ids.
+`operator_actions`: the audit trail of every operator write, written in the same transaction as
+the write it audits (`adapters/postgres/operator_actions.py`). No foreign key to `deliveries`: the
+trail outlives the deliveries it names (retention deletes those), so targets are kept as JSON ids.
+
+`delivery_payloads` of a `sensitive` delivery lose subject, bodies and MIME in the transaction that
+makes the delivery terminal (`adapters/postgres/redaction.py`); what stays is the SHA-256 of the
+MIME message, the sizes and `redacted_at`. The flag lives on the payload row, next to what it
+governs, so redaction touches one table.
 
 Revision ID: 0008
 Revises: 0005
@@ -32,10 +37,40 @@ CREATE TABLE operator_actions (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 -- GET /operator-actions: newest first, keyset-paginated
-CREATE INDEX operator_actions_created_idx ON operator_actions (created_at DESC, action_id DESC)
+CREATE INDEX operator_actions_created_idx ON operator_actions (created_at DESC, action_id DESC);
+
+ALTER TABLE delivery_payloads ADD COLUMN sensitive boolean NOT NULL DEFAULT false;
+ALTER TABLE delivery_payloads ADD COLUMN redacted_at timestamptz;
+-- of the MIME message as built (and sent): an operator can match it to a copy the recipient holds
+ALTER TABLE delivery_payloads ADD COLUMN mime_sha256 bytea;
+ALTER TABLE delivery_payloads ADD COLUMN mime_bytes integer;
+ALTER TABLE delivery_payloads ADD COLUMN subject_bytes integer;
+ALTER TABLE delivery_payloads ADD COLUMN text_bytes integer;
+ALTER TABLE delivery_payloads ADD COLUMN html_bytes integer;
+ALTER TABLE delivery_payloads ALTER COLUMN subject DROP NOT NULL;
+ALTER TABLE delivery_payloads ALTER COLUMN text_body DROP NOT NULL;
+ALTER TABLE delivery_payloads ALTER COLUMN mime DROP NOT NULL;
+-- content, or (only a sensitive one) its digest once redacted: never neither, never both
+ALTER TABLE delivery_payloads ADD CONSTRAINT delivery_payloads_redaction_check CHECK (
+    (redacted_at IS NULL AND subject IS NOT NULL AND text_body IS NOT NULL AND mime IS NOT NULL)
+    OR (redacted_at IS NOT NULL AND sensitive AND subject IS NULL AND text_body IS NULL AND html_body IS NULL
+        AND mime IS NULL AND mime_sha256 IS NOT NULL)) NOT VALID;
+ALTER TABLE delivery_payloads VALIDATE CONSTRAINT delivery_payloads_redaction_check
 """
 
 DOWNGRADE = """
+ALTER TABLE delivery_payloads DROP CONSTRAINT delivery_payloads_redaction_check;
+UPDATE delivery_payloads SET subject = '', text_body = '', mime = '' WHERE redacted_at IS NOT NULL;
+ALTER TABLE delivery_payloads ALTER COLUMN subject SET NOT NULL;
+ALTER TABLE delivery_payloads ALTER COLUMN text_body SET NOT NULL;
+ALTER TABLE delivery_payloads ALTER COLUMN mime SET NOT NULL;
+ALTER TABLE delivery_payloads DROP COLUMN html_bytes;
+ALTER TABLE delivery_payloads DROP COLUMN text_bytes;
+ALTER TABLE delivery_payloads DROP COLUMN subject_bytes;
+ALTER TABLE delivery_payloads DROP COLUMN mime_bytes;
+ALTER TABLE delivery_payloads DROP COLUMN mime_sha256;
+ALTER TABLE delivery_payloads DROP COLUMN redacted_at;
+ALTER TABLE delivery_payloads DROP COLUMN sensitive;
 DROP TABLE operator_actions
 """
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.operator_actions import record_actions
+from mailsvc.adapters.postgres.redaction import redact
 from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import NotFound, OffsetMoved
@@ -90,11 +91,11 @@ _INSERT_RECIPIENTS = text(
 
 _INSERT_PAYLOADS = text(
     """
-    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime)
-    SELECT id, s, t, h, r, CAST(hd AS jsonb), m FROM unnest(
+    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime, sensitive)
+    SELECT id, s, t, h, r, CAST(hd AS jsonb), m, sn FROM unnest(
         CAST(:ids AS uuid[]), CAST(:subjects AS text[]), CAST(:texts AS text[]), CAST(:htmls AS text[]),
-        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]))
-        AS p(id, s, t, h, r, hd, m)
+        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]), CAST(:sensitive AS boolean[]))
+        AS p(id, s, t, h, r, hd, m, sn)
     """
 )
 
@@ -144,6 +145,8 @@ class IntakeStore:
             if created:
                 await self._insert_deliveries(conn, created)
                 await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
+                # suppressed at the door: terminal in this transaction, so redacted in it (SPEC §13)
+                await redact(conn, [d.delivery_id for d in created if d.content.sensitive and d.status != "queued"])
             judged = [
                 _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
             ]
@@ -270,6 +273,7 @@ class IntakeStore:
                     "reply_tos": [_reply_to(d) for d in chunk],
                     "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
                     "mimes": [d.mime for d in chunk],
+                    "sensitive": [d.content.sensitive for d in chunk],
                 },
             )
 

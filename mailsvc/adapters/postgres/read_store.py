@@ -29,6 +29,7 @@ from mailsvc.domain.views import (
     DeliverySummary,
     MalformedItem,
     RecipientView,
+    Redaction,
 )
 
 # Read from `delivery_states` (migration 0004): the delivery as the API shows it, `sending` while its
@@ -63,7 +64,8 @@ _LIST_DELIVERIES = """
 DETAIL = text(
     f"""
     SELECT {_COLUMNS},
-           p.subject, p.reply_to, p.headers,
+           p.subject, p.reply_to, p.headers, p.sensitive, p.redacted_at, p.mime_sha256, p.mime_bytes,
+           p.subject_bytes, p.text_bytes, p.html_bytes,
            CASE WHEN CAST(:body AS boolean) THEN p.text_body END AS text_body,
            CASE WHEN CAST(:body AS boolean) THEN p.html_body END AS html_body,
            dl.reason AS dead_reason, dl.last_error AS dead_error, dl.created_at AS dead_at,
@@ -113,7 +115,7 @@ _OPERATOR_ACTIONS = """
 _RESEND_SOURCE = text(
     """
     SELECT d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
-           p.subject, p.text_body, p.html_body, p.reply_to, p.headers,
+           p.subject, p.text_body, p.html_body, p.reply_to, p.headers, p.redacted_at,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name)
                  FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients
     FROM delivery_states d JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
@@ -206,6 +208,17 @@ class ReadStore:
             dead_letter=dead,
             resends=tuple(row.resends),
             body=body,
+            sensitive=bool(row.sensitive),
+            redaction=None
+            if row.redacted_at is None
+            else Redaction(
+                redacted_at=row.redacted_at,
+                mime_sha256=bytes(row.mime_sha256).hex(),
+                mime_bytes=row.mime_bytes,
+                subject_bytes=row.subject_bytes,
+                text_bytes=row.text_bytes,
+                html_bytes=row.html_bytes,
+            ),
         )
 
     async def list_attempts(self, delivery_id: UUID) -> list[AttemptView] | None:
@@ -292,6 +305,7 @@ class ReadStore:
             reply_to=_address(row.reply_to),
             headers=_json(row.headers) or {},
             recipients=tuple(Recipient(kind, Address(address, name)) for kind, address, name in row.recipients),
+            redacted=row.redacted_at is not None,
         )
 
 
