@@ -127,7 +127,7 @@ class MalformedItem:
     idempotency_key: str | None
     reason: str
     message: str
-    raw_fields: str  # the stored bytes decoded as UTF-8, undecodable bytes replaced
+    raw_fields: str | None  # only when asked for: decoded, `payload.variables` masked (`domain/raw_fields.py`)
     received_at: datetime
 
 

@@ -191,6 +191,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Stream commands that could never succeed, newest first",
                 "parameters": [
                     _query("reason", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "one reason code"),
+                    _query(
+                        "include",
+                        {"type": "string", "enum": ["raw"]},
+                        "`raw` adds raw_fields (with `payload.variables` masked)",
+                    ),
                     *_PAGE,
                 ],
                 "responses": {"200": _ok("MalformedCommandPage", "one page"), **_READ_ERRORS},

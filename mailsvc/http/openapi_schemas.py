@@ -252,11 +252,13 @@ SCHEMAS: dict[str, Schema] = {
             "message": {"type": "string"},
             "raw_fields": {
                 "type": "string",
-                "description": "the entry's fields as received (JSON, at most 64 KiB), decoded as UTF-8 with "
-                "undecodable bytes replaced by U+FFFD",
+                "description": "only with ?include=raw: the entry's fields as received (JSON, at most 64 KiB), "
+                "decoded as UTF-8 with undecodable bytes replaced by U+FFFD; each value of `payload.variables` is "
+                "masked as `***` (SPEC §13)",
             },
             "received_at": TIMESTAMP,
-        }
+        },
+        optional=("raw_fields",),
     ),
     "Template": closed(
         {

@@ -133,16 +133,18 @@ def dead_letter_json(d: DeadLetterItem) -> dict[str, Any]:
 
 
 def malformed_json(m: MalformedItem) -> dict[str, Any]:
-    return {
+    body = {
         "malformed_id": m.malformed_id,
         "stream_key": m.stream_key,
         "stream_entry_id": m.stream_entry_id,
         "idempotency_key": m.idempotency_key,
         "reason": m.reason,
         "message": m.message,
-        "raw_fields": m.raw_fields,
         "received_at": timestamp(m.received_at),
     }
+    if m.raw_fields is not None:
+        body["raw_fields"] = m.raw_fields
+    return body
 
 
 def template_json(t: TemplateInfo) -> dict[str, Any]:

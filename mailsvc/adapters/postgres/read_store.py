@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
 from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.domain.operator_query import DeliveryFilter, Keyset, PageRequest
+from mailsvc.domain.operator_query import DeliveryFilter, Keyset, MalformedQuery, PageRequest
+from mailsvc.domain.raw_fields import masked_raw_fields
 from mailsvc.domain.views import (
     AttemptView,
     Body,
@@ -96,8 +97,8 @@ _DEAD_LETTERS = """
 """
 
 _MALFORMED = """
-    SELECT m.malformed_id, m.stream_key, m.stream_entry_id, m.idempotency_key, m.reason, m.message, m.raw_fields,
-           m.received_at
+    SELECT m.malformed_id, m.stream_key, m.stream_entry_id, m.idempotency_key, m.reason, m.message,
+           CASE WHEN CAST(:raw AS boolean) THEN m.raw_fields END AS raw_fields, m.received_at
     FROM malformed_commands m
     {where}
     ORDER BY m.received_at DESC, m.malformed_id DESC
@@ -244,11 +245,13 @@ class ReadStore:
             for row in rows
         ]
 
-    async def list_malformed(self, reason: str | None, page: PageRequest) -> list[MalformedItem]:
+    async def list_malformed(self, query: MalformedQuery, page: PageRequest) -> list[MalformedItem]:
+        """Newest first; the raw fields only with `query.include_raw`, and then masked."""
         conditions, params = _keyset("m.received_at", "m.malformed_id", "bigint", page)
-        if reason is not None:
+        params["raw"] = query.include_raw
+        if query.reason is not None:
             conditions.append("m.reason = :reason")
-            params["reason"] = reason
+            params["reason"] = query.reason
         rows = await self._rows(text(_MALFORMED.format(where=_where(conditions))), params)
         return [
             MalformedItem(
@@ -258,7 +261,7 @@ class ReadStore:
                 idempotency_key=row.idempotency_key,
                 reason=row.reason,
                 message=row.message,
-                raw_fields=bytes(row.raw_fields).decode("utf-8", "replace"),
+                raw_fields=None if row.raw_fields is None else masked_raw_fields(bytes(row.raw_fields)),
                 received_at=row.received_at,
             )
             for row in rows

@@ -121,8 +121,8 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         return JsonResponse({"items": [dead_letter_json(d) for d in found.items], "next_cursor": found.next_cursor})
 
     async def list_malformed(request: Request) -> Response:
-        reason, page = _parse(parse_malformed_query, request)
-        found = await bounded(reads.malformed_commands(reason, page))
+        query, page = _parse(parse_malformed_query, request)
+        found = await bounded(reads.malformed_commands(query, page))
         return JsonResponse({"items": [malformed_json(m) for m in found.items], "next_cursor": found.next_cursor})
 
     async def list_operator_actions(request: Request) -> Response:
