@@ -21,6 +21,7 @@ from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, req
 from mailsvc.adapters.postgres.notifications import WorkListener
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
+from mailsvc.adapters.postgres.redrive_store import RedriveStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_stream import RedisStreamReader
@@ -50,6 +51,7 @@ from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.redrive import RedriveService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
 
@@ -191,7 +193,19 @@ def build_operator(
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
-    routes = operator_routes(reads, resends, read_timeout=settings.operator.request_timeout.total_seconds())
+    redrives = RedriveService(
+        store=RedriveStore(resources.primary, IntakeStore(resources.primary)),
+        resends=resends,
+        idempotency_ttl=settings.retention.idempotency_ttl,
+        wake_scheduler=acceptance.wake_scheduler,
+    )
+    routes = operator_routes(
+        reads,
+        resends,
+        redrives,
+        read_timeout=settings.operator.request_timeout.total_seconds(),
+        max_body_bytes=settings.http.max_body_bytes,
+    )
     retention = RetentionLoop(
         store=RetentionStore(resources.primary),
         policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),

@@ -45,6 +45,10 @@ class ContentRedacted(MailsvcError):
     """The delivery was sensitive and is terminal: its content is gone (SPEC §13), nothing to send again."""
 
 
+class ActionKeyTaken(MailsvcError):
+    """Another request recorded an operator action with this `Idempotency-Key` first."""
+
+
 class OffsetMoved(MailsvcError):
     """Another consumer advanced the stream offset: this batch was rolled back."""
 

@@ -185,6 +185,38 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("DeadLetterPage", "one page"), **_READ_ERRORS},
             }
         },
+        f"{PREFIX}/dead-letters/redrive": {
+            "post": {
+                "operationId": "redriveDeadLetters",
+                "summary": "Resend the dead letters a filter selects, each at most once across redrives (audited)",
+                "description": "Oldest first, in bounded batches (each its own transaction), at most `limit`. Redacted "
+                "(sensitive) dead letters and those an earlier redrive resent are skipped and counted. `dry_run` only "
+                "counts and records nothing.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": _KEY_PATTERN},
+                        "description": "a retry with the same key and body answers with the first answer",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("RedriveRequest")}},
+                },
+                "responses": {
+                    "200": _ok("RedriveResult", "what was (or, with dry_run, would be) redriven"),
+                    "400": _error("400"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "409": _error("409", "`idempotency_key_conflict`: the key answered another request"),
+                    "413": _error("413"),
+                    "422": _error("422"),
+                    "503": _error("503"),
+                },
+            }
+        },
         f"{PREFIX}/malformed-commands": {
             "get": {
                 "operationId": "listMalformedCommands",

@@ -293,6 +293,50 @@ SCHEMAS: dict[str, Schema] = {
         description="one operator write, recorded in the transaction that made it",
     ),
     "OperatorActionPage": page_of("OperatorAction"),
+    "RedriveRequest": {
+        "type": "object",
+        "properties": {
+            "filter": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string", "enum": ["permanent_failure", "attempts_exhausted", "expired"]},
+                    "source": {"type": "string", "enum": list(SOURCES)},
+                    "template": {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$"},
+                    "created_after": TIMESTAMP | {"description": "dead-lettered at or after"},
+                    "created_before": TIMESTAMP | {"description": "dead-lettered before"},
+                    "recipient_domain": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 253,
+                        "pattern": "^[^@]+$",
+                        "description": "any recipient at this domain (case-insensitive)",
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+            "dry_run": {"type": "boolean", "default": False},
+            "note": {"type": "string", "maxLength": 1000},
+        },
+        "additionalProperties": False,
+    },
+    "RedriveResult": closed(
+        {
+            "action_id": {"type": ["string", "null"], "format": "uuid", "description": "null for a dry run"},
+            "dry_run": {"type": "boolean"},
+            "idempotent_replay": {"type": "boolean", "description": "the answer recorded for this Idempotency-Key"},
+            "matched": {"type": "integer", "minimum": 0, "description": "dead letters the filter selects"},
+            "redriven": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "resent now (a dry run: that would be), at most `limit`",
+            },
+            "skipped": {"type": "integer", "minimum": 0, "description": "skipped_redacted + skipped_already_redriven"},
+            "skipped_redacted": {"type": "integer", "minimum": 0},
+            "skipped_already_redriven": {"type": "integer", "minimum": 0},
+            "remaining": {"type": "integer", "minimum": 0, "description": "redrivable, left for another run"},
+        }
+    ),
     "DeliveryPage": page_of("DeliveryItem"),
     "DeadLetterPage": page_of("DeadLetterItem"),
     "MalformedCommandPage": page_of("MalformedCommand"),

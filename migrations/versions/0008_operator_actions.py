@@ -34,8 +34,13 @@ CREATE TABLE operator_actions (
     note        text CHECK (note IS NULL OR length(note) <= 1000),
     -- the first 12 hex digits of the SHA-256 of the bearer token, or 'trusted-network'; never a token
     actor       text NOT NULL CHECK (actor = 'trusted-network' OR actor ~ '^[0-9a-f]{12}$'),
+    -- a bulk action asked for with `Idempotency-Key`: a retry finds it and answers with its counts
+    idempotency_key  text,
+    request_hash     bytea,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE UNIQUE INDEX operator_actions_key_idx ON operator_actions (kind, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- GET /operator-actions: newest first, keyset-paginated
 CREATE INDEX operator_actions_created_idx ON operator_actions (created_at DESC, action_id DESC);
 
@@ -55,10 +60,24 @@ ALTER TABLE delivery_payloads ADD CONSTRAINT delivery_payloads_redaction_check C
     (redacted_at IS NULL AND subject IS NOT NULL AND text_body IS NOT NULL AND mime IS NOT NULL)
     OR (redacted_at IS NOT NULL AND sensitive AND subject IS NULL AND text_body IS NULL AND html_body IS NULL
         AND mime IS NULL AND mime_sha256 IS NOT NULL)) NOT VALID;
-ALTER TABLE delivery_payloads VALIDATE CONSTRAINT delivery_payloads_redaction_check
+ALTER TABLE delivery_payloads VALIDATE CONSTRAINT delivery_payloads_redaction_check;
+
+-- a dead letter is redriven at most once (SPEC §14): the redrive that resent it, when, and as what
+ALTER TABLE dead_letters ADD COLUMN redriven_by uuid;
+ALTER TABLE dead_letters ADD COLUMN redriven_at timestamptz;
+ALTER TABLE dead_letters ADD COLUMN redriven_to uuid;
+ALTER TABLE dead_letters ADD CONSTRAINT dead_letters_redriven_check
+    CHECK ((redriven_by IS NULL) = (redriven_at IS NULL) AND (redriven_by IS NULL) = (redriven_to IS NULL));
+-- what a redrive picks from: the dead letters not redriven yet, oldest first
+CREATE INDEX dead_letters_redrivable_idx ON dead_letters (created_at, delivery_id) WHERE redriven_by IS NULL
 """
 
 DOWNGRADE = """
+DROP INDEX dead_letters_redrivable_idx;
+ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_redriven_check;
+ALTER TABLE dead_letters DROP COLUMN redriven_to;
+ALTER TABLE dead_letters DROP COLUMN redriven_at;
+ALTER TABLE dead_letters DROP COLUMN redriven_by;
 ALTER TABLE delivery_payloads DROP CONSTRAINT delivery_payloads_redaction_check;
 UPDATE delivery_payloads SET subject = '', text_body = '', mime = '' WHERE redacted_at IS NOT NULL;
 ALTER TABLE delivery_payloads ALTER COLUMN subject SET NOT NULL;

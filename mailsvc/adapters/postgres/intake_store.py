@@ -140,23 +140,38 @@ class IntakeStore:
         """
         # straight through asyncpg: SQLAlchemy's execution layer cost more CPU than the statements
         async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
-            outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
-            created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
-            if created:
-                await self._insert_deliveries(conn, created)
-                await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
-                # suppressed at the door: terminal in this transaction, so redacted in it (SPEC §13)
-                await redact(conn, [d.delivery_id for d in created if d.content.sensitive and d.status != "queued"])
-            judged = [
-                _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
-            ]
-            conflicts = [m for m in judged if m is not None]
-            if malformed or conflicts:
-                await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
-            if offset is not None:
-                await self._advance(conn, offset)
-            if any(d.status == "queued" for d in created):
-                await conn.execute(_NOTIFY)
+            return await self.write(
+                conn, deliveries, malformed, stream_key=stream_key, offset=offset, idempotency_ttl=idempotency_ttl
+            )
+
+    async def write(
+        self,
+        conn: DriverConnection,
+        deliveries: Sequence[NewDelivery],
+        malformed: Sequence[MalformedCommand],
+        *,
+        stream_key: str,
+        offset: OffsetAdvance | None,
+        idempotency_ttl: timedelta,
+    ) -> list[KeyOutcome]:
+        """`accept` within the caller's transaction (a redrive marks its dead letters in the same one)."""
+        outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
+        created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
+        if created:
+            await self._insert_deliveries(conn, created)
+            await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
+            # suppressed at the door: terminal in this transaction, so redacted in it (SPEC §13)
+            await redact(conn, [d.delivery_id for d in created if d.content.sensitive and d.status != "queued"])
+        judged = [
+            _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
+        ]
+        conflicts = [m for m in judged if m is not None]
+        if malformed or conflicts:
+            await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
+        if offset is not None:
+            await self._advance(conn, offset)
+        if any(d.status == "queued" for d in created):
+            await conn.execute(_NOTIFY)
         return outcomes
 
     async def _claim_keys(

@@ -113,12 +113,14 @@ _OPERATOR_ACTIONS = """
     LIMIT :limit
 """
 
-_RESEND_SOURCE = text(
-    """
-    SELECT d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
+# what a resend copies (a redrive reads the same, for many: `redrive_store.py`)
+RESEND_SOURCE_COLUMNS = """d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
            p.subject, p.text_body, p.html_body, p.reply_to, p.headers, p.redacted_at,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name)
-                 FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients
+                 FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients"""
+_RESEND_SOURCE = text(
+    f"""
+    SELECT {RESEND_SOURCE_COLUMNS}
     FROM delivery_states d JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
     WHERE d.delivery_id = :id
     """
@@ -291,25 +293,27 @@ class ReadStore:
     async def load_resend_source(self, delivery_id: UUID) -> ResendSource | None:
         """The stored rendered payload of a delivery (None when it or its payload is gone)."""
         rows = await self._rows(_RESEND_SOURCE, {"id": delivery_id})
-        if not rows:
-            return None
-        row = rows[0]
-        return ResendSource(
-            delivery_id=row.delivery_id,
-            status=row.status,
-            template=row.template,
-            locale=row.locale,
-            template_digest=row.template_digest,
-            priority=Priority(row.priority),
-            tags=_json(row.tags) or {},
-            subject=row.subject,
-            text=row.text_body,
-            html=row.html_body,
-            reply_to=_address(row.reply_to),
-            headers=_json(row.headers) or {},
-            recipients=tuple(Recipient(kind, Address(address, name)) for kind, address, name in row.recipients),
-            redacted=row.redacted_at is not None,
-        )
+        return resend_source_of(rows[0]) if rows else None
+
+
+def resend_source_of(row: Any) -> ResendSource:
+    """A row of `RESEND_SOURCE_COLUMNS` as the domain value."""
+    return ResendSource(
+        delivery_id=row.delivery_id,
+        status=row.status,
+        template=row.template,
+        locale=row.locale,
+        template_digest=row.template_digest,
+        priority=Priority(row.priority),
+        tags=_json(row.tags) or {},
+        subject=row.subject,
+        text=row.text_body,
+        html=row.html_body,
+        reply_to=_address(row.reply_to),
+        headers=_json(row.headers) or {},
+        recipients=tuple(Recipient(kind, Address(address, name)) for kind, address, name in row.recipients),
+        redacted=row.redacted_at is not None,
+    )
 
 
 def _keyset(at_column: str, id_column: str, id_type: str, page: PageRequest) -> tuple[list[str], dict[str, Any]]:

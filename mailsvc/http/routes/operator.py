@@ -26,6 +26,8 @@ from mailsvc.domain.operator_query import (
     parse_operator_action_query,
     require_no_params,
 )
+from mailsvc.domain.redrive import parse_redrive_request
+from mailsvc.http.bodies import read_json
 from mailsvc.http.errors import ApiError, JsonResponse, not_found, validation_error
 from mailsvc.http.guards import request_actor
 from mailsvc.http.openapi import openapi_document
@@ -40,6 +42,7 @@ from mailsvc.http.operator_json import (
 )
 from mailsvc.http.routes.intake import PREFIX
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.redrive import RedriveService
 from mailsvc.services.resend import ResendService
 
 T = TypeVar("T")
@@ -68,7 +71,21 @@ def _delivery_id(request: Request) -> UUID:
         raise not_found(f"no delivery {raw[:64]!r}") from None
 
 
-def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_timeout: float) -> list[Route]:
+def _optional_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not valid_idempotency_key(key):
+        raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
+    return key
+
+
+def operator_routes(
+    reads: OperatorReadService,
+    resends: ResendService,
+    redrives: RedriveService,
+    *,
+    read_timeout: float,
+    max_body_bytes: int = 1024 * 1024,
+) -> list[Route]:
     document = openapi_document()
 
     async def bounded(call: Awaitable[T]) -> T:
@@ -100,12 +117,9 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
 
     async def resend(request: Request) -> Response:
         delivery_id = _delivery_id(request)
-        key = request.headers.get("idempotency-key")
-        if key is not None and not valid_idempotency_key(key):
-            raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
-        resent = await resends.resend(
-            delivery_id, key, actor=request_actor(request.scope)
-        )  # domain errors: mapped in `http/errors.py`
+        key = _optional_key(request)
+        # domain errors: mapped in `http/errors.py`
+        resent = await resends.resend(delivery_id, key, actor=request_actor(request.scope))
         accepted = resent.accepted
         body = {
             "delivery_id": str(accepted.delivery_id),
@@ -119,6 +133,29 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         page = _parse(parse_dead_letter_query, request)
         found = await bounded(reads.dead_letters(page))
         return JsonResponse({"items": [dead_letter_json(d) for d in found.items], "next_cursor": found.next_cursor})
+
+    async def redrive(request: Request) -> Response:
+        body = await read_json(request, max_body_bytes)
+        key = _optional_key(request)
+        try:
+            parsed = parse_redrive_request(body)
+        except ValidationFailed as error:
+            raise validation_error(error.problems) from None
+        answer = await redrives.redrive(parsed, actor=request_actor(request.scope), idempotency_key=key)
+        counts = answer.counts
+        return JsonResponse(
+            {
+                "action_id": None if answer.action_id is None else str(answer.action_id),
+                "dry_run": answer.dry_run,
+                "idempotent_replay": answer.idempotent_replay,
+                "matched": counts.matched,
+                "redriven": counts.redriven,
+                "skipped": counts.skipped,
+                "skipped_redacted": counts.skipped_redacted,
+                "skipped_already_redriven": counts.skipped_already_redriven,
+                "remaining": counts.remaining,
+            }
+        )
 
     async def list_malformed(request: Request) -> Response:
         query, page = _parse(parse_malformed_query, request)
@@ -143,6 +180,7 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/attempts", list_attempts, methods=["GET"], name="list_attempts"),
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/resend", resend, methods=["POST"], name="resend_delivery"),
         Route(f"{PREFIX}/dead-letters", list_dead_letters, methods=["GET"], name="list_dead_letters"),
+        Route(f"{PREFIX}/dead-letters/redrive", redrive, methods=["POST"], name="redrive_dead_letters"),
         Route(f"{PREFIX}/malformed-commands", list_malformed, methods=["GET"], name="list_malformed_commands"),
         Route(f"{PREFIX}/operator-actions", list_operator_actions, methods=["GET"], name="list_operator_actions"),
         Route(f"{PREFIX}/templates", list_templates, methods=["GET"], name="list_templates"),
