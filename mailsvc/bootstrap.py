@@ -22,6 +22,7 @@ from mailsvc.adapters.postgres.notifications import WorkListener
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.redrive_store import RedriveStore
+from mailsvc.adapters.postgres.replay_store import ReplayStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_stream import RedisStreamReader
@@ -52,6 +53,7 @@ from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.redrive import RedriveService
+from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
 
@@ -199,10 +201,17 @@ def build_operator(
         idempotency_ttl=settings.retention.idempotency_ttl,
         wake_scheduler=acceptance.wake_scheduler,
     )
+    replays = ReplayService(
+        store=ReplayStore(resources.primary, IntakeStore(resources.primary)),
+        acceptance=acceptance,
+        idempotency_ttl=settings.retention.idempotency_ttl,
+        instruments=instruments,
+    )
     routes = operator_routes(
         reads,
         resends,
         redrives,
+        replays,
         read_timeout=settings.operator.request_timeout.total_seconds(),
         max_body_bytes=settings.http.max_body_bytes,
     )

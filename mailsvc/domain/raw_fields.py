@@ -49,3 +49,20 @@ def masked_raw_fields(raw: bytes) -> str:
         else:
             fields["payload"] = orjson.dumps(_mask_variables(decoded)).decode()
     return orjson.dumps(fields).decode()
+
+
+def recorded_command(raw: bytes) -> tuple[str | None, Any]:
+    """The `type` and decoded `payload` of recorded raw fields (for a replay); `ValueError` when
+    the record cannot give them back (cut at 64 KiB, no payload, payload not JSON)."""
+    try:
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("the recorded fields were cut at 64 KiB: give the payload") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("payload"), str):
+        raise ValueError("the record holds no payload: give one")
+    try:
+        payload = orjson.loads(fields["payload"])
+    except orjson.JSONDecodeError:
+        raise ValueError("the recorded payload is not JSON: give a corrected one") from None
+    kind = fields.get("type")
+    return (kind if isinstance(kind, str) else None), payload

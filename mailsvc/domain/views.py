@@ -129,6 +129,8 @@ class MalformedItem:
     message: str
     raw_fields: str | None  # only when asked for: decoded, `payload.variables` masked (`domain/raw_fields.py`)
     received_at: datetime
+    replayed_as: UUID | None = None  # the delivery an operator's replay made of it (SPEC §14)
+    replayed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

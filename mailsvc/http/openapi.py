@@ -217,6 +217,39 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        f"{PREFIX}/malformed-commands/{{malformed_id}}/replay": {
+            "post": {
+                "operationId": "replayMalformedCommand",
+                "summary": "Accept a malformed stream command again, as recorded or with a corrected payload",
+                "description": "Acceptance as for the stream (source `notification`). The malformed row records the "
+                "delivery it became; a second replay answers with that delivery.",
+                "parameters": [
+                    {
+                        "name": "malformed_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                        "description": "`malformed_id` of GET /malformed-commands",
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": ref("ReplayRequest")}},
+                },
+                "responses": {
+                    "202": _ok("Replayed", "accepted as a new delivery"),
+                    "200": _ok("Replayed", "replayed before (or its key held this request): that delivery"),
+                    "400": _error("400"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "404": _error("404", "no such malformed command"),
+                    "409": _error("409", "`idempotency_key_conflict`: the key holds another request"),
+                    "413": _error("413"),
+                    "422": _error("422", "every problem of the payload (or the record cannot be replayed as is)"),
+                    "503": _error("503"),
+                },
+            }
+        },
         f"{PREFIX}/malformed-commands": {
             "get": {
                 "operationId": "listMalformedCommands",

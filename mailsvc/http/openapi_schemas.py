@@ -257,6 +257,12 @@ SCHEMAS: dict[str, Schema] = {
                 "masked as `***` (SPEC §13)",
             },
             "received_at": TIMESTAMP,
+            "replayed_as": {
+                "type": ["string", "null"],
+                "format": "uuid",
+                "description": "the delivery a replay made of it",
+            },
+            "replayed_at": OPT_TIMESTAMP,
         },
         optional=("raw_fields",),
     ),
@@ -320,6 +326,26 @@ SCHEMAS: dict[str, Schema] = {
         },
         "additionalProperties": False,
     },
+    "ReplayRequest": {
+        "type": "object",
+        "properties": {
+            "payload": {"type": "object", "description": "a corrected `send_email` payload; default: the recorded one"},
+            "idempotency_key": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9._:-]{1,200}$",
+                "description": "default: the recorded key (or the stream entry id)",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Replayed": closed(
+        {
+            "delivery_id": UUID_STR,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "malformed_id": {"type": "integer"},
+            "idempotent_replay": {"type": "boolean", "description": "an earlier replay's (or the key's) delivery"},
+        }
+    ),
     "RedriveResult": closed(
         {
             "action_id": {"type": ["string", "null"], "format": "uuid", "description": "null for a dry run"},

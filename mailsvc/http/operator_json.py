@@ -141,6 +141,8 @@ def malformed_json(m: MalformedItem) -> dict[str, Any]:
         "reason": m.reason,
         "message": m.message,
         "received_at": timestamp(m.received_at),
+        "replayed_as": None if m.replayed_as is None else str(m.replayed_as),
+        "replayed_at": timestamp(m.replayed_at),
     }
     if m.raw_fields is not None:
         body["raw_fields"] = m.raw_fields

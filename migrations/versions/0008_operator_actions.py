@@ -69,10 +69,18 @@ ALTER TABLE dead_letters ADD COLUMN redriven_to uuid;
 ALTER TABLE dead_letters ADD CONSTRAINT dead_letters_redriven_check
     CHECK ((redriven_by IS NULL) = (redriven_at IS NULL) AND (redriven_by IS NULL) = (redriven_to IS NULL));
 -- what a redrive picks from: the dead letters not redriven yet, oldest first
-CREATE INDEX dead_letters_redrivable_idx ON dead_letters (created_at, delivery_id) WHERE redriven_by IS NULL
+CREATE INDEX dead_letters_redrivable_idx ON dead_letters (created_at, delivery_id) WHERE redriven_by IS NULL;
+
+-- a malformed command replayed (SPEC §14): the delivery it became, when, by which action
+ALTER TABLE malformed_commands ADD COLUMN replayed_as uuid;
+ALTER TABLE malformed_commands ADD COLUMN replayed_at timestamptz;
+ALTER TABLE malformed_commands ADD COLUMN replayed_by uuid
 """
 
 DOWNGRADE = """
+ALTER TABLE malformed_commands DROP COLUMN replayed_by;
+ALTER TABLE malformed_commands DROP COLUMN replayed_at;
+ALTER TABLE malformed_commands DROP COLUMN replayed_as;
 DROP INDEX dead_letters_redrivable_idx;
 ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_redriven_check;
 ALTER TABLE dead_letters DROP COLUMN redriven_to;

@@ -98,7 +98,8 @@ _DEAD_LETTERS = """
 
 _MALFORMED = """
     SELECT m.malformed_id, m.stream_key, m.stream_entry_id, m.idempotency_key, m.reason, m.message,
-           CASE WHEN CAST(:raw AS boolean) THEN m.raw_fields END AS raw_fields, m.received_at
+           CASE WHEN CAST(:raw AS boolean) THEN m.raw_fields END AS raw_fields, m.received_at, m.replayed_as,
+           m.replayed_at
     FROM malformed_commands m
     {where}
     ORDER BY m.received_at DESC, m.malformed_id DESC
@@ -265,6 +266,8 @@ class ReadStore:
                 message=row.message,
                 raw_fields=None if row.raw_fields is None else masked_raw_fields(bytes(row.raw_fields)),
                 received_at=row.received_at,
+                replayed_as=row.replayed_as,
+                replayed_at=row.replayed_at,
             )
             for row in rows
         ]

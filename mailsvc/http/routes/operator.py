@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,7 +28,7 @@ from mailsvc.domain.operator_query import (
     require_no_params,
 )
 from mailsvc.domain.redrive import parse_redrive_request
-from mailsvc.http.bodies import read_json
+from mailsvc.http.bodies import read_body, read_json
 from mailsvc.http.errors import ApiError, JsonResponse, not_found, validation_error
 from mailsvc.http.guards import request_actor
 from mailsvc.http.openapi import openapi_document
@@ -43,6 +44,7 @@ from mailsvc.http.operator_json import (
 from mailsvc.http.routes.intake import PREFIX
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.redrive import RedriveService
+from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
 
 T = TypeVar("T")
@@ -78,10 +80,32 @@ def _optional_key(request: Request) -> str | None:
     return key
 
 
+def _replay_body(body: bytes) -> dict[str, Any]:
+    """`{"payload"?, "idempotency_key"?}`; an empty body means the recorded payload and key."""
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise validation_error([Problem("", "body must be a JSON object")])
+    problems = [Problem(str(name), "unknown field") for name in sorted(set(parsed) - {"payload", "idempotency_key"})]
+    payload, key = parsed.get("payload"), parsed.get("idempotency_key")
+    if payload is not None and not isinstance(payload, dict):
+        problems.append(Problem("payload", "must be a send_email payload (an object)"))
+    if key is not None and not (isinstance(key, str) and valid_idempotency_key(key)):
+        problems.append(Problem("idempotency_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -"))
+    if problems:
+        raise validation_error(problems)
+    return parsed
+
+
 def operator_routes(
     reads: OperatorReadService,
     resends: ResendService,
     redrives: RedriveService,
+    replays: ReplayService,
     *,
     read_timeout: float,
     max_body_bytes: int = 1024 * 1024,
@@ -157,6 +181,24 @@ def operator_routes(
             }
         )
 
+    async def replay(request: Request) -> Response:
+        raw_id = request.path_params["malformed_id"]
+        if not raw_id.isdigit() or len(raw_id) > 18:
+            raise not_found(f"no malformed command {raw_id[:64]!r}")
+        body = await read_body(request, max_body_bytes)
+        parsed = _replay_body(body)
+        replayed = await replays.replay(
+            int(raw_id), parsed.get("payload"), parsed.get("idempotency_key"), actor=request_actor(request.scope)
+        )
+        accepted = replayed.accepted
+        answer = {
+            "delivery_id": str(accepted.delivery_id),
+            "status": accepted.status,
+            "malformed_id": replayed.malformed_id,
+            "idempotent_replay": accepted.idempotent_replay,
+        }
+        return JsonResponse(answer, status_code=200 if accepted.idempotent_replay else 202)
+
     async def list_malformed(request: Request) -> Response:
         query, page = _parse(parse_malformed_query, request)
         found = await bounded(reads.malformed_commands(query, page))
@@ -181,6 +223,9 @@ def operator_routes(
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/resend", resend, methods=["POST"], name="resend_delivery"),
         Route(f"{PREFIX}/dead-letters", list_dead_letters, methods=["GET"], name="list_dead_letters"),
         Route(f"{PREFIX}/dead-letters/redrive", redrive, methods=["POST"], name="redrive_dead_letters"),
+        Route(
+            f"{PREFIX}/malformed-commands/{{malformed_id}}/replay", replay, methods=["POST"], name="replay_malformed"
+        ),
         Route(f"{PREFIX}/malformed-commands", list_malformed, methods=["GET"], name="list_malformed_commands"),
         Route(f"{PREFIX}/operator-actions", list_operator_actions, methods=["GET"], name="list_operator_actions"),
         Route(f"{PREFIX}/templates", list_templates, methods=["GET"], name="list_templates"),
