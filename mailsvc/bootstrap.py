@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from uuid import UUID
 
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -27,7 +29,7 @@ from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
-from mailsvc.adapters.stub_provider import StubProvider
+from mailsvc.adapters.stub_provider import StubProvider, write_outbox
 from mailsvc.adapters.telemetry import setup_telemetry
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
@@ -185,6 +187,14 @@ def build_execution(
     return scheduler, pool, provider
 
 
+def _dev_outbox(settings: Settings) -> Callable[[UUID, bytes], Awaitable[None]] | None:
+    """Stub mode with `MAIL_STUB_OUTBOX_DIR`: where suppressed auth deliveries are written (SPEC §4)."""
+    directory = settings.smtp.stub_outbox_dir
+    if settings.smtp.mode != "stub" or directory is None:
+        return None
+    return functools.partial(write_outbox, directory)
+
+
 def build_operator(
     settings: Settings,
     resources: Resources,
@@ -243,6 +253,7 @@ async def build_runtime(
             max_rendered_bytes=settings.templates.max_rendered_bytes,
             wake_scheduler=wakeup.set,
             instruments=instruments,
+            dev_outbox=_dev_outbox(settings),
         )
         consumer = StreamConsumer(
             reader=RedisStreamReader(

@@ -8,7 +8,7 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -64,6 +64,7 @@ class AcceptanceService:
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
         loop_share: LoopShare | None = None,
+        dev_outbox: Callable[[UUID, bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -78,6 +79,9 @@ class AcceptanceService:
         self.instruments = instruments
         # stream batches are prepared in slices that give way to the single acceptances in flight
         self.loop_share = loop_share or LoopShare()
+        # stub mode with an outbox (SPEC §4): an auth delivery suppressed at the door is written
+        # there too, so a developer sees the login code; it stays `suppressed`
+        self.dev_outbox = dev_outbox
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -221,7 +225,20 @@ class AcceptanceService:
                 self.instruments.deliveries_finished.add(1, {"status": outcome.status})
             if outcome.status == "queued":
                 self.wake_scheduler()
+            if outcome.status == "suppressed" and prepared.source == "auth" and self.suppress_auth:
+                await self._to_dev_outbox(prepared)
         return Accepted(outcome.delivery_id, outcome.status, idempotent_replay=outcome.kind == "duplicate")
+
+    async def _to_dev_outbox(self, prepared: NewDelivery) -> None:
+        if self.dev_outbox is None:
+            return
+        try:
+            await self.dev_outbox(prepared.delivery_id, prepared.mime)
+        except OSError as exc:  # the delivery is committed: a full disk in dev mode is only logged
+            log.warning(
+                "dev_outbox_write_failed",
+                extra={"delivery_id": str(prepared.delivery_id), "error_class": type(exc).__name__},
+            )
 
     async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
         """Validate, render and build a batch (CPU only, nothing persisted).

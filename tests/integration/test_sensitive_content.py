@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -170,3 +171,19 @@ async def _true(value: bool) -> bool:
 async def _sent(api: httpx.AsyncClient, marker: str) -> dict[str, Any] | None:
     items = (await api.get(f"{API}/deliveries", params={"tag": f"m:{marker}"})).json()["items"]
     return dict(items[0]) if items and items[0]["status"] == "sent" else None
+
+
+async def test_stub_mode_writes_a_suppressed_login_code_to_the_outbox(
+    database_dsn: str, redis_addr: str, tmp_path: Path
+) -> None:
+    code = a_code()
+    outbox = tmp_path / "outbox"
+    env = operator_env(database_dsn, redis_addr, MAIL_STUB_OUTBOX_DIR=str(outbox))
+    async with in_process(env) as api:
+        accepted = await login_code(api, code)
+        assert accepted["status"] == "suppressed"
+        written = (outbox / f"{accepted['delivery_id']}.eml").read_bytes()  # before the 202 was sent
+        assert code.encode() in written
+        detail = await assert_redacted(api, database_dsn, accepted["delivery_id"], code)
+    assert detail["status"] == "suppressed"
+    assert detail["content_digest"]["mime_sha256"] == hashlib.sha256(written).hexdigest()
