@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("acceptance", "e2e", "scaleout", "latency", "http", "http-backlog", "soak")
+SCENARIOS = ("acceptance", "e2e", "scaleout", "events", "latency", "http", "http-backlog", "soak")
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -60,6 +60,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--replicas", type=int, default=1, help="service processes on the same database and stream")
     where.add_argument("--concurrency", type=int, default=16, help="MAIL_ATTEMPT_WORKER_CONCURRENCY per replica")
     where.add_argument("--service-log-level", default="warn", choices=["debug", "info", "warn", "error"])
+    where.add_argument("--events", choices=["on", "off"], default="on",
+                       help="delivery events published to Redis (SPEC §11); off: MAIL_REDIS_EVENT_STREAM empty "
+                       "for the service (the `events` scenario runs both)")  # fmt: skip
+    where.add_argument("--report", metavar="DIR",
+                       help="also write the JSON and a self-contained HTML page with charts into DIR "
+                       "(bench-<time>.json / .html)")  # fmt: skip
     where.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                        help="extra service environment (repeatable), e.g. MAIL_STREAM_BATCH_SIZE=1000")  # fmt: skip
     from bench.chaos.cli import add_chaos_arguments
@@ -80,7 +86,7 @@ def _settings(args: argparse.Namespace, scenarios: list[str]) -> dict[str, Any]:
     settings = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "scenarios", "postgres_dsn", "service_env")
+        if key not in ("command", "scenarios", "postgres_dsn", "service_env", "report")
     }
     settings["scenarios"] = scenarios
     settings["postgres"] = "embedded" if args.embedded else f"{dsn.hostname}:{dsn.port or 5432}"
@@ -98,8 +104,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     runners: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
         "acceptance": scenarios.acceptance, "e2e": scenarios.e2e, "scaleout": scenarios.scaleout,
-        "latency": scenarios.latency, "http": sustained.http, "http-backlog": scenarios.http_backlog,
-        "soak": sustained.soak,
+        "events": scenarios.events, "latency": scenarios.latency, "http": sustained.http,
+        "http-backlog": scenarios.http_backlog, "soak": sustained.soak,
     }  # fmt: skip
     chosen = _selected(args.scenarios)
     extra = tuple(tuple(item.split("=", 1)) for item in args.service_env if "=" in item)
@@ -109,7 +115,8 @@ async def _run(args: argparse.Namespace) -> int:
         http_requests=args.http_requests, clients=args.clients, soak_minutes=args.minutes, payload=args.payload,
         backlog_count=args.backlog, backlog_kib=args.backlog_kib, backlog_rate=args.backlog_rate,
     )  # fmt: skip
-    service = ServiceOptions(args.replicas, args.concurrency, args.service_log_level, extra)
+    events = args.events == "on"
+    service = ServiceOptions(args.replicas, args.concurrency, args.service_log_level, extra, events)
     cache_dir = Path(args.cache_dir)
     started_at, started, load = datetime.now(UTC), time.monotonic(), os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
@@ -152,6 +159,11 @@ async def _run(args: argparse.Namespace) -> int:
         "scenarios": results,
     }
     report.emit(document)
+    if args.report:
+        from bench.html import write_report
+
+        for path in write_report(document, Path(args.report), started_at):
+            print(f"bench: wrote {path}", file=sys.stderr)
     return EXIT_FAILED if failed else 0
 
 

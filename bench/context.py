@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from bench.cpu import CpuWindow
 from bench.infra import BenchEnv, unique_token
 from bench.payloads import PayloadKind
 from bench.processes import BenchError
@@ -62,8 +64,20 @@ class Bench:
             await sink.close()
 
     @contextlib.asynccontextmanager
-    async def services(self, sink: Sink, dsn: str, stream: str, replicas: int | None = None) -> AsyncIterator[Running]:
+    async def services(
+        self,
+        sink: Sink,
+        dsn: str,
+        stream: str,
+        replicas: int | None = None,
+        *,
+        events: bool | None = None,
+        window: CpuWindow | None = None,
+    ) -> AsyncIterator[Running]:
+        """The services; `window` (from `cpu_window`) starts when the first of them answers."""
         options = self.service if replicas is None else replace(self.service, replicas=replicas)
+        if events is not None:
+            options = replace(options, events=events)
         async with running_services(
             options,
             dsn=dsn,
@@ -71,8 +85,14 @@ class Bench:
             redis_password=self.env.redis_password,
             stream=stream,
             sink_port=sink.port,
+            on_first_ready=window.start if window is not None else None,
         ) as running:
             yield running
+
+    def cpu_window(self, dsn: str) -> CpuWindow:
+        """PostgreSQL CPU and WAL (and the services' CPU handed to its `stop()`) over a window
+        (bench/cpu.py); give it to `services()` to open it when the first replica answers."""
+        return CpuWindow(self.env.admin_dsn, urlsplit(dsn).path.lstrip("/"))
 
 
 def run_token() -> str:

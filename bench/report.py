@@ -37,7 +37,8 @@ class Target:
 # SPEC §10, on a 2-core machine
 TARGETS: dict[str, list[Target]] = {
     "acceptance": [Target("commands_per_s", ">=", 5000)],
-    "e2e": [Target("ratio_to_raw", ">=", 0.25)],
+    "e2e": [Target("ratio_to_raw", ">=", 0.25), Target("cpu_ms_per_delivery", "<=", 0.5)],
+    "events": [Target("ratio", ">=", 0.9)],
     "latency": [Target("p50_ms", "<=", 25), Target("p99_ms", "<=", 100)],
     "http": [Target("requests_per_s", ">=", 1000), Target("p99_ms", "<=", 50)],
     # SPEC §2: a backlog of large commands delays HTTP requests by no more than a few tens of ms
@@ -47,8 +48,13 @@ TARGETS: dict[str, list[Target]] = {
 }
 SHOWN: dict[str, tuple[str, ...]] = {
     "acceptance": ("commands_per_s", "seconds"),
-    "e2e": ("deliveries_per_s", "raw_messages_per_s", "ratio_to_raw"),
-    "scaleout": ("one_replica_per_s", "two_replicas_per_s", "ratio"),
+    "e2e": ("deliveries_per_s", "raw_messages_per_s", "ratio_to_raw", "service_cpu_ms_per_delivery",
+            "postgres_cpu_ms_per_delivery", "postgres_run_db_cpu_ms_per_delivery", "cpu_ms_per_delivery",
+            "wal_bytes_per_delivery"),
+    "scaleout": ("one_replica_per_s", "two_replicas_per_s", "ratio", "one_replica_cpu_ms_per_delivery",
+                 "two_replicas_cpu_ms_per_delivery"),
+    "events": ("events_on_per_s", "events_off_per_s", "ratio", "events_on_cpu_ms_per_delivery",
+               "events_off_cpu_ms_per_delivery"),
     "latency": ("rate", "p50_ms", "p90_ms", "p99_ms", "max_ms"),
     "http": ("requests_per_s", "p50_ms", "p99_ms", "max_ms", "errors"),
     "http-backlog": ("rate", "requests", "p50_ms", "p99_ms", "max_ms", "errors", "backlog_commands_per_s",
@@ -138,8 +144,32 @@ def print_table(scenarios: dict[str, dict[str, Any]], out: TextIO = sys.stderr) 
             print("  ".join("-" * width for width in widths), file=out)
 
 
+def summary_line(scenarios: dict[str, dict[str, Any]]) -> str | None:
+    """One line with what decides capacity: e2e rate, ratio to raw, CPU and WAL per delivery."""
+    median = scenarios.get("e2e", {}).get("median", {})
+    if "deliveries_per_s" not in median:
+        return None
+    rate = f"e2e {_number(median['deliveries_per_s'])}/s"
+    if "ratio_to_raw" in median:
+        rate += f" = {median['ratio_to_raw']:.2f} x raw ({_number(median['raw_messages_per_s'])}/s)"
+    parts = [rate]
+    if "service_cpu_ms_per_delivery" in median:
+        cpu = f"CPU/delivery service {median['service_cpu_ms_per_delivery']:.3f} ms"
+        if "postgres_cpu_ms_per_delivery" in median:
+            cpu += (f" + PostgreSQL {median['postgres_cpu_ms_per_delivery']:.3f} ms"
+                    f" (run database {median['postgres_run_db_cpu_ms_per_delivery']:.3f})"
+                    f" = {median['cpu_ms_per_delivery']:.3f} ms")  # fmt: skip
+        parts.append(cpu)
+    if "wal_bytes_per_delivery" in median:
+        parts.append(f"WAL {_number(median['wal_bytes_per_delivery'])} B/delivery")
+    return "summary: " + "; ".join(parts)
+
+
 def emit(document: dict[str, Any]) -> None:
     print_table(document["scenarios"])
+    line = summary_line(document["scenarios"])
+    if line:
+        print(line, file=sys.stderr)
     for note in document.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     json.dump(document, sys.stdout, indent=2, default=str)

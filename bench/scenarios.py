@@ -44,15 +44,22 @@ async def acceptance(bench: Bench) -> RunResult:
     }
 
 
-async def _e2e_once(bench: Bench, count: int, replicas: int, raw_count: int | None) -> RunResult:
+async def _e2e_once(
+    bench: Bench, count: int, replicas: int, raw_count: int | None, *, events: bool | None = None
+) -> RunResult:
+    """The backlog delivered; throughput, CPU (service, PostgreSQL) and WAL per delivery over the
+    window from the services' readiness to the last arrival at the sink."""
+    timeline: list[tuple[int, int]] = []
     async with bench.sink() as sink, bench.env.run_resources() as (dsn, stream):
         raw = None
         if raw_count:
             raw = await raw_ceiling(sink, raw_count, bench.service.concurrency * replicas, bench.sizes.payload)
         await sink.reset()
         await xadd_backlog(bench.env.redis, stream, count, fields_for(run_token(), bench.sizes.payload))
-        async with bench.services(sink, dsn, stream, replicas) as running:
-            last = await wait_for_count(sink, count)
+        window = bench.cpu_window(dsn)
+        async with bench.services(sink, dsn, stream, replicas, events=events, window=window) as running:
+            last = await wait_for_count(sink, count, timeline=timeline)
+            await window.stop([service.cpu_since_ready() for service in running.processes])
         received = await sink.stats()
         counts = await table_counts(dsn)
     seconds = (last - running.ready_ns) / 1e9
@@ -60,7 +67,11 @@ async def _e2e_once(bench: Bench, count: int, replicas: int, raw_count: int | No
     if raw is not None:
         figures["raw_messages_per_s"] = raw["messages_per_s"]
         figures["ratio_to_raw"] = figures["deliveries_per_s"] / raw["messages_per_s"]
+    figures.update(window.figures(count))
     details: dict[str, Any] = {"sink": sink.kind, "replicas": replicas, "rows": counts, "services": running.summary()}
+    details["cpu"] = window.details(count)
+    # the sink was reset before the services started: nothing had arrived when the first answered
+    details["sink_timeline"] = [[0.0, 0], *([round((t - running.ready_ns) / 1e9, 3), n] for t, n in timeline)]
     if raw is not None:
         details["raw"] = {**raw, "connections": bench.service.concurrency * replicas}
     if received.bytes is not None:
@@ -78,10 +89,26 @@ async def scaleout(bench: Bench) -> RunResult:
     one = await _e2e_once(bench, bench.sizes.count, 1, None)
     two = await _e2e_once(bench, bench.sizes.count, 2, None)
     one_rate, two_rate = one["figures"]["deliveries_per_s"], two["figures"]["deliveries_per_s"]
-    return {
-        "figures": {"one_replica_per_s": one_rate, "two_replicas_per_s": two_rate, "ratio": two_rate / one_rate},
-        "details": {"one": one["details"], "two": two["details"]},
-    }
+    figures = {"one_replica_per_s": one_rate, "two_replicas_per_s": two_rate, "ratio": two_rate / one_rate}
+    figures.update(_cpu_figures(one["figures"], "one_replica_"))
+    figures.update(_cpu_figures(two["figures"], "two_replicas_"))
+    return {"figures": figures, "details": {"one": one["details"], "two": two["details"]}}
+
+
+def _cpu_figures(figures: dict[str, float], prefix: str) -> dict[str, float]:
+    return {prefix + name: value for name, value in figures.items() if name.endswith("_per_delivery")}
+
+
+async def events(bench: Bench) -> RunResult:
+    """The e2e backlog with delivery events published (SPEC §11), then with publishing off
+    (`MAIL_REDIS_EVENT_STREAM` empty); SPEC §10 wants on ≥ 90 % of off."""
+    on = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=True)
+    off = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=False)
+    on_rate, off_rate = on["figures"]["deliveries_per_s"], off["figures"]["deliveries_per_s"]
+    figures = {"events_on_per_s": on_rate, "events_off_per_s": off_rate, "ratio": on_rate / off_rate}
+    figures.update(_cpu_figures(on["figures"], "events_on_"))
+    figures.update(_cpu_figures(off["figures"], "events_off_"))
+    return {"figures": figures, "details": {"on": on["details"], "off": off["details"]}}
 
 
 async def max_rate(bench: Bench) -> tuple[float, str]:
@@ -125,7 +152,8 @@ async def latency(bench: Bench) -> RunResult:
         raise BenchError("the sink saw no X-Bench-Sent-Ns header: cannot compute latency")
     figures = {"rate": rate, "achieved_rate": sent / paced, "samples": float(sent)}
     figures.update({name: value for name, value in stats.latency.items() if name.endswith("_ms")})
-    details = {"sink": sink.kind, "rate_source": source, "warmup_s": warmup, "services": running.summary()}
+    details = {"sink": sink.kind, "rate_source": source, "warmup_s": warmup, "services": running.summary(),
+               "latency_histogram_ms": stats.histogram}  # fmt: skip
     return {"figures": figures, "details": details}
 
 

@@ -16,12 +16,13 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mailsvc
+from bench.cpu import process_cpu_s
 from bench.payloads import FROM_EMAIL
 from bench.processes import BenchError, stop_process
 from devtools.embedded import free_port
@@ -36,6 +37,7 @@ class ServiceOptions:
     concurrency: int = 16
     log_level: str = "warn"
     extra_env: tuple[tuple[str, str], ...] = ()
+    events: bool = True  # False: MAIL_REDIS_EVENT_STREAM empty, delivery events are not published (SPEC §11)
 
 
 def template_dir() -> Path:
@@ -64,6 +66,8 @@ def service_env(options: ServiceOptions, *, dsn: str, redis_addr: str, redis_pas
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
     }
+    if not options.events:
+        env["MAIL_REDIS_EVENT_STREAM"] = ""
     env.update(dict(options.extra_env))
     return env
 
@@ -129,13 +133,8 @@ class ServiceProcess:
         return None
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far, from /proc (Linux), or None."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far (with the children it waited for), from /proc (Linux), or None."""
+        return process_cpu_s(self.process.pid, children=True)
 
     async def stop(self) -> None:
         self.cpu_s = self.cpu_seconds()
@@ -143,6 +142,11 @@ class ServiceProcess:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await asyncio.gather(*self.readers, return_exceptions=True)
+
+    def cpu_since_ready(self) -> float | None:
+        """CPU seconds used since this replica answered HTTP, or None."""
+        now = self.cpu_seconds()
+        return None if now is None or self.cpu_ready is None else now - self.cpu_ready
 
     def _cpu_used(self) -> float | None:
         if self.cpu_s is None or self.cpu_ready is None:
@@ -178,9 +182,12 @@ async def _start_one(env: dict[str, str], cwd: Path, port: int) -> ServiceProces
 
 
 @contextlib.asynccontextmanager
-async def running_services(options: ServiceOptions, **where: Any) -> AsyncIterator[Running]:
+async def running_services(
+    options: ServiceOptions, on_first_ready: Callable[[], Awaitable[None]] | None = None, **where: Any
+) -> AsyncIterator[Running]:
     """`options.replicas` services, all ready; stopped (SIGTERM, then kill) on the way out.
 
+    `on_first_ready` is awaited the moment the first replica answers (a measurement window opens).
     `where`: dsn, redis_addr, redis_password, stream, sink_port (see `service_env`)."""
     # a folder without a .env: the bench sets every variable the service reads
     with tempfile.TemporaryDirectory(prefix="mailsvc-bench-service-") as cwd:
@@ -190,7 +197,19 @@ async def running_services(options: ServiceOptions, **where: Any) -> AsyncIterat
                 port = free_port()
                 env = service_env(options, http_port=port, **where)
                 running.processes.append(await _start_one(env, Path(cwd), port))
-            readiness = await asyncio.gather(*(service.wait_ready() for service in running.processes))
+            first = asyncio.Lock()
+            fired = False
+
+            async def ready(service: ServiceProcess) -> int:
+                nonlocal fired
+                answered = await service.wait_ready()
+                async with first:
+                    if on_first_ready is not None and not fired:
+                        fired = True
+                        await on_first_ready()
+                return answered
+
+            readiness = await asyncio.gather(*(ready(service) for service in running.processes))
             running.ready_ns = min(readiness)
             yield running
         finally:

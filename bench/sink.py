@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from bench.stats import summarize_ns
+from bench.stats import histogram_ms, summarize_ns
 
 _SENT_HEADER = re.compile(rb"(?im)^X-Bench-Sent-Ns:[ \t]*(\d+)")
 
@@ -63,6 +63,7 @@ class Counter:
             "first_ns": self.first_ns,
             "last_ns": self.last_ns,
             "latency": summarize_ns(self.latencies_ns),
+            "histogram": histogram_ms(self.latencies_ns) if self.latencies_ns else None,
         }
 
 

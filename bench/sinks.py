@@ -27,6 +27,7 @@ from devtools.embedded import free_port
 SinkKind = Literal["python", "postfix"]
 _POLL = 0.005
 _COUNTER = re.compile(rb"mesg=(\d+)\r")
+_TIMELINE_STEP_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SinkStats:
     last_ns: int | None
     latency: dict[str, float] | None = None
     bytes: int | None = None
+    histogram: list[list[float | None]] | None = None  # [upper edge ms, count] of the latencies (python sink)
 
 
 class Sink(Protocol):
@@ -46,16 +48,34 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-async def wait_for_count(sink: Sink, target: int, *, stall: float = 60.0, interval: float = _POLL) -> int:
+async def wait_for_count(
+    sink: Sink,
+    target: int,
+    *,
+    stall: float = 60.0,
+    interval: float = _POLL,
+    timeline: list[tuple[int, int]] | None = None,
+) -> int:
     """Wait until the sink has `target` messages; the arrival time (ns) of the last one.
 
+    `timeline`, when given, gets (time ns, count) every `_TIMELINE_STEP_NS` or so while the count
+    moves, and the last arrival: throughput over time at the sink.
     Raises `BenchError` when the count has not moved for `stall` seconds."""
     loop = asyncio.get_running_loop()
     seen, moved = -1, loop.time()
     while True:
         stats = await sink.stats()
+        if timeline is not None:
+            now = time.time_ns()
+            if not timeline or (stats.count != timeline[-1][1] and now - timeline[-1][0] >= _TIMELINE_STEP_NS):
+                timeline.append((now, stats.count))
         if stats.count >= target:
-            return stats.last_ns or time.time_ns()
+            last = stats.last_ns or time.time_ns()
+            if timeline is not None:
+                if timeline[-1][1] == stats.count:
+                    timeline.pop()
+                timeline.append((last, stats.count))
+            return last
         if stats.count != seen:
             seen, moved = stats.count, loop.time()
         elif loop.time() - moved > stall:
@@ -108,7 +128,8 @@ class PythonSink:
 
     async def stats(self) -> SinkStats:
         reply = await self._ask("stats")
-        return SinkStats(int(reply["count"]), reply["last_ns"], reply["latency"], int(reply["bytes"]))
+        histogram = reply.get("histogram")
+        return SinkStats(int(reply["count"]), reply["last_ns"], reply["latency"], int(reply["bytes"]), histogram)
 
     async def reset(self) -> None:
         await self._ask("reset")

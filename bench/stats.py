@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Sequence
@@ -28,6 +29,19 @@ def summarize_ns(values: Sequence[int]) -> dict[str, float] | None:
         "p99_ms": percentile(ordered, 0.99) / NS_PER_MS,
         "max_ms": ordered[-1] / NS_PER_MS,
     }
+
+
+# upper bucket edges (ms) of the latency distribution the report draws; the last bucket is "more"
+HISTOGRAM_EDGES_MS = (0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+
+
+def histogram_ms(values: Sequence[int]) -> list[list[float | None]]:
+    """[upper edge ms (None: above the last edge), count] of nanosecond samples, every bucket listed."""
+    counts = [0] * (len(HISTOGRAM_EDGES_MS) + 1)
+    for value in values:
+        counts[bisect.bisect_left(HISTOGRAM_EDGES_MS, value / NS_PER_MS)] += 1
+    edges: list[float | None] = [float(edge) for edge in HISTOGRAM_EDGES_MS]
+    return [[edge, float(n)] for edge, n in zip([*edges, None], counts, strict=True)]
 
 
 def median_figures(runs: Sequence[dict[str, float]]) -> dict[str, float]:
