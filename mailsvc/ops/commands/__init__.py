@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, malformed, templates
+from mailsvc.ops.commands import actions, dead_letters, deliveries, malformed, templates
 from mailsvc.ops.registry import Group
 
-GROUPS: tuple[Group, ...] = (deliveries.GROUP, dead_letters.GROUP, malformed.GROUP, templates.GROUP)
+GROUPS: tuple[Group, ...] = (
+    deliveries.GROUP,
+    dead_letters.GROUP,
+    malformed.GROUP,
+    templates.GROUP,
+    actions.GROUP,
+)
