@@ -26,6 +26,7 @@ from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.redrive_store import RedriveStore
 from mailsvc.adapters.postgres.replay_store import ReplayStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
+from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
@@ -41,6 +42,7 @@ from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
+from mailsvc.http.routes.policy import policy_routes
 from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
@@ -54,6 +56,7 @@ from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.policy import PolicyService
 from mailsvc.services.redrive import RedriveService
 from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
@@ -168,6 +171,7 @@ def build_execution(
         attempt_timeout=smtp_timeout.total_seconds() + 5,
         clock=utc_now,
         instruments=instruments,
+        suppression_ttl=settings.retention.suppression_ttl,
     )
     lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
     pool = WorkerPool(
@@ -225,6 +229,13 @@ def build_operator(
         read_timeout=settings.operator.request_timeout.total_seconds(),
         max_body_bytes=settings.http.max_body_bytes,
     )
+    policy = PolicyService(
+        suppressions=SuppressionStore(resources.primary),
+        cancels=IntakeStore(resources.primary),
+        reads=ReadStore([resources.primary]),
+        instruments=instruments,
+    )
+    routes += policy_routes(policy, settings.http.max_body_bytes)
     retention = RetentionLoop(
         store=RetentionStore(resources.primary),
         policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),

@@ -15,6 +15,8 @@ from typing import Any
 from mailsvc.errors import StartupError
 from mailsvc.settings import SettingsError, load_settings, parse_dsn
 
+_GC_YOUNG_THRESHOLD = 25_000  # allocations of container objects between two young collections (default 700)
+
 EXIT_CONFIG = 2
 
 
@@ -56,6 +58,11 @@ async def serve(env: Mapping[str, str] | None = None) -> int:
         # passes, which otherwise scan all of it and stall the loop ~40 ms about once a second
         gc.collect()
         gc.freeze()
+        # and the young collections: a stream batch of 500 commands keeps 5,000-10,000 container
+        # objects alive until it commits, so at the default threshold (700 allocations) the
+        # collector walked (and promoted) each batch many times over: 3 % of the service's CPU
+        # in the e2e profile. Garbage cycles are still collected, every 25,000 net allocations.
+        gc.set_threshold(_GC_YOUNG_THRESHOLD, 10, 10)
         return await runtime.run()
 
 

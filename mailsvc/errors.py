@@ -49,6 +49,10 @@ class ActionKeyTaken(MailsvcError):
     """Another request recorded an operator action with this `Idempotency-Key` first."""
 
 
+class NotCancellable(MailsvcError):
+    """Only a `queued` delivery can be cancelled: it is being sent, or it is finished."""
+
+
 class OffsetMoved(MailsvcError):
     """Another consumer advanced the stream offset: this batch was rolled back."""
 

@@ -78,6 +78,11 @@ class Instruments:
         self.deliveries_finished = meter.create_counter(
             "mail.deliveries.finished", unit="{delivery}", description="Deliveries reaching a terminal status"
         )
+        self.suppressions_added = meter.create_counter(
+            "mail.suppressions.added",
+            unit="{address}",
+            description="Addresses added to the suppression list, by reason",
+        )
         self.retention_deleted = meter.create_counter(
             "mail.retention.deleted", unit="{row}", description="Rows deleted by retention, by table"
         )

@@ -55,6 +55,7 @@ _KNOWN_FIELDS = frozenset(
         "headers",
         "tags",
         "sensitive",
+        "collapse_key",
     }
 )
 
@@ -99,6 +100,7 @@ class SendRequest:
     tags: Mapping[str, str] = field(default_factory=dict)
     # raw content that is a secret (SPEC §13); a template's manifest decides for templated content
     sensitive: bool = False
+    collapse_key: str | None = None  # a newer delivery with the same (source, key) supersedes this one (SPEC §12)
 
 
 def request_hash(payload: Any) -> bytes:
@@ -168,7 +170,7 @@ _SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion",
 
 
 @functools.lru_cache(maxsize=8192)
-def _normalize_email(raw: str) -> str:
+def normalize_email(raw: str) -> str:
     """The address as it goes on the wire (IDN domain in punycode), or ValueError."""
     if has_header_unsafe(raw):
         raise ValueError("must not contain control characters or line breaks")
@@ -231,7 +233,7 @@ class _Checker:
             self.fail(path, "must be an address string or an object with email and name")
             return None
         try:
-            return Address(_normalize_email(email.strip()), name)
+            return Address(normalize_email(email.strip()), name)
         except ValueError as exc:
             self.fail(f"{path}.email" if isinstance(value, Mapping) else path, str(exc))
             return None
@@ -382,6 +384,9 @@ def parse_send_request(payload: Any) -> SendRequest:
     sensitive = payload.get("sensitive")
     if sensitive is not None and not isinstance(sensitive, bool):
         check.fail("sensitive", "must be true or false")
+    collapse_key = check.string(payload, "collapse_key", limit=200)
+    if collapse_key is not None and not valid_idempotency_key(collapse_key):
+        check.fail("collapse_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")
     reported = {p.field for p in check.problems}
     for path in _nul_paths(payload) if _may_hold_nul(payload) else ():
         if path not in reported:
@@ -403,4 +408,5 @@ def parse_send_request(payload: Any) -> SendRequest:
         headers=headers,
         tags=tags,
         sensitive=sensitive is True,
+        collapse_key=collapse_key,
     )

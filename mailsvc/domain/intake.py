@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Set
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -11,7 +12,8 @@ from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.domain.transitions import acceptance_event
+from mailsvc.domain.suppression import key_of
+from mailsvc.domain.transitions import acceptance_event, after_suppression_check, suppressed_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,8 @@ class NewDelivery:
     # set when the request fails validation only because time passed (its `expires_at`): it may
     # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
     replay_only: ValidationFailed | None = None
+    # positions of the recipients on the suppression list at acceptance (SPEC §12): never sent to
+    suppressed: frozenset[int] = frozenset()
     # an operator's write (a resend): recorded with the delivery, only when the delivery is created
     operator_action: OperatorAction | None = None
 
@@ -43,10 +47,36 @@ class NewDelivery:
         return self.request.send_at or self.accepted_at
 
     @property
+    def collapse_key(self) -> str | None:
+        return self.request.collapse_key
+
+    @property
+    def suppression_keys(self) -> set[str]:
+        """The suppression keys of its recipients (what acceptance looks up)."""
+        return {key_of(r.address.email) for r in self.request.recipients}
+
+    def checked_against(self, suppressed_keys: Set[str]) -> NewDelivery:
+        """This delivery once the suppression list was read: its suppressed recipients, and its
+        status (`transitions.after_suppression_check`) — itself when none is suppressed."""
+        positions = frozenset(
+            index for index, r in enumerate(self.request.recipients) if key_of(r.address.email) in suppressed_keys
+        )
+        if not positions:
+            return self
+        everyone = frozenset(range(len(self.request.recipients)))
+        return replace(self, suppressed=positions, status=after_suppression_check(self.status, everyone, positions))
+
+    @property
     def event(self) -> Event:
         """What its acceptance tells producers (SPEC §11), written with it."""
+        stub_mode = len(self.suppressed) < len(self.request.recipients)
         return acceptance_event(
-            self.status, send_at=self.send_at, expires_at=self.request.expires_at, priority=self.request.priority
+            self.status,
+            send_at=self.send_at,
+            expires_at=self.request.expires_at,
+            priority=self.request.priority,
+            collapse_key=self.request.collapse_key,
+            reason=suppressed_reason(stub_mode=stub_mode),
         )
 
 
@@ -62,6 +92,18 @@ class KeyOutcome:
     kind: Literal["created", "duplicate", "conflict", "refused"]
     delivery_id: UUID
     status: Status
+    superseded: int = 0  # created: how many queued deliveries of its collapse key it superseded
+
+
+CancelKind = Literal["cancelled", "unknown_target", "not_cancellable"]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What became of one `cancel_email` command (SPEC §2): applied, or why it could not be."""
+
+    kind: CancelKind
+    delivery_id: UUID | None
 
 
 @dataclass(frozen=True, slots=True)

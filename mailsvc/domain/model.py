@@ -12,8 +12,8 @@ from uuid import UUID
 from mailsvc.domain.server_text import SERVER_TEXT_LIMIT
 
 Source = Literal["notification", "auth", "resend"]
-Status = Literal["queued", "sending", "sent", "dead_lettered", "suppressed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"sent", "dead_lettered", "suppressed"})
+Status = Literal["queued", "sending", "sent", "dead_lettered", "suppressed", "cancelled", "superseded"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"sent", "dead_lettered", "suppressed", "cancelled", "superseded"})
 RecipientKind = Literal["to", "cc", "bcc"]
 AttemptOutcome = Literal["sent", "transient_failure", "permanent_failure", "abandoned", "expired"]
 DeadLetterReason = Literal["permanent_failure", "attempts_exhausted", "expired"]
@@ -120,6 +120,8 @@ class ClaimedDelivery:
     mime: bytes
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
     recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
+    # recipients suppressed at acceptance (address, kind): never sent to, named in the event
+    suppressed: tuple[tuple[str, RecipientKind], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

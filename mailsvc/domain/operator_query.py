@@ -22,19 +22,26 @@ import idna
 
 from mailsvc.domain.commands import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, TEMPLATE_ID, Problem, ValidationFailed
 from mailsvc.domain.operator_actions import ACTION_KINDS
+from mailsvc.domain.suppression import REASONS, suppression_address
 
-ListKind = Literal["deliveries", "dead_letters", "malformed", "operator_actions"]
+ListKind = Literal["deliveries", "dead_letters", "malformed", "operator_actions", "suppressions"]
 Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-STATUSES = ("queued", "sending", "sent", "dead_lettered", "suppressed")
+STATUSES = ("queued", "sending", "sent", "dead_lettered", "suppressed", "cancelled", "superseded")
 SOURCES = ("notification", "auth", "resend")
 MAX_PARAM_LENGTH = 1000
 MAX_ADDRESS = 320
 REASON = re.compile(r"[a-z0-9_]{1,64}")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_CURSOR_TAGS: dict[ListKind, str] = {"deliveries": "d", "dead_letters": "l", "malformed": "m", "operator_actions": "a"}
+_CURSOR_TAGS: dict[ListKind, str] = {
+    "deliveries": "d",
+    "dead_letters": "l",
+    "malformed": "m",
+    "operator_actions": "a",
+    "suppressions": "s",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ class Keyset:
     """A position in a newest-first list: the timestamp and id of the last item seen."""
 
     at: datetime
-    key: str  # a UUID (deliveries, dead letters) or an integer (malformed commands), as text
+    key: str  # a UUID (deliveries, dead letters), an integer (malformed commands) or an address, as text
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +90,10 @@ def decode_cursor(kind: ListKind, cursor: str) -> Keyset:
         at = datetime.fromisoformat(at_text)
         if at.tzinfo is None:
             raise ValueError("naive")
-        canonical = str(int(key)) if kind == "malformed" else str(UUID(key))
+        if kind == "suppressions":
+            canonical = key if key and key == key.lower() else ""
+        else:
+            canonical = str(int(key)) if kind == "malformed" else str(UUID(key))
     except ValueError:
         raise ValueError("not a cursor this API returned") from None
     if canonical != key:
@@ -210,6 +220,22 @@ def parse_malformed_query(params: Params) -> tuple[MalformedQuery, PageRequest]:
     page = read.page("malformed")
     read.done()
     return MalformedQuery(reason, include_raw=include == "raw"), page
+
+
+def parse_suppression_query(params: Params) -> tuple[str | None, str | None, PageRequest]:
+    """`GET /suppressions`: `reason`, `address` (compared as the list stores it) and the page."""
+    read = _Reader(params, _PAGE | {"reason", "address"})
+    reason = read.choice("reason", REASONS)
+    address = read.one("address")
+    if address is not None:
+        try:
+            address = suppression_address(address)
+        except ValueError as exc:
+            read.problems.append(Problem("address", str(exc)))
+            address = None
+    page = read.page("suppressions")
+    read.done()
+    return reason, address, page
 
 
 def parse_operator_action_query(params: Params) -> tuple[str | None, PageRequest]:

@@ -13,6 +13,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ENTRY_BYTES = 16 * 1024  # every field but `payload`, names and values together
 MAX_RAW_BYTES = 64 * 1024
 COMMAND_TYPE = "send_email"
+CANCEL_TYPE = "cancel_email"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,17 @@ class StreamCommand:
     request_hash: bytes
     traceparent: str | None
     raw_fields: bytes  # kept in case the command turns out malformed later (e.g. a key conflict)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCommand:
+    """`cancel_email` (SPEC §2): take back the queued `send_email` with `target_key` (scope notification)."""
+
+    entry_id: str
+    target_key: str
+    traceparent: str | None
+    raw_fields: bytes  # for the malformed row when it cannot apply (unknown_target, not_cancellable)
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +77,7 @@ def _entry_size(fields: dict[bytes, bytes]) -> int:
     return size
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | MalformedCommand:
+def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | CancelCommand | MalformedCommand:
     def malformed(reason: str, message: str, key: str | None = None) -> MalformedCommand:
         return MalformedCommand(entry_id, reason, message, raw_fields_blob(fields), key)
 
@@ -92,7 +104,7 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | M
     command_type = text.get("type")
     if command_type is None:
         return malformed("missing_field", "field 'type' is required", key)
-    if command_type != COMMAND_TYPE:
+    if command_type not in (COMMAND_TYPE, CANCEL_TYPE):
         return malformed("unknown_type", f"unknown command type {command_type[:64]!r}", key)
     raw_payload = fields.get(b"payload")
     if raw_payload is None:
@@ -116,4 +128,19 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | M
     except ValidationFailed as error:
         return malformed(error.reason, str(error), key)
     traceparent = text.get("traceparent")
+    if command_type == CANCEL_TYPE:
+        return _cancel(entry_id, key, payload, traceparent, fields) or malformed(
+            "validation_failed", 'payload must be {"idempotency_key": "<key of the send_email to cancel>"}', key
+        )
     return StreamCommand(entry_id, key, payload, digest, traceparent, raw_fields_blob(fields))
+
+
+def _cancel(
+    entry_id: str, key: str, payload: Any, traceparent: str | None, fields: dict[bytes, bytes]
+) -> CancelCommand | None:
+    if not isinstance(payload, dict) or set(payload) != {"idempotency_key"}:
+        return None
+    target = payload["idempotency_key"]
+    if not isinstance(target, str) or not valid_idempotency_key(target):
+        return None
+    return CancelCommand(entry_id, target, traceparent, raw_fields_blob(fields), key)

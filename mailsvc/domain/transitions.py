@@ -5,7 +5,7 @@ must be written with it — the attempt row, the dead letter, the recipients' ou
 The stores execute these decisions, one transaction each, and never decide anything themselves;
 a new kind of consequence (an event type, a policy) is added here, once.
 
-    accept ─┬─> suppressed                      `accepted_status`, `acceptance_event`
+    accept ─┬─> suppressed (stub mode, or every recipient suppressed)  `accepted_status`, `acceptance_event`
             └─> queued ──claim──> sending ──┬──> sent            `after_attempt`
                 │ ^                          ├──> queued (retry)  `after_attempt`
                 │ └──── stale claim ─────────┘──> dead_lettered  `after_attempt`, `expired`, `abandoned`
@@ -15,8 +15,10 @@ a new kind of consequence (an event type, a policy) is added here, once.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Literal
 from uuid import UUID
 
 from mailsvc.domain.events import Event, rfc3339
@@ -33,6 +35,10 @@ from mailsvc.domain.model import (
     Status,
 )
 from mailsvc.domain.retry import RetryPolicy
+from mailsvc.domain.suppression import hard_bounces
+
+SuppressedReason = Literal["stub_mode", "all_recipients_suppressed"]
+CancelledBy = Literal["operator", "producer"]
 
 EXPIRED_ERROR = "expired before an attempt could start"
 ABANDONED_ERROR = "abandoned: the attempt did not report before its claim expired"
@@ -57,6 +63,10 @@ class AttemptRecord:
     error_class: str | None = None  # when there is no provider result (abandoned: claim_expired)
     last_error: str | None = None
     envelope: tuple[tuple[str, RecipientKind], ...] = ()  # (address, kind) of each recipient, for the event
+    suppressed: tuple[tuple[str, RecipientKind], ...] = ()  # suppressed at acceptance: never sent to
+    # hard bounces of this attempt (SPEC §12): suppression keys added with the result, until `suppress_until`
+    suppressions: tuple[str, ...] = ()
+    suppress_until: datetime | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -77,11 +87,15 @@ class AttemptRecord:
         return _dead_lettered(self.dead_reason, self.attempt_number, code, self.last_error)
 
     def _recipients(self) -> list[dict[str, str]]:
-        """Each recipient's address, kind and outcome: the server's verdict where it gave one."""
+        """Each recipient's address, kind and outcome: the server's verdict where it gave one, and
+        the recipients suppressed at acceptance."""
         refused = set() if self.result is None else {r.address for r in self.result.recipients if not r.accepted}
         return [
-            {"address": address, "kind": kind, "outcome": "refused" if address in refused else "accepted"}
-            for address, kind in self.envelope
+            *(
+                {"address": address, "kind": kind, "outcome": "refused" if address in refused else "accepted"}
+                for address, kind in self.envelope
+            ),
+            *({"address": address, "kind": kind, "outcome": "suppressed"} for address, kind in self.suppressed),
         ]
 
     @property
@@ -98,16 +112,36 @@ def accepted_status(source: Source, *, suppress_auth: bool) -> Status:
     return "suppressed" if source == "auth" and suppress_auth else "queued"
 
 
-def acceptance_event(status: Status, *, send_at: datetime, expires_at: datetime | None, priority: Priority) -> Event:
+def after_suppression_check(status: Status, recipients: Set[int], suppressed: Set[int]) -> Status:
+    """A new delivery once the suppression list was read (SPEC §12): with no recipient left
+    (`recipients` and `suppressed` are positions) it is accepted `suppressed`, never attempted."""
+    if status == "queued" and recipients and recipients <= suppressed:
+        return "suppressed"
+    return status
+
+
+def suppressed_reason(*, stub_mode: bool) -> SuppressedReason:
+    return "stub_mode" if stub_mode else "all_recipients_suppressed"
+
+
+def acceptance_event(
+    status: Status,
+    *,
+    send_at: datetime,
+    expires_at: datetime | None,
+    priority: Priority,
+    collapse_key: str | None = None,
+    reason: SuppressedReason = "stub_mode",
+) -> Event:
     if status == "suppressed":
-        return Event("delivery.suppressed", {"reason": "stub_mode"})
+        return Event("delivery.suppressed", {"reason": reason})
     return Event(
         "delivery.queued",
         {
             "send_at": rfc3339(send_at),
             "expires_at": rfc3339(expires_at),
             "priority": priority.label,
-            "collapse_key": None,
+            "collapse_key": collapse_key,
         },
     )
 
@@ -121,10 +155,13 @@ def after_attempt(
     policy: RetryPolicy,
     jitter: float,
     provider: ProviderName,
+    suppression_ttl: timedelta | None = None,
 ) -> AttemptRecord:
-    """What the provider's verdict on one attempt makes of the delivery."""
+    """What the provider's verdict on one attempt makes of the delivery. With `suppression_ttl`,
+    each recipient refused as a hard bounce is suppressed for that long, with the result."""
     decision = policy.decide(result.outcome, claim.attempt_number, finished, claim.expires_at, jitter)
     last_error = None if result.outcome == "sent" else result.summary
+    bounced = hard_bounces(result.recipients) if suppression_ttl is not None else ()
     return AttemptRecord(
         delivery_id=claim.delivery_id,
         claim_token=claim.claim_token,
@@ -139,6 +176,9 @@ def after_attempt(
         result=result,
         last_error=last_error,
         envelope=tuple(zip(claim.recipients, claim.recipient_kinds, strict=True)),
+        suppressed=claim.suppressed,
+        suppressions=bounced,
+        suppress_until=finished + suppression_ttl if bounced and suppression_ttl is not None else None,
     )
 
 
@@ -183,7 +223,7 @@ def abandoned(
     )
 
 
-def cancelled_event(by: str) -> Event:
+def cancelled_event(by: CancelledBy) -> Event:
     """A `queued` delivery taken back (SPEC §12): `by` is `operator` or `producer`."""
     return Event("delivery.cancelled", {"by": by})
 

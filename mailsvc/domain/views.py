@@ -38,6 +38,8 @@ class DeliverySummary:
     finished_at: datetime | None
     to: tuple[str, ...]
     recipient_count: int
+    collapse_key: str | None = None
+    superseded_by: UUID | None = None  # set when it is `superseded` (SPEC §12)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,13 @@ _DELIVERY_ID = {
     "schema": {"type": "string", "format": "uuid"},
     "description": "a delivery id; anything that is not a known delivery id is a 404",
 }
+_ADDRESS = {
+    "name": "address",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "an email address; compared case-insensitively, the domain in Unicode or punycode",
+}
 _PAGE = [
     _query(
         "limit",
@@ -176,6 +183,72 @@ def _paths() -> dict[str, Any]:
                     "503": _error("503"),
                 },
             }
+        },
+        f"{PREFIX}/deliveries/{{delivery_id}}/cancel": {
+            "post": {
+                "operationId": "cancelDelivery",
+                "summary": "Cancel a queued delivery (SPEC §12): it becomes `cancelled` and is never sent",
+                "description": "Race-free against the scheduler: a delivery being claimed is either cancelled "
+                "(never sent) or sent (not cancelled).",
+                "parameters": [_DELIVERY_ID],
+                "responses": {
+                    "200": _ok("Delivery", "the cancelled delivery"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "404": _error("404"),
+                    "409": _error("409", "`not_cancellable`: the delivery is being sent, or it is finished"),
+                    "503": _error("503"),
+                },
+            }
+        },
+        f"{PREFIX}/suppressions": {
+            "get": {
+                "operationId": "listSuppressions",
+                "summary": "The suppression list, newest first (expired entries are not shown)",
+                "parameters": [
+                    _query("reason", {"type": "string", "enum": ["hard_bounce", "complaint", "manual"]}, "one reason"),
+                    _query("address", {"type": "string", "minLength": 1}, "one address (any case, IDN in Unicode)"),
+                    *_PAGE,
+                ],
+                "responses": {"200": _ok("SuppressionPage", "one page"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/suppressions/{{address}}": {
+            "parameters": [_ADDRESS],
+            "get": {
+                "operationId": "getSuppression",
+                "summary": "The entry in force for one address",
+                "responses": {
+                    "200": _ok("Suppression", "the entry"),
+                    "404": _error("404", "the address is not suppressed"),
+                    **_READ_ERRORS,
+                },
+            },
+            "put": {
+                "operationId": "putSuppression",
+                "summary": "Suppress an address (reason manual or complaint), or replace its entry",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("SuppressionInput")}},
+                },
+                "responses": {
+                    "201": _ok("Suppression", "a new entry"),
+                    "200": _ok("Suppression", "the entry in force was replaced"),
+                    "400": _error("400"),
+                    "404": _error("404", "no route: the address holds a line break"),
+                    "413": _error("413"),
+                    **_READ_ERRORS,
+                },
+            },
+            "delete": {
+                "operationId": "deleteSuppression",
+                "summary": "Remove an address from the suppression list",
+                "responses": {
+                    "204": {"description": "removed"},
+                    "404": _error("404", "the address is not suppressed"),
+                    **_READ_ERRORS,
+                },
+            },
         },
         f"{PREFIX}/dead-letters": {
             "get": {

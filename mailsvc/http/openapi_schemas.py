@@ -94,6 +94,11 @@ SEND_EMAIL: Schema = {
             "description": "the content is a secret: redacted once the delivery is terminal (SPEC §13); for a "
             "template its manifest decides, and true here can only add redaction",
         },
+        "collapse_key": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9._:-]{1,200}$",
+            "description": "supersedes the queued deliveries of the same source and key (SPEC §12)",
+        },
     },
     "additionalProperties": False,
 }
@@ -120,6 +125,8 @@ _DELIVERY_FIELDS: dict[str, Schema] = {
     "finished_at": OPT_TIMESTAMP | {"description": "set once the delivery reached a terminal status"},
     "to": {"type": "array", "items": {"type": "string"}, "description": "the `to` addresses, in order"},
     "recipient_count": {"type": "integer", "minimum": 0, "description": "to + cc + bcc"},
+    "collapse_key": OPT_STRING | {"description": "a newer delivery with this (source, key) supersedes it"},
+    "superseded_by": {"type": ["string", "null"], "format": "uuid", "description": "the delivery that superseded it"},
 }
 
 _ATTEMPT: Schema = closed(
@@ -145,7 +152,7 @@ _RECIPIENT: Schema = closed(
         "kind": {"type": "string", "enum": ["to", "cc", "bcc"]},
         "address": {"type": "string"},
         "name": OPT_STRING,
-        "outcome": {"type": ["string", "null"], "enum": ["accepted", "refused", None]},
+        "outcome": {"type": ["string", "null"], "enum": ["accepted", "refused", "suppressed", None]},
         "smtp_code": OPT_INT,
         "smtp_reply": OPT_STRING,
     }
@@ -208,7 +215,7 @@ SCHEMAS: dict[str, Schema] = {
     "Accepted": closed(
         {
             "delivery_id": UUID_STR,
-            "status": {"type": "string", "enum": ["queued", "sending", "sent", "dead_lettered", "suppressed"]},
+            "status": {"type": "string", "enum": list(STATUSES)},
             "idempotent_replay": {"type": "boolean"},
         }
     ),
@@ -277,6 +284,27 @@ SCHEMAS: dict[str, Schema] = {
             "sensitive": {"type": "boolean", "description": "its deliveries are redacted once terminal (SPEC §13)"},
         }
     ),
+    "Suppression": closed(
+        {
+            "address": {"type": "string", "description": "lower case, the domain in punycode"},
+            "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "manual"]},
+            "delivery_id": {"type": ["string", "null"], "format": "uuid", "description": "the bounce that added it"},
+            "note": OPT_STRING,
+            "created_at": TIMESTAMP,
+            "expires_at": OPT_TIMESTAMP | {"description": "null: until removed"},
+        }
+    ),
+    "SuppressionInput": {
+        "type": "object",
+        "required": ["reason"],
+        "properties": {
+            "reason": {"type": "string", "enum": ["manual", "complaint"]},
+            "note": {"type": ["string", "null"], "maxLength": 1000},
+            "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "in the future"},
+        },
+        "additionalProperties": False,
+    },
+    "SuppressionPage": page_of("Suppression"),
     "OperatorAction": closed(
         {
             "action_id": UUID_STR,

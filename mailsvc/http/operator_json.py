@@ -49,6 +49,8 @@ def summary_json(d: DeliverySummary) -> dict[str, Any]:
         "finished_at": timestamp(d.finished_at),
         "to": list(d.to),
         "recipient_count": d.recipient_count,
+        "collapse_key": d.collapse_key,
+        "superseded_by": None if d.superseded_by is None else str(d.superseded_by),
     }
 
 

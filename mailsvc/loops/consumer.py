@@ -17,7 +17,7 @@ from typing import Protocol
 
 from mailsvc.domain.intake import OffsetAdvance
 from mailsvc.domain.stream import START, StreamEntries, StreamInfo, StreamRead, parse_id, predecessor, successor
-from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
+from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand, StreamCommand, decode_entry
 from mailsvc.errors import OffsetMoved, StoreUnavailable, StreamUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.services.acceptance import AcceptanceService
@@ -256,7 +256,7 @@ class StreamConsumer:
     def _count(self, result: BatchResult) -> None:
         consumed = self.instruments.commands_consumed
         for outcome, count in (
-            ("accepted", result.accepted),
+            ("accepted", result.accepted + result.cancelled),
             ("duplicate", result.duplicate),
             ("malformed", result.malformed),
         ):
@@ -364,6 +364,6 @@ class _ReadAhead:
     prepared: PreparedBatch
 
 
-def _decode(entries: StreamEntries) -> Iterator[StreamCommand | MalformedCommand]:
+def _decode(entries: StreamEntries) -> Iterator[StreamCommand | CancelCommand | MalformedCommand]:
     # lazy: each entry is decoded (JSON, hash) inside the preparation's time slices, not all up front
     return (decode_entry(entry_id, fields) for entry_id, fields in entries)

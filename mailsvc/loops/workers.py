@@ -171,6 +171,8 @@ class ResultWriter:
     def _settle(self, record: AttemptRecord, future: asyncio.Future[bool], applied: bool) -> None:
         if applied and record.status in TERMINAL_STATUSES:  # counted once durable, never for a late worker
             self.instruments.deliveries_finished.add(1, {"status": record.status})
+        if applied and record.suppressions:
+            self.instruments.suppressions_added.add(len(record.suppressions), {"reason": "hard_bounce"})
         self.on_written(record, applied)
         if not future.done():
             future.set_result(applied)

@@ -124,7 +124,14 @@ class Api:
     def post(self, path: str, body: Json = None, *, headers: Mapping[str, str] | None = None) -> Json:
         return self._request("POST", path, json=body, headers=dict(headers or {}))
 
-    def _request(self, method: str, path: str, **options: Any) -> Json:
+    def put(self, path: str, body: Json) -> Json:
+        return self._request("PUT", path, json=body)
+
+    def delete(self, path: str) -> Json:
+        """None for the 204 of a removal (nothing to say)."""
+        return self._request("DELETE", path, no_content=True)
+
+    def _request(self, method: str, path: str, *, no_content: bool = False, **options: Any) -> Json:
         where, timeout = self.connection.where, f"{self.connection.timeout:g}s"
         try:
             response = self._client.request(method, path, **options)
@@ -138,6 +145,8 @@ class Api:
             raise OpsError(f"the connection to {where} failed ({_reason(exc)})") from exc
         except UnicodeEncodeError:  # a header value (the token is checked before) that is not ASCII
             raise OpsError("header values (e.g. --key) must be ASCII") from None
+        if no_content and response.status_code == 204:
+            return None
         return self._decode(response)
 
     def _decode(self, response: httpx.Response) -> Json:

@@ -27,10 +27,10 @@ from mailsvc.domain.commands import (
     utf8_size,
 )
 from mailsvc.domain.ids import uuid7
-from mailsvc.domain.intake import NewDelivery, OffsetAdvance
+from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.mime import build_mime, make_message_id
 from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source
-from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
+from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand, StreamCommand
 from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
@@ -221,8 +221,7 @@ class AcceptanceService:
             raise prepared.replay_only
         if outcome.kind == "created":
             self.instruments.deliveries_accepted.add(1, {"source": prepared.source})
-            if outcome.status in TERMINAL_STATUSES:  # suppressed at the door
-                self.instruments.deliveries_finished.add(1, {"status": outcome.status})
+            self._count_finished([outcome])
             if outcome.status == "queued":
                 self.wake_scheduler()
             if outcome.status == "suppressed" and prepared.source == "auth" and self.suppress_auth:
@@ -240,7 +239,22 @@ class AcceptanceService:
                 extra={"delivery_id": str(prepared.delivery_id), "error_class": type(exc).__name__},
             )
 
-    async def prepare_stream_batch(self, entries: Iterable[StreamCommand | MalformedCommand]) -> PreparedBatch:
+    def _count_finished(self, outcomes: Iterable[KeyOutcome]) -> None:
+        """Deliveries that became terminal at acceptance: suppressed at the door, and the queued
+        ones a collapse key superseded."""
+        suppressed = superseded = 0
+        for outcome in outcomes:
+            if outcome.kind == "created":
+                suppressed += outcome.status in TERMINAL_STATUSES
+                superseded += outcome.superseded
+        if suppressed:
+            self.instruments.deliveries_finished.add(suppressed, {"status": "suppressed"})
+        if superseded:
+            self.instruments.deliveries_finished.add(superseded, {"status": "superseded"})
+
+    async def prepare_stream_batch(
+        self, entries: Iterable[StreamCommand | CancelCommand | MalformedCommand]
+    ) -> PreparedBatch:
         """Validate, render and build a batch (CPU only, nothing persisted).
 
         The work is cut into slices of about a millisecond (`LoopShare`): between two steps of an
@@ -261,6 +275,10 @@ class AcceptanceService:
             if isinstance(entry, MalformedCommand):
                 spans.malformed(span, entry.reason)
                 malformed.append(entry)
+                continue
+            if isinstance(entry, CancelCommand):
+                spans.cancel(span)
+                batch.cancels.append(entry)
                 continue
             try:
                 request, content = self.validate_and_render(entry.payload)
@@ -297,6 +315,7 @@ class AcceptanceService:
         store judges each repeat); then count it and wake the scheduler."""
         result = BatchResult()
         spans, malformed = batch.spans, batch.malformed
+        cancelled: list[CancelOutcome] = []
         try:
             outcomes = await self.store.accept(
                 batch.deliveries,
@@ -304,11 +323,13 @@ class AcceptanceService:
                 stream_key=self.stream_key,
                 offset=offset,
                 idempotency_ttl=self.idempotency_ttl,
+                cancels=batch.cancels,
+                cancel_outcomes=cancelled,
             )
         except BaseException as exc:
             spans.failed(exc)
             raise
-        spans.settled(outcomes, [d.replay_only.reason if d.replay_only else None for d in batch.deliveries])
+        spans.settled(outcomes, [d.replay_only.reason if d.replay_only else None for d in batch.deliveries], cancelled)
         woke = False
         reasons = result.malformed_reasons
         for delivery, outcome in zip(batch.deliveries, outcomes, strict=True):
@@ -326,8 +347,17 @@ class AcceptanceService:
         result.malformed += len(malformed)
         for record in malformed:
             reasons[record.reason] = reasons.get(record.reason, 0) + 1
+        for cancel in cancelled:
+            if cancel.kind == "cancelled":
+                result.cancelled += 1
+            else:
+                result.malformed += 1
+                reasons[cancel.kind] = reasons.get(cancel.kind, 0) + 1
         if result.accepted:
             self.instruments.deliveries_accepted.add(result.accepted, {"source": "notification"})
+        self._count_finished(outcomes)
+        if result.cancelled:
+            self.instruments.deliveries_finished.add(result.cancelled, {"status": "cancelled"})
         if woke:
             self.wake_scheduler()
         return result

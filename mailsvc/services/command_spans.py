@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand
+from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand, StreamCommand
 from mailsvc.instruments import context_from_traceparent, current_traceparent
 
 if TYPE_CHECKING:
-    from mailsvc.domain.intake import KeyOutcome
+    from mailsvc.domain.intake import CancelOutcome, KeyOutcome
+
+Entry = StreamCommand | CancelCommand | MalformedCommand
 
 SPAN_NAME = "mail.command consume"
 _RESULTS = {"created": "accepted", "duplicate": "duplicate", "conflict": "malformed", "refused": "malformed"}
@@ -25,8 +27,11 @@ _RESULTS = {"created": "accepted", "duplicate": "duplicate", "conflict": "malfor
 class NoCommandSpans:
     """Tracing disabled: every call is a no-op."""
 
-    def start(self, entry: StreamCommand | MalformedCommand) -> Span | None:
+    def start(self, entry: Entry) -> Span | None:
         return None
+
+    def cancel(self, span: Span | None) -> None:
+        """A `cancel_email` handed to the store: its span ends with the cancel's outcome."""
 
     def malformed(self, span: Span | None, reason: str) -> None:
         pass
@@ -35,8 +40,14 @@ class NoCommandSpans:
         """The `traceparent` to store with the command's delivery."""
         return None
 
-    def settled(self, outcomes: Sequence[KeyOutcome], refusals: Sequence[str | None]) -> None:
-        """End the spans: one outcome per prepared delivery, and the reason each would be refused."""
+    def settled(
+        self,
+        outcomes: Sequence[KeyOutcome],
+        refusals: Sequence[str | None],
+        cancels: Sequence[CancelOutcome] = (),
+    ) -> None:
+        """End the spans: one outcome per prepared delivery, and the reason each would be refused;
+        one outcome per cancel."""
 
     def failed(self, error: BaseException) -> None:
         pass
@@ -53,10 +64,11 @@ class CommandSpans(NoCommandSpans):
         self.stream_key = stream_key
         self._prepared: list[Span] = []  # parallel to the deliveries handed to the store
         self._malformed: list[Span] = []
+        self._cancels: list[Span] = []  # parallel to the cancels handed to the store
 
-    def start(self, entry: StreamCommand | MalformedCommand) -> Span:
+    def start(self, entry: Entry) -> Span:
         # a command that failed to decode has no trusted traceparent: its span starts a trace
-        parent = context_from_traceparent(entry.traceparent) if isinstance(entry, StreamCommand) else None
+        parent = None if isinstance(entry, MalformedCommand) else context_from_traceparent(entry.traceparent)
         return self.tracer.start_span(
             SPAN_NAME,
             context=parent,
@@ -75,13 +87,29 @@ class CommandSpans(NoCommandSpans):
             span.set_attributes({"mail.command.result": "malformed", "mail.command.malformed_reason": reason})
             self._malformed.append(span)
 
+    def cancel(self, span: Span | None) -> None:
+        if span is not None:
+            self._cancels.append(span)
+
     def prepared(self, span: Span | None) -> str | None:
         if span is None:
             return None
         self._prepared.append(span)
         return current_traceparent(span)
 
-    def settled(self, outcomes: Sequence[KeyOutcome], refusals: Sequence[str | None]) -> None:
+    def settled(
+        self,
+        outcomes: Sequence[KeyOutcome],
+        refusals: Sequence[str | None],
+        cancels: Sequence[CancelOutcome] = (),
+    ) -> None:
+        for span, cancelled in zip(self._cancels, cancels, strict=True):
+            if cancelled.kind == "cancelled":
+                span.set_attributes({"mail.command.result": "accepted", "mail.delivery_id": str(cancelled.delivery_id)})
+            else:
+                span.set_attributes({"mail.command.result": "malformed"})
+                span.set_attribute("mail.command.malformed_reason", cancelled.kind)
+            span.end()
         for span, outcome, refusal in zip(self._prepared, outcomes, refusals, strict=True):
             span.set_attribute("mail.command.result", _RESULTS[outcome.kind])
             if outcome.kind == "refused":  # nothing was stored: no delivery id to name
@@ -96,6 +124,6 @@ class CommandSpans(NoCommandSpans):
 
     def failed(self, error: BaseException) -> None:
         # the type only: a driver's message may quote parameters
-        for span in [*self._prepared, *self._malformed]:
+        for span in [*self._prepared, *self._malformed, *self._cancels]:
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()

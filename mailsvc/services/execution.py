@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from mailsvc.domain import transitions
@@ -47,6 +47,7 @@ class ExecutionService:
         clock: Callable[[], datetime],
         jitter: Callable[[], float] = random.random,
         instruments: Instruments = NO_INSTRUMENTS,
+        suppression_ttl: timedelta | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy
@@ -54,6 +55,7 @@ class ExecutionService:
         self.attempt_timeout = attempt_timeout
         self.clock = clock
         self.jitter = jitter
+        self.suppression_ttl = suppression_ttl  # None: hard bounces add no suppression
         self.telemetry = AttemptTelemetry(instruments, provider.name)
 
     async def execute(self, claim: ClaimedDelivery) -> AttemptRecord:
@@ -85,6 +87,7 @@ class ExecutionService:
             policy=self.policy,
             jitter=self.jitter(),
             provider=self.provider.name,
+            suppression_ttl=self.suppression_ttl,
         )
         if result.outcome != "sent":
             log.info(

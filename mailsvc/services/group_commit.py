@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
-from mailsvc.domain.stream_entries import MalformedCommand
+from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand
 from mailsvc.errors import StoreUnavailable
 from mailsvc.services.acceptance_types import AcceptanceStore
 
@@ -51,11 +51,19 @@ class GroupCommitStore:
         stream_key: str,
         offset: OffsetAdvance | None,
         idempotency_ttl: timedelta,
+        cancels: Sequence[CancelCommand] = (),
+        cancel_outcomes: list[CancelOutcome] | None = None,
     ) -> list[KeyOutcome]:
         """As `AcceptanceStore.accept`; returns once the transaction holding these deliveries committed."""
-        if offset is not None or malformed or not deliveries:
+        if offset is not None or malformed or cancels or not deliveries:
             return await self.store.accept(
-                deliveries, malformed, stream_key=stream_key, offset=offset, idempotency_ttl=idempotency_ttl
+                deliveries,
+                malformed,
+                stream_key=stream_key,
+                offset=offset,
+                idempotency_ttl=idempotency_ttl,
+                cancels=cancels,
+                cancel_outcomes=cancel_outcomes,
             )
         future: asyncio.Future[list[KeyOutcome]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)  # an error nobody awaits any more is not "never retrieved"

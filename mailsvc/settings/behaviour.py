@@ -118,6 +118,12 @@ class RetentionSettings:
         default=timedelta(hours=168),
         doc="Malformed command records older than this are deleted.",
     )
+    suppression_ttl: timedelta = setting(
+        "MAIL_SUPPRESSION_TTL",
+        positive_duration,
+        default=timedelta(hours=720),
+        doc="How long an automatic suppression (a hard bounce at RCPT TO) lasts before it expires.",
+    )
     cleanup_interval: timedelta = setting(
         "MAIL_CLEANUP_INTERVAL",
         positive_duration,

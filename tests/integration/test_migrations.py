@@ -23,6 +23,7 @@ TABLES = {
     "delivery_queue",
     "delivery_events",
     "event_cursors",
+    "suppressions",
     "operator_actions",
 }
 

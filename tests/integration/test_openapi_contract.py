@@ -37,6 +37,7 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
+HELD = "held"
 EXAMPLES = 25  # per operation and generation mode: bounded, the whole run stays well under a minute
 
 
@@ -69,10 +70,13 @@ async def populate(api: httpx.AsyncClient, stream_key: str, redis_addr: str) -> 
         await xadd_command(redis_addr, stream_key, bounce, key=f"bounce-{run}-{n}")
     later = {"to": ["eve@example.com"], "subject": "Later", "text": "x", "send_at": "2100-01-01T00:00:00Z"}
     await xadd_command(redis_addr, stream_key, later, key=f"later-{run}")
+    held = {"to": ["fay@example.com"], "subject": "Held", "text": "x", "send_at": "2100-01-01T00:00:00Z"}
+    await xadd_command(redis_addr, stream_key, held, key=f"held-{run}")
     await xadd_command(redis_addr, stream_key, b"{not json", key=f"bad-{run}")
     await xadd_command(redis_addr, stream_key, b'{"to": ["\xff\xfe"]}', key=f"bytes-{run}")
     sent = await wait_for_delivery(api, [("tag", f"run:{run}")], status="sent")
     queued = await wait_for_delivery(api, [("recipient", "eve@example.com")], status="queued")
+    kept = await wait_for_delivery(api, [("recipient", "fay@example.com")], status="queued")
 
     async def listed(path: str, count: int) -> list[dict[str, Any]] | None:
         items: list[dict[str, Any]] = (await api.get(API + path)).json()["items"]
@@ -87,6 +91,7 @@ async def populate(api: httpx.AsyncClient, stream_key: str, redis_addr: str) -> 
         "dead": dead["delivery_id"],
         "queued": queued["delivery_id"],
         "resent": resent.json()["delivery_id"],
+        HELD: kept["delivery_id"],  # queued until the explicit calls: fuzzing never cancels it
     }
     cursors = {}
     for path in ("/deliveries", "/dead-letters", "/malformed-commands"):
@@ -135,6 +140,8 @@ def run_schemathesis(
             attempt(f"{operation.label} [cursor]", fuzz(operation, GenerationMode.POSITIVE, EXAMPLES, **fixed_query))
         if "{delivery_id}" in operation.path:
             for name, delivery_id in ids.items():
+                if name == HELD:
+                    continue
                 fixed = {"path_parameters": {"delivery_id": delivery_id}}
                 attempt(f"{operation.label} [{name}]", fuzz(operation, GenerationMode.POSITIVE, 5, **fixed))
 
@@ -155,7 +162,16 @@ def run_schemathesis(
     resend = {"path_parameters": {"delivery_id": ids["dead"]}, "headers": {"Idempotency-Key": "contract-r"}}
     call("POST", "/deliveries/{delivery_id}/resend", 202, **resend)
     call("POST", "/deliveries/{delivery_id}/resend", 200, **resend)
-    call("POST", "/deliveries/{delivery_id}/resend", 409, path_parameters={"delivery_id": ids["queued"]})
+    call("POST", "/deliveries/{delivery_id}/resend", 409, path_parameters={"delivery_id": ids[HELD]})
+    call("POST", "/deliveries/{delivery_id}/cancel", 409, path_parameters={"delivery_id": ids["sent"]})
+    call("POST", "/deliveries/{delivery_id}/cancel", 200, path_parameters={"delivery_id": ids[HELD]})
+    entry = {"path_parameters": {"address": "Zed@Example.com"}, "media_type": "application/json"}
+    call("PUT", "/suppressions/{address}", 201, body={"reason": "manual", "note": "contract"}, **entry)
+    call("PUT", "/suppressions/{address}", 200, body={"reason": "complaint"}, **entry)
+    call("GET", "/suppressions/{address}", 200, path_parameters={"address": "zed@example.com"})
+    call("GET", "/suppressions", 200, query={"reason": "complaint"})
+    call("DELETE", "/suppressions/{address}", 204, path_parameters={"address": "zed@example.com"})
+    call("DELETE", "/suppressions/{address}", 404, path_parameters={"address": "zed@example.com"})
     return failures
 
 

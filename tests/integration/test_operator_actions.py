@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_operator_resend import sent_notification
 from tests.support.db_search import columns_holding
-from tests.support.operator_api import API, collect, in_process, operator_env
+from tests.support.operator_api import API, collect, in_process, operator_env, wait_for_delivery, xadd_command
 
 OPERATOR_TOKEN = f"op-token-{uuid.uuid4().hex}"
 FINGERPRINT = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()[:12]
@@ -98,3 +98,30 @@ async def test_a_resend_that_fails_records_no_action(
     assert conflict.status_code == 409
     items = (await api.get(f"{API}/operator-actions")).json()["items"]
     assert [a["target"]["delivery_id"] for a in items] == [first["delivery_id"]]
+
+
+async def test_cancels_and_suppression_changes_are_recorded_only_when_they_wrote(
+    api: httpx.AsyncClient, env: dict[str, str], redis_addr: str
+) -> None:
+    later = {"to": ["held@example.com"], "subject": "s", "text": "t", "send_at": "2100-01-01T00:00:00Z"}
+    await xadd_command(redis_addr, env["MAIL_REDIS_COMMAND_STREAM"], later, key=f"held-{uuid.uuid4().hex}")
+    queued = await wait_for_delivery(api, [("recipient", "held@example.com")], status="queued")
+    cancel = f"{API}/deliveries/{queued['delivery_id']}/cancel"
+    assert (await api.post(cancel)).status_code == 200
+    assert (await api.post(cancel)).status_code == 409  # wrote nothing: no action
+    entry = f"{API}/suppressions/Ann@Example.com"
+    assert (await api.put(entry, json={"reason": "manual", "note": "asked"})).status_code == 201
+    assert (await api.put(entry, json={"reason": "complaint"})).status_code == 200
+    assert (await api.put(entry, json={"reason": "bogus"})).status_code == 422
+    assert (await api.delete(entry)).status_code == 204
+    assert (await api.delete(entry)).status_code == 404
+
+    items = await collect(api, "/operator-actions")
+    assert [(a["kind"], a["target"]) for a in reversed(items)] == [
+        ("cancel", {"delivery_id": queued["delivery_id"]}),
+        ("suppression_add", {"address": "ann@example.com", "reason": "manual"}),
+        ("suppression_add", {"address": "ann@example.com", "reason": "complaint"}),
+        ("suppression_remove", {"address": "ann@example.com"}),
+    ]
+    assert {a["actor"] for a in items} == {FINGERPRINT}
+    assert items[-2]["note"] == "asked"

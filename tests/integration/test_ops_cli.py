@@ -307,7 +307,8 @@ async def test_deliveries_resend_and_its_409(service: Service, seeded: Seeded) -
     assert words[:4] == ["resent", original, "as", words[3]]
     new_id = words[3]
     assert new_id != original
-    assert resent.out.strip().endswith("(queued)")
+    # its one recipient bounced with 5.1.1 and is suppressed now: the resend is accepted suppressed
+    assert resent.out.strip().endswith("(suppressed)")
 
     again = await ops(service.cli, "deliveries", "resend", original, "--key", key)
     assert again.code == 0, again.err
@@ -365,6 +366,39 @@ async def test_dead_letters_malformed_and_templates_lists(service: Service, seed
     assert {"auth.login_code", "auth.password_reset", "notification.generic"} <= listed
     templates_json = await ops(service.cli, "templates", "list", "--json")
     assert templates_json.json() == (await service.api.get(f"{API}/templates")).json()
+
+
+async def test_suppressions_add_list_remove(service: Service, seeded: Seeded) -> None:
+    address = f"ops-{seeded.run}@Example.org"
+    added = await ops(service.cli, "suppressions", "add", address, "--reason", "complaint", "--note", "ticket 1")
+    assert added.code == 0, added.err
+    assert added.out == f"suppressed {address.lower()} (complaint) until removed\n"
+    listed = table_rows(await ops(service.cli, "suppressions", "list", "--address", address))
+    assert [row.split()[:2] for row in listed] == [[address.lower(), "complaint"]]
+    bounced = table_rows(await ops(service.cli, "suppressions", "list", "--reason", "hard_bounce", "--all"))
+    assert "zoe+bounce@example.org" in {row.split()[0] for row in bounced}  # the stub's +bounce: 550 5.1.1
+    as_json = await ops(service.cli, "suppressions", "list", "--address", address, "--json")
+    assert as_json.json()["items"][0]["note"] == "ticket 1"
+    removed = await ops(service.cli, "suppressions", "remove", address)
+    assert (removed.code, removed.out) == (0, f"removed {address} from the suppression list\n")
+    again = await ops(service.cli, "suppressions", "remove", address)
+    assert again.code == 1
+    assert again.err.startswith("mailsvc ops: 404 not_found: ")
+    refused = await ops(service.cli, "suppressions", "add", address, "--reason", "hard_bounce")
+    assert refused.code == 1
+    assert refused.err.splitlines()[1].startswith("  reason: ")
+
+
+async def test_deliveries_cancel_and_its_409(service: Service, seeded: Seeded) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    key = f"ops-cancel-{seeded.run}"
+    await service.xadd({"to": ["held@example.com"], "subject": "Held", "text": "x", "send_at": later}, key=key)
+    held = await wait_for_delivery(service.api, [("recipient", "held@example.com")], "queued")
+    cancelled = await ops(service.cli, "deliveries", "cancel", held["delivery_id"])
+    assert (cancelled.code, cancelled.out) == (0, f"cancelled {held['delivery_id']}\n")
+    refused = await ops(service.cli, "deliveries", "cancel", seeded.sent["delivery_id"])
+    assert refused.code == 1
+    assert refused.err.startswith("mailsvc ops: 409 not_cancellable: ")
 
 
 async def test_the_token_is_required_sent_and_never_shown(service: Service, seeded: Seeded, tmp_path: Path) -> None:
@@ -502,8 +536,12 @@ def test_every_ops_subcommand_has_help_with_an_example(capsys: pytest.CaptureFix
         ("deliveries", "list"),
         ("deliveries", "show"),
         ("deliveries", "resend"),
+        ("deliveries", "cancel"),
         ("dead-letters", "list"),
         ("malformed", "list"),
+        ("suppressions", "list"),
+        ("suppressions", "add"),
+        ("suppressions", "remove"),
         ("templates", "list"),
     } <= leaves
     for path in paths:

@@ -50,7 +50,7 @@ async def delivery(
     """A delivery created (and, when terminal, finished) `age` before `now`, with every kind of child."""
     delivery_id = uuid.uuid4()
     at = now - age
-    terminal = status in ("sent", "dead_lettered", "suppressed")
+    terminal = status in ("sent", "dead_lettered", "suppressed", "cancelled", "superseded")
     await conn.execute(
         """
         INSERT INTO deliveries (delivery_id, source, status, send_at, idempotency_key, message_id,
@@ -112,13 +112,21 @@ async def stream_event(conn: asyncpg.Connection, age: timedelta) -> int:
     return row_id
 
 
+async def suppression(conn: asyncpg.Connection, address: str, expires_in: timedelta | None) -> str:
+    await conn.execute(
+        "INSERT INTO suppressions (address, reason, created_at, expires_at) VALUES ($1, 'hard_bounce', $2, $3)",
+        address, NOW - timedelta(days=40), None if expires_in is None else NOW + expires_in,
+    )  # fmt: skip
+    return address
+
+
 async def remaining(conn: asyncpg.Connection, table: str, column: str = "delivery_id") -> set[object]:
     return {row[0] for row in await conn.fetch(f"SELECT {column} FROM {table}")}
 
 
 def report(*, failed: tuple[str, ...] = (), **deleted: int) -> RetentionReport:
     """The report of a pass that deleted `deleted` (zero for every other table)."""
-    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events", "suppressions")
     return RetentionReport({table: deleted.get(table, 0) for table in tables}, failed)
 
 
@@ -153,6 +161,27 @@ async def test_a_pass_deletes_exactly_what_has_expired(conn: asyncpg.Connection,
     assert old_event not in await remaining(conn, "stream_events", "event_id")
 
     assert await loop.run_once(NOW) == report()
+
+
+async def test_cancelled_and_superseded_deliveries_and_expired_suppressions_go(
+    conn: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    days = timedelta(days=1)
+    cancelled = await delivery(conn, "cancelled", 31 * days)
+    superseded = await delivery(conn, "superseded", 31 * days)
+    young_cancelled = await delivery(conn, "cancelled", days)
+    expired = [await suppression(conn, f"gone-{i}@example.com", -timedelta(seconds=i + 1)) for i in range(3)]
+    lasting = await suppression(conn, "lasting@example.com", days)
+    forever = await suppression(conn, "forever@example.com", None)
+
+    loop = RetentionLoop(store=RetentionStore(engine), policy=POLICY, interval=timedelta(hours=1), batch_size=2)
+    result = await loop.run_once(NOW)
+
+    assert result.deleted["deliveries"] == 2
+    assert result.deleted["suppressions"] == len(expired)
+    assert {cancelled, superseded}.isdisjoint(await remaining(conn, "deliveries"))
+    assert young_cancelled in await remaining(conn, "deliveries")
+    assert await remaining(conn, "suppressions", "address") == {lasting, forever}
 
 
 async def test_large_backlogs_go_in_bounded_batches(conn: asyncpg.Connection, engine: AsyncEngine) -> None:
@@ -368,7 +397,7 @@ async def test_an_unreachable_database_is_retried_not_fatal(caplog: pytest.LogCa
             await asyncio.wait_for(task, 5)
     finally:
         await engine.dispose()
-    assert passes[0].failed == ("deliveries", "malformed_commands", "idempotency_keys", "stream_events")
+    assert passes[0].failed == ("deliveries", "malformed_commands", "idempotency_keys", "stream_events", "suppressions")
     failures = [r for r in caplog.records if r.getMessage() == "retention_step_failed"]
     assert {r.__dict__["error_class"] for r in failures} == {"StoreUnavailable"}
 

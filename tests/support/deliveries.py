@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from redis.asyncio import Redis
 
@@ -76,6 +77,11 @@ class InProcessService:
     async def stop(self, timeout: float = 30.0) -> int:
         self.runtime.request_stop("test")
         return await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+
+def api_of(service: InProcessService) -> httpx.AsyncClient:
+    """A client of the service's HTTP listener (use it as a context manager)."""
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}", timeout=30)
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ round trips, not rows, are what cost.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -18,9 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.operator_actions import record_actions
-from mailsvc.adapters.postgres.redaction import redact
-from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
-from mailsvc.domain.stream_entries import MalformedCommand
+from mailsvc.adapters.postgres.redaction import redact, redact_sql
+from mailsvc.domain import transitions
+from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
+from mailsvc.domain.operator_actions import OperatorAction
+from mailsvc.domain.stream import parse_id
+from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand
 from mailsvc.errors import NotFound, OffsetMoved
 
 T = TypeVar("T")
@@ -63,16 +67,17 @@ _INSERT_DELIVERIES = text(
             CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
             CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
             CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]),
-            CAST(:event_types AS text[]), CAST(:event_data AS text[]))
-            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed)
+            CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:collapse_keys AS text[]))
+            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed, ck)
     ), events AS (
         INSERT INTO delivery_events (delivery_id, type, data) SELECT id, et, CAST(ed AS jsonb) FROM t
     ), rows AS (
         INSERT INTO deliveries (
             delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
-            idempotency_key, message_id, tags, resend_of, created_at, updated_at, finished_at, traceparent)
+            idempotency_key, message_id, tags, resend_of, created_at, updated_at, finished_at, traceparent,
+            collapse_key)
         SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb), ro, ca, ca,
-               CASE WHEN st <> 'queued' THEN ca END, tp
+               CASE WHEN st <> 'queued' THEN ca END, tp, ck
         FROM t
     )
     INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at)
@@ -82,10 +87,97 @@ _INSERT_DELIVERIES = text(
 
 _INSERT_RECIPIENTS = text(
     """
-    INSERT INTO delivery_recipients (delivery_id, position, kind, address, display_name)
+    INSERT INTO delivery_recipients (delivery_id, position, kind, address, display_name, outcome)
     SELECT * FROM unnest(
         CAST(:ids AS uuid[]), CAST(:positions AS smallint[]), CAST(:kinds AS text[]),
-        CAST(:addresses AS text[]), CAST(:names AS text[]))
+        CAST(:addresses AS text[]), CAST(:names AS text[]), CAST(:outcomes AS text[]))
+    """
+)
+
+# the suppression list at acceptance (SPEC §12): one statement for every recipient of a batch
+_SUPPRESSED = text(
+    """
+    SELECT address FROM suppressions
+    WHERE address = ANY(CAST(:addresses AS text[])) AND (expires_at IS NULL OR expires_at > now())
+    """
+)
+
+# Acceptances with one collapse key take turns (transaction-scoped, in a fixed order so two
+# batches never wait on each other): the supersede statement of the second then sees the first's
+# delivery, so however they interleave exactly one queued delivery per key is left. The two-key
+# form never meets the consumer's one-key lock (pg_locks tells them apart by `objsubid`).
+COLLAPSE_LOCK_SPACE = 1_298_753_012
+_LOCK_COLLAPSE_KEYS = text(
+    f"""
+    WITH k AS MATERIALIZED (
+        SELECT DISTINCT hashtext(s || ':' || ck) AS h
+        FROM unnest(CAST(:sources AS text[]), CAST(:keys AS text[])) AS k(s, ck)
+        ORDER BY 1)
+    SELECT count(pg_advisory_xact_lock({COLLAPSE_LOCK_SPACE}, h)) FROM k
+    """
+)
+
+# Every queued, unclaimed delivery of a winner's (source, collapse key) — older acceptances and
+# earlier ones of this batch — is superseded by it: its queue row goes (a claim holding the row
+# wins: the row is left to finish), its final state, its event and its redaction (SPEC §13) are written,
+# in one statement.
+_SUPERSEDE = text(
+    f"""
+    WITH w AS (
+        SELECT * FROM unnest(
+            CAST(:sources AS text[]), CAST(:keys AS text[]), CAST(:winners AS uuid[]),
+            CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:at AS timestamptz[]))
+            AS w(src, ck, winner, et, ed, at)
+    ), gone AS (
+        DELETE FROM delivery_queue q USING deliveries d, w
+        WHERE d.source = w.src AND d.collapse_key = w.ck AND d.status = 'queued' AND d.delivery_id <> w.winner
+          AND q.delivery_id = d.delivery_id AND q.claim_token IS NULL
+        RETURNING q.delivery_id, q.attempt_count, w.winner, w.et, w.ed, w.at
+    ), ended AS (
+        UPDATE deliveries d
+        SET status = 'superseded', superseded_by = g.winner, attempt_count = g.attempt_count,
+            updated_at = g.at, finished_at = g.at
+        FROM gone g WHERE d.delivery_id = g.delivery_id
+        RETURNING d.delivery_id, g.winner
+    ), events AS (
+        INSERT INTO delivery_events (delivery_id, type, data) SELECT delivery_id, et, CAST(ed AS jsonb) FROM gone
+    ), redacted AS ({redact_sql("SELECT delivery_id FROM ended")}
+    )
+    SELECT winner, count(*) AS superseded FROM ended GROUP BY winner
+    """
+)
+
+# A cancel (SPEC §12) wins or loses against a claim by the queue row's lock: the DELETE takes only
+# an unclaimed row, and a claim's `FOR UPDATE SKIP LOCKED` skips a row being deleted — exactly one
+# of them gets it. The end state, the event and the redaction (SPEC §13) are written by the same statement.
+CANCEL = text(
+    f"""
+    WITH c AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            AS c(id, et, ed)
+    ), gone AS (
+        DELETE FROM delivery_queue q USING c
+        WHERE q.delivery_id = c.id AND q.claim_token IS NULL
+        RETURNING q.delivery_id, q.attempt_count, c.et, c.ed
+    ), ended AS (
+        UPDATE deliveries d
+        SET status = 'cancelled', attempt_count = g.attempt_count, updated_at = now(), finished_at = now()
+        FROM gone g WHERE d.delivery_id = g.delivery_id AND d.status = 'queued'
+        RETURNING d.delivery_id
+    ), events AS (
+        INSERT INTO delivery_events (delivery_id, type, data) SELECT delivery_id, et, CAST(ed AS jsonb) FROM gone
+    ), redacted AS ({redact_sql("SELECT delivery_id FROM ended")}
+    )
+    SELECT delivery_id FROM ended
+    """
+)
+
+_EXISTS = text("SELECT 1 FROM deliveries WHERE delivery_id = :id")
+
+_CANCEL_TARGETS = text(
+    """
+    SELECT key, delivery_id FROM idempotency_keys
+    WHERE source = 'notification' AND key = ANY(CAST(:keys AS text[]))
     """
 )
 
@@ -133,6 +225,8 @@ class IntakeStore:
         stream_key: str,
         offset: OffsetAdvance | None,
         idempotency_ttl: timedelta,
+        cancels: Sequence[CancelCommand] = (),
+        cancel_outcomes: list[CancelOutcome] | None = None,
     ) -> list[KeyOutcome]:
         """Persist a batch in one transaction (see `AcceptanceStore.accept`).
 
@@ -141,7 +235,14 @@ class IntakeStore:
         # straight through asyncpg: SQLAlchemy's execution layer cost more CPU than the statements
         async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
             return await self.write(
-                conn, deliveries, malformed, stream_key=stream_key, offset=offset, idempotency_ttl=idempotency_ttl
+                conn,
+                deliveries,
+                malformed,
+                stream_key=stream_key,
+                offset=offset,
+                idempotency_ttl=idempotency_ttl,
+                cancels=cancels,
+                cancel_outcomes=cancel_outcomes,
             )
 
     async def write(
@@ -153,12 +254,22 @@ class IntakeStore:
         stream_key: str,
         offset: OffsetAdvance | None,
         idempotency_ttl: timedelta,
+        cancels: Sequence[CancelCommand] = (),
+        cancel_outcomes: list[CancelOutcome] | None = None,
     ) -> list[KeyOutcome]:
         """`accept` within the caller's transaction (a redrive marks its dead letters in the same one)."""
         outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
-        created = [d for d, o in zip(deliveries, outcomes, strict=True) if o.kind == "created"]
+        positions = [i for i, o in enumerate(outcomes) if o.kind == "created"]
+        created = [deliveries[i] for i in positions]
         if created:
+            created = await self._check_suppressions(conn, created)
+            collapsing = [d for d in created if d.status == "queued" and d.collapse_key is not None]
+            if collapsing:
+                await self._lock_collapse_keys(conn, collapsing)
             await self._insert_deliveries(conn, created)
+            superseded = await self._supersede(conn, collapsing) if collapsing else {}
+            for index, d in zip(positions, created, strict=True):
+                outcomes[index] = replace(outcomes[index], status=d.status, superseded=superseded.get(d.delivery_id, 0))
             await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
             # suppressed at the door: terminal in this transaction, so redacted in it (SPEC §13)
             await redact(conn, [d.delivery_id for d in created if d.content.sensitive and d.status != "queued"])
@@ -166,6 +277,15 @@ class IntakeStore:
             _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
         ]
         conflicts = [m for m in judged if m is not None]
+        if cancels:
+            applied = await self._cancel_commands(conn, cancels, deliveries, outcomes)
+            if cancel_outcomes is not None:
+                cancel_outcomes.extend(applied)
+            conflicts += [
+                _cancel_malformed(command, outcome)
+                for command, outcome in zip(cancels, applied, strict=True)
+                if outcome.kind != "cancelled"
+            ]
         if malformed or conflicts:
             await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
         if offset is not None:
@@ -235,6 +355,102 @@ class IntakeStore:
             outcomes.append(KeyOutcome("duplicate" if same else "conflict", UUID(str(row.delivery_id)), row.status))
         return outcomes
 
+    async def _check_suppressions(self, conn: DriverConnection, created: list[NewDelivery]) -> list[NewDelivery]:
+        """The deliveries as the suppression list leaves them (`NewDelivery.checked_against`)."""
+        addresses = sorted({key for d in created for key in d.suppression_keys})
+        found = {row[0] for row in await conn.execute(_SUPPRESSED, {"addresses": addresses})}
+        return [d.checked_against(found) for d in created] if found else created
+
+    async def _lock_collapse_keys(self, conn: DriverConnection, collapsing: Sequence[NewDelivery]) -> None:
+        await conn.execute(
+            _LOCK_COLLAPSE_KEYS,
+            {"sources": [d.source for d in collapsing], "keys": [d.collapse_key for d in collapsing]},
+        )
+
+    async def _supersede(self, conn: DriverConnection, collapsing: Sequence[NewDelivery]) -> dict[UUID, int]:
+        """Each (source, collapse key)'s newest delivery of the batch supersedes every other queued
+        one (SPEC §12); how many each superseded."""
+        winners: dict[tuple[str, str], NewDelivery] = {}
+        for d in collapsing:
+            assert d.collapse_key is not None
+            winners[(d.source, d.collapse_key)] = d  # the last one of the batch is the newest
+        events = [transitions.superseded_event(w.delivery_id) for w in winners.values()]
+        rows = await conn.execute(
+            _SUPERSEDE,
+            {
+                "sources": [source for source, _ in winners],
+                "keys": [key for _, key in winners],
+                "winners": [w.delivery_id for w in winners.values()],
+                "event_types": [e.type for e in events],
+                "event_data": [orjson.dumps(e.data).decode() for e in events],
+                "at": [w.accepted_at for w in winners.values()],
+            },
+        )
+        return {UUID(str(row.winner)): int(row.superseded) for row in rows}
+
+    async def _cancel_commands(
+        self,
+        conn: DriverConnection,
+        cancels: Sequence[CancelCommand],
+        deliveries: Sequence[NewDelivery],
+        outcomes: Sequence[KeyOutcome],
+    ) -> list[CancelOutcome]:
+        """`cancel_email` commands, after the batch's deliveries: one outcome each. A delivery this
+        batch creates only later in the stream did not exist yet for a cancel ahead of it."""
+        keys = sorted({c.target_key for c in cancels})
+        targets = {row.key: UUID(str(row.delivery_id)) for row in await conn.execute(_CANCEL_TARGETS, {"keys": keys})}
+        created_at = {
+            d.idempotency_key: parse_id(d.stream_entry_id)
+            for d, o in zip(deliveries, outcomes, strict=True)
+            if o.kind == "created" and d.source == "notification" and d.stream_entry_id is not None
+        }
+        wanted: dict[int, UUID] = {}
+        for index, command in enumerate(cancels):
+            target = targets.get(command.target_key)
+            later = created_at.get(command.target_key)
+            if target is not None and (later is None or later < parse_id(command.entry_id)):
+                wanted[index] = target
+        cancelled = await self._cancel(conn, sorted(set(wanted.values())), "producer")
+        results: list[CancelOutcome] = []
+        for index in range(len(cancels)):
+            target = wanted.get(index)
+            if target is None:
+                results.append(CancelOutcome("unknown_target", None))
+            elif target in cancelled:
+                cancelled.discard(target)  # a second cancel of it in this batch finds it cancelled
+                results.append(CancelOutcome("cancelled", target))
+            else:
+                results.append(CancelOutcome("not_cancellable", target))
+        return results
+
+    async def _cancel(self, conn: DriverConnection, ids: Sequence[UUID], by: transitions.CancelledBy) -> set[UUID]:
+        """Cancel the queued, unclaimed deliveries among `ids` (the one place a delivery becomes
+        `cancelled`); the ids it cancelled."""
+        if not ids:
+            return set()
+        event = transitions.cancelled_event(by)
+        rows = await conn.execute(
+            CANCEL,
+            {
+                "ids": list(ids),
+                "event_types": [event.type] * len(ids),
+                "event_data": [orjson.dumps(event.data).decode()] * len(ids),
+            },
+        )
+        return {UUID(str(row.delivery_id)) for row in rows}
+
+    async def cancel_delivery(
+        self, delivery_id: UUID, by: transitions.CancelledBy, action: OperatorAction | None = None
+    ) -> CancelOutcome:
+        """Cancel one delivery if it is queued and unclaimed (committed, with `action` when given:
+        an operator's cancel is audited in its transaction); else why not."""
+        async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
+            if await self._cancel(conn, [delivery_id], by):
+                await record_actions(conn, [action] if action is not None else [])
+                return CancelOutcome("cancelled", delivery_id)
+            found = list(await conn.execute(_EXISTS, {"id": delivery_id}))
+        return CancelOutcome("not_cancellable" if found else "unknown_target", delivery_id)
+
     async def _insert_deliveries(self, conn: DriverConnection, created: Sequence[NewDelivery]) -> None:
         events = [d.event for d in created]
         try:
@@ -254,6 +470,7 @@ class IntakeStore:
                     "message_ids": [d.message_id for d in created],
                     "tags": [orjson.dumps(d.request.tags).decode() for d in created],
                     "resend_of": [d.resend_of for d in created],
+                    "collapse_keys": [d.collapse_key for d in created],
                     "created": [d.accepted_at for d in created],
                     "traceparents": [d.traceparent for d in created],
                     "event_types": [event.type for event in events],
@@ -266,6 +483,7 @@ class IntakeStore:
             # retention deleted the original between the resend reading it and this insert
             raise NotFound("the delivery to resend was deleted (retention) while it was being resent") from exc
         ids, positions, kinds, addresses, names = [], [], [], [], []
+        outcomes: list[str | None] = []
         for d in created:
             for position, recipient in enumerate(d.request.recipients):
                 ids.append(d.delivery_id)
@@ -273,9 +491,17 @@ class IntakeStore:
                 kinds.append(recipient.kind)
                 addresses.append(recipient.address.email)
                 names.append(recipient.address.name)
+                outcomes.append("suppressed" if position in d.suppressed else None)
         await conn.execute(
             _INSERT_RECIPIENTS,
-            {"ids": ids, "positions": positions, "kinds": kinds, "addresses": addresses, "names": names},
+            {
+                "ids": ids,
+                "positions": positions,
+                "kinds": kinds,
+                "addresses": addresses,
+                "names": names,
+                "outcomes": outcomes,
+            },
         )
         for chunk in _within(created, _content_bytes):
             await conn.execute(
@@ -381,6 +607,15 @@ def _malformed(delivery: NewDelivery, outcome: KeyOutcome) -> MalformedCommand |
     return MalformedCommand(
         delivery.stream_entry_id, reason, message, delivery.raw_fields or b"", delivery.idempotency_key
     )
+
+
+def _cancel_malformed(command: CancelCommand, outcome: CancelOutcome) -> MalformedCommand:
+    """The malformed row of a `cancel_email` that could not apply (SPEC §2)."""
+    if outcome.kind == "unknown_target":
+        message = f"no send_email with idempotency key {command.target_key!r} to cancel"
+    else:
+        message = f"the send_email with idempotency key {command.target_key!r} is no longer queued"
+    return MalformedCommand(command.entry_id, outcome.kind, message, command.raw_fields, command.idempotency_key)
 
 
 def _reply_to(delivery: NewDelivery) -> str | None:

@@ -50,7 +50,10 @@ _CLAIM = text(
            ARRAY(SELECT r.address FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
            ARRAY(SELECT r.kind FROM delivery_recipients r
-                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS kinds
+                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS kinds,
+           -- suppressed at acceptance (SPEC §12): never sent to
+           ARRAY(SELECT r.outcome = 'suppressed' FROM delivery_recipients r
+                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS suppressed
     FROM claimed c
     JOIN deliveries d ON d.delivery_id = c.delivery_id
     JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
@@ -116,6 +119,21 @@ _FINISH = text(
         INSERT INTO delivery_events (delivery_id, type, data)
         SELECT r.id, r.ev_type, CAST(r.ev_data AS jsonb)
         FROM r JOIN applied a ON a.delivery_id = r.id AND a.token = r.token
+    ), suppression_rows AS (
+        -- hard bounces (SPEC §12), with the result that saw them: one row per address (an entry an
+        -- operator made, or a complaint, stays as it is until it expires)
+        INSERT INTO suppressions AS s (address, reason, delivery_id, created_at, expires_at)
+        SELECT DISTINCT ON (x.address) x.address, 'hard_bounce', x.id, x.at, x.until
+        FROM unnest(
+            CAST(:s_ids AS uuid[]), CAST(:s_tokens AS uuid[]), CAST(:s_addresses AS text[]),
+            CAST(:s_at AS timestamptz[]), CAST(:s_until AS timestamptz[]))
+            AS x(id, token, address, at, until)
+        JOIN applied a ON a.delivery_id = x.id AND a.token = x.token
+        ORDER BY x.address, x.at DESC
+        ON CONFLICT (address) DO UPDATE
+            SET reason = 'hard_bounce', delivery_id = EXCLUDED.delivery_id, note = NULL,
+                created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+            WHERE s.reason = 'hard_bounce' OR s.expires_at <= EXCLUDED.created_at
     )
     SELECT delivery_id FROM applied
     """
@@ -183,6 +201,8 @@ class QueueStore:
                 traceparent=row["traceparent"],
                 recipient_kinds=tuple(row["kinds"]),
             )
+            if not any(row["suppressed"])
+            else _without_suppressed(row)
             for row in rows
         ]
 
@@ -235,6 +255,25 @@ class QueueStore:
             return int((await conn.execute(_DUE_BACKLOG)).scalar_one())
 
 
+def _without_suppressed(row: Any) -> ClaimedDelivery:
+    """A claim with recipients suppressed at acceptance: they stay out of the envelope."""
+    kept = [(a, k) for a, k, gone in zip(row["recipients"], row["kinds"], row["suppressed"], strict=True) if not gone]
+    return ClaimedDelivery(
+        delivery_id=row["delivery_id"],
+        claim_token=row["claim_token"],
+        attempt_number=row["attempt_count"],
+        message_id=row["message_id"],
+        expires_at=row["expires_at"],
+        recipients=tuple(a for a, _ in kept),
+        mime=bytes(row["mime"]),
+        traceparent=row["traceparent"],
+        recipient_kinds=tuple(k for _, k in kept),
+        suppressed=tuple(
+            (a, k) for a, k, gone in zip(row["recipients"], row["kinds"], row["suppressed"], strict=True) if gone
+        ),
+    )
+
+
 def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
     events = [record.event for record in records]
     r_ids, r_tokens, r_addresses, r_outcomes, r_codes, r_replies = [], [], [], [], [], []
@@ -246,7 +285,20 @@ def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
             r_outcomes.append("accepted" if recipient.accepted else "refused")
             r_codes.append(recipient.smtp_code)
             r_replies.append(recipient.smtp_reply)
+    s_ids, s_tokens, s_addresses, s_at, s_until = [], [], [], [], []
+    for record in records:
+        for address in record.suppressions:
+            s_ids.append(record.delivery_id)
+            s_tokens.append(record.claim_token)
+            s_addresses.append(address)
+            s_at.append(record.finished_at)
+            s_until.append(record.suppress_until)
     return {
+        "s_ids": s_ids,
+        "s_tokens": s_tokens,
+        "s_addresses": s_addresses,
+        "s_at": s_at,
+        "s_until": s_until,
         "ids": [r.delivery_id for r in records],
         "tokens": [r.claim_token for r in records],
         "statuses": [r.status for r in records],

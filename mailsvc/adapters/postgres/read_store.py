@@ -37,7 +37,7 @@ from mailsvc.domain.views import (
 # queue row is claimed and the queue's scheduling state while it is not terminal.
 _COLUMNS = """d.delivery_id, d.source, d.status, d.template, d.locale, d.template_digest, d.priority, d.send_at,
     d.expires_at, d.idempotency_key, d.message_id, d.tags, d.attempt_count, d.next_attempt_at, d.last_error,
-    d.resend_of, d.created_at, d.updated_at, d.finished_at"""
+    d.resend_of, d.created_at, d.updated_at, d.finished_at, d.collapse_key, d.superseded_by"""
 # `sending` is a queued delivery whose queue row is claimed: filters on it stay on the indexes of
 # `deliveries` (status, created) and probe the queue row by its key
 _CLAIMED = "EXISTS (SELECT 1 FROM delivery_queue q WHERE q.delivery_id = d.delivery_id AND q.claim_token IS NOT NULL)"
@@ -365,4 +365,6 @@ def _summary(row: Row[Any], to: tuple[str, ...], recipient_count: int) -> Delive
         finished_at=row.finished_at,
         to=to,
         recipient_count=recipient_count,
+        collapse_key=row.collapse_key,
+        superseded_by=row.superseded_by,
     )

@@ -20,7 +20,7 @@ _FINISHED_DELIVERIES = text(
     """
     DELETE FROM deliveries WHERE delivery_id IN (
         SELECT delivery_id FROM deliveries
-        WHERE finished_at < :cutoff AND status IN ('sent', 'dead_lettered', 'suppressed')
+        WHERE finished_at < :cutoff AND status IN ('sent', 'dead_lettered', 'suppressed', 'cancelled', 'superseded')
         ORDER BY finished_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
@@ -61,6 +61,18 @@ _STREAM_EVENTS = text(
     """
 )
 
+# an expired suppression no longer applies at acceptance (`expires_at <= now`)
+_EXPIRED_SUPPRESSIONS = text(
+    """
+    DELETE FROM suppressions WHERE address IN (
+        SELECT address FROM suppressions
+        WHERE expires_at <= :cutoff
+        ORDER BY expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    """
+)
+
 
 class RetentionStore:
     """One method per retention step; each deletes one batch and returns how many rows it deleted.
@@ -92,3 +104,7 @@ class RetentionStore:
     async def delete_stream_events(self, detected_before: datetime, limit: int) -> int:
         """At most `limit` stream gap/reset records detected before the cutoff."""
         return await self._batch(_STREAM_EVENTS, detected_before, limit)
+
+    async def delete_expired_suppressions(self, now: datetime, limit: int) -> int:
+        """At most `limit` suppressions expired at `now` (entries without an expiry stay)."""
+        return await self._batch(_EXPIRED_SUPPRESSIONS, now, limit)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import actions, dead_letters, deliveries, malformed, templates
+from mailsvc.ops.commands import actions, dead_letters, deliveries, malformed, suppressions, templates
 from mailsvc.ops.registry import Group
 
 GROUPS: tuple[Group, ...] = (
     deliveries.GROUP,
     dead_letters.GROUP,
     malformed.GROUP,
+    suppressions.GROUP,
     templates.GROUP,
     actions.GROUP,
 )

@@ -1,4 +1,4 @@
-"""`mailsvc ops deliveries …`: find, inspect and resend deliveries (SPEC §3)."""
+"""`mailsvc ops deliveries …`: find, inspect, resend and cancel deliveries (SPEC §3, §12)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mailsvc.ops.lists import PAGE_ARGS, fetch_list, page_table
 from mailsvc.ops.registry import Group, arg
 from mailsvc.ops.tables import Column, field, recipients, template, time_field
 
-GROUP = Group("deliveries", "find, inspect and resend deliveries")
+GROUP = Group("deliveries", "find, inspect, resend and cancel deliveries")
 
 EXAMPLE_ID = "0b6f4c1e-5d2a-4f0e-9c1b-2a3d4e5f6a7b"
 
@@ -84,3 +84,14 @@ def _resent(answer: Json, args: Namespace) -> str:
 def resend_delivery(api: Api, args: Namespace) -> Json:
     headers = {} if args.key is None else {"Idempotency-Key": args.key}
     return api.post(f"/deliveries/{segment(args.delivery_id)}/resend", headers=headers)
+
+
+@GROUP.command(
+    "cancel",
+    summary="take back a queued delivery: it becomes cancelled and is never sent (409 once it is being sent)",
+    example=f"mailsvc ops deliveries cancel {EXAMPLE_ID}",
+    arguments=(arg("delivery_id", metavar="ID", help="the delivery to cancel (it must still be queued)"),),
+    render=lambda answer, args: f"cancelled {answer['delivery_id']}",
+)
+def cancel_delivery(api: Api, args: Namespace) -> Json:
+    return api.post(f"/deliveries/{segment(args.delivery_id)}/cancel")
