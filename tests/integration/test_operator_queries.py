@@ -236,7 +236,7 @@ def seeded_id(g: int) -> uuid.UUID:
 ITEM_FIELDS = {
     "delivery_id", "source", "status", "template", "locale", "template_digest", "priority", "send_at", "expires_at",
     "idempotency_key", "message_id", "tags", "attempt_count", "next_attempt_at", "last_error", "resend_of",
-    "created_at", "updated_at", "finished_at", "to", "recipient_count",
+    "created_at", "updated_at", "finished_at", "to", "recipient_count", "collapse_key", "superseded_by",
 }  # fmt: skip
 
 

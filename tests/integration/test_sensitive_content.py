@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,36 @@ async def test_stub_mode_writes_a_suppressed_login_code_to_the_outbox(
         detail = await assert_redacted(api, database_dsn, accepted["delivery_id"], code)
     assert detail["status"] == "suppressed"
     assert detail["content_digest"]["mime_sha256"] == hashlib.sha256(written).hexdigest()
+
+
+async def test_cancelled_and_superseded_sensitive_deliveries_are_redacted(database_dsn: str, redis_addr: str) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    codes = [a_code() for _ in range(3)]
+    markers = [uuid.uuid4().hex for _ in codes]
+    env = operator_env(database_dsn, redis_addr)
+    async with in_process(env) as api:
+        for code, marker, collapse in zip(codes, markers, (None, "login:u1", "login:u1"), strict=True):
+            payload: dict[str, Any] = {
+                "to": ["dee@example.com"],
+                "subject": f"Code {code}",
+                "text": f"Use {code}.",
+                "sensitive": True,
+                "send_at": later,
+                "tags": {"m": marker},
+            }
+            if collapse:
+                payload["collapse_key"] = collapse
+            await xadd_command(redis_addr, env["MAIL_REDIS_COMMAND_STREAM"], payload, key=f"later-{marker}")
+        found = [await wait_until(lambda m=m: _listed(api, m), what=f"delivery {m}") for m in markers]
+        superseded = await wait_for_status(api, found[1]["delivery_id"], "superseded")
+        cancelled = await api.post(f"{API}/deliveries/{found[0]['delivery_id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        await assert_redacted(api, database_dsn, found[0]["delivery_id"], codes[0])
+        await assert_redacted(api, database_dsn, superseded["delivery_id"], codes[1])
+        # the newest is still queued: the worker will need its content
+        assert await columns_holding(database_dsn, codes[2]) != []
+
+
+async def _listed(api: httpx.AsyncClient, marker: str) -> dict[str, Any] | None:
+    items = (await api.get(f"{API}/deliveries", params={"tag": f"m:{marker}"})).json()["items"]
+    return dict(items[0]) if items else None
