@@ -69,7 +69,7 @@ class BenchEnv:
             try:
                 await self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             finally:
-                await self.redis.delete(stream)
+                await self.redis.delete(stream, events_stream_for(stream))
 
     async def server_versions(self) -> dict[str, str]:
         conn = await asyncpg.connect(dsn_for(self.admin_dsn, self.template_db))
@@ -79,6 +79,11 @@ class BenchEnv:
             await conn.close()
         info = await self.redis.info("server")
         return {"postgresql_server": postgres, "redis_server": str(info.get("redis_version", "unknown"))}
+
+
+def events_stream_for(stream: str) -> str:
+    """The event stream of a run: beside its command stream, deleted with it."""
+    return stream.removesuffix(":commands") + ":events"
 
 
 def _redis_client(addr: str, password: str) -> Redis:

@@ -1,5 +1,6 @@
-"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), scaleout, latency,
-http-backlog (HTTP latency while the consumer works through large commands).
+"""Backlog and latency scenarios: acceptance, e2e (with the raw ceiling), scaleout, events (e2e
+with event publishing on and off, and the publish lag), latency, http-backlog (HTTP latency while
+the consumer works through large commands).
 
 A backlog scenario XADDs every command before the service starts, then times from the moment the
 (first) service answers to the moment the last command is accepted / the sink has the last mail.
@@ -8,12 +9,15 @@ A backlog scenario XADDs every command before the service starts, then times fro
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from bench.context import Bench, RunResult, run_token, table_counts, wait_for_offset
 from bench.http_client import Connection, HttpError
+from bench.infra import events_stream_for
 from bench.payloads import fields_for, http_payload, large_fields_for, xadd_backlog, xadd_paced
 from bench.processes import BenchError
 from bench.raw import raw_ceiling
@@ -45,7 +49,7 @@ async def acceptance(bench: Bench) -> RunResult:
 
 
 async def _e2e_once(
-    bench: Bench, count: int, replicas: int, raw_count: int | None, *, events: bool | None = None
+    bench: Bench, count: int, replicas: int, raw_count: int | None, *, events: bool | None = None, lag: bool = False
 ) -> RunResult:
     """The backlog delivered; throughput, CPU (service, PostgreSQL) and WAL per delivery over the
     window from the services' readiness to the last arrival at the sink."""
@@ -60,6 +64,9 @@ async def _e2e_once(
         async with bench.services(sink, dsn, stream, replicas, events=events, window=window) as running:
             last = await wait_for_count(sink, count, timeline=timeline)
             await window.stop([service.cpu_since_ready() for service in running.processes])
+            if lag:  # each delivery's queued and sent events, then how long each waited for its XADD
+                await _wait_for_events(bench, events_stream_for(stream), 2 * count)
+                publish_lag = summarize_ns(await _publish_lags(bench, events_stream_for(stream)))
         received = await sink.stats()
         counts = await table_counts(dsn)
     seconds = (last - running.ready_ns) / 1e9
@@ -68,6 +75,8 @@ async def _e2e_once(
         figures["raw_messages_per_s"] = raw["messages_per_s"]
         figures["ratio_to_raw"] = figures["deliveries_per_s"] / raw["messages_per_s"]
     figures.update(window.figures(count))
+    if lag and publish_lag is not None:
+        figures |= {"publish_lag_p50_ms": publish_lag["p50_ms"], "publish_lag_p99_ms": publish_lag["p99_ms"]}
     details: dict[str, Any] = {"sink": sink.kind, "replicas": replicas, "rows": counts, "services": running.summary()}
     details["cpu"] = window.details(count)
     # the sink was reset before the services started: nothing had arrived when the first answered
@@ -82,6 +91,31 @@ async def _e2e_once(
 async def e2e(bench: Bench) -> RunResult:
     """XADD backlog of N → the sink has all N; and the raw ceiling in the same run."""
     return await _e2e_once(bench, bench.sizes.count, bench.service.replicas, bench.sizes.raw_count or bench.sizes.count)
+
+
+async def _wait_for_events(bench: Bench, key: str, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while int(await bench.env.redis.xlen(key)) < count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"fewer than {count} events in {key} after {timeout:g}s")
+        await asyncio.sleep(0.1)
+
+
+async def _publish_lags(bench: Bench, key: str) -> list[int]:
+    """Per event: its XADD (the entry id's milliseconds) minus its `time` (the writing transaction's)."""
+    lags: list[int] = []
+    after = "-"
+    while True:
+        entries: list[Any] = list(await bench.env.redis.xrange(key, min=after, count=5000) or [])
+        if after != "-":
+            entries = entries[1:]
+        if not entries:
+            return lags
+        for entry_id, fields in entries:
+            added_ms = int(bytes(entry_id).split(b"-")[0])
+            written = datetime.fromisoformat(bytes(fields[b"time"]).decode())
+            lags.append(int((added_ms - written.timestamp() * 1000) * 1_000_000))
+        after = bytes(entries[-1][0]).decode()
 
 
 async def scaleout(bench: Bench) -> RunResult:
@@ -102,12 +136,13 @@ def _cpu_figures(figures: dict[str, float], prefix: str) -> dict[str, float]:
 async def events(bench: Bench) -> RunResult:
     """The e2e backlog with delivery events published (SPEC §11), then with publishing off
     (`MAIL_REDIS_EVENT_STREAM` empty); SPEC §10 wants on ≥ 90 % of off."""
-    on = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=True)
+    on = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=True, lag=True)
     off = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=False)
     on_rate, off_rate = on["figures"]["deliveries_per_s"], off["figures"]["deliveries_per_s"]
     figures = {"events_on_per_s": on_rate, "events_off_per_s": off_rate, "ratio": on_rate / off_rate}
     figures.update(_cpu_figures(on["figures"], "events_on_"))
     figures.update(_cpu_figures(off["figures"], "events_off_"))
+    figures.update({k: v for k, v in on["figures"].items() if k.startswith("publish_lag")})
     return {"figures": figures, "details": {"on": on["details"], "off": off["details"]}}
 
 
@@ -148,10 +183,15 @@ async def latency(bench: Bench) -> RunResult:
         paced = loop.time() - started
         await wait_for_count(sink, sent)
         stats = await sink.stats()
+        events_key = events_stream_for(stream)
+        await _wait_for_events(bench, events_key, 2 * (warm + sent))
+        lag = summarize_ns(await _publish_lags(bench, events_key))  # at this fixed ("nominal") rate
     if not stats.latency:
         raise BenchError("the sink saw no X-Bench-Sent-Ns header: cannot compute latency")
     figures = {"rate": rate, "achieved_rate": sent / paced, "samples": float(sent)}
     figures.update({name: value for name, value in stats.latency.items() if name.endswith("_ms")})
+    if lag is not None:
+        figures |= {"publish_lag_p50_ms": lag["p50_ms"], "publish_lag_p99_ms": lag["p99_ms"]}
     details = {"sink": sink.kind, "rate_source": source, "warmup_s": warmup, "services": running.summary(),
                "latency_histogram_ms": stats.histogram}  # fmt: skip
     return {"figures": figures, "details": details}

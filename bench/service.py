@@ -23,6 +23,7 @@ from typing import Any
 
 import mailsvc
 from bench.cpu import process_cpu_s
+from bench.infra import events_stream_for
 from bench.payloads import FROM_EMAIL
 from bench.processes import BenchError, stop_process
 from devtools.embedded import free_port
@@ -54,6 +55,7 @@ def service_env(options: ServiceOptions, *, dsn: str, redis_addr: str, redis_pas
         "MAIL_REDIS_MASTER_ADDR": redis_addr,
         "MAIL_REDIS_PASSWORD": redis_password,
         "MAIL_REDIS_COMMAND_STREAM": stream,
+        "MAIL_REDIS_EVENT_STREAM": events_stream_for(stream),
         "MAIL_INTERNAL_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "MAIL_TEMPLATE_DIR": str(template_dir()),
         "MAIL_SMTP_MODE": "smtp",

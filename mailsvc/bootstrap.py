@@ -18,9 +18,11 @@ from starlette.routing import Route
 
 from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import engines_from_settings
+from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
 from mailsvc.adapters.postgres.notifications import WorkListener
+from mailsvc.adapters.postgres.provider_store import ProviderStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
 from mailsvc.adapters.postgres.redrive_store import RedriveStore
@@ -28,6 +30,7 @@ from mailsvc.adapters.postgres.replay_store import ReplayStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
+from mailsvc.adapters.redis_events import RedisEventWriter
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
 from mailsvc.adapters.stub_provider import StubProvider, write_outbox
@@ -36,27 +39,33 @@ from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
 from mailsvc.domain.mime import ascii_address
 from mailsvc.domain.model import Address
+from mailsvc.domain.provider import ProviderPolicy
 from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.templates import CatalogError
 from mailsvc.errors import StartupError
 from mailsvc.http.app import create_app
+from mailsvc.http.routes.events import event_routes
 from mailsvc.http.routes.intake import intake_routes
 from mailsvc.http.routes.operator import operator_routes
 from mailsvc.http.routes.policy import policy_routes
+from mailsvc.http.routes.provider import provider_routes
 from mailsvc.http.server import bind_socket, build_server
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.base import Loop
 from mailsvc.loops.consumer import StreamConsumer
+from mailsvc.loops.publisher import EventPublisher
 from mailsvc.loops.retention import RetentionLoop, RetentionPolicy
 from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
 from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.runtime import Runtime
 from mailsvc.services.acceptance import AcceptanceService
+from mailsvc.services.event_feed import EventFeedService
 from mailsvc.services.execution import ExecutionService, Provider
 from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.policy import PolicyService
+from mailsvc.services.provider import ProviderService
 from mailsvc.services.redrive import RedriveService
 from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
@@ -156,13 +165,35 @@ def build_provider(settings: Settings) -> Provider:
     return StubProvider(settings.smtp.stub_outbox_dir)
 
 
+def provider_policy(settings: Settings) -> ProviderPolicy:
+    group = settings.provider_policy
+    return ProviderPolicy(group.pause_after, group.probe_interval, group.rate_limit, group.rate_burst)
+
+
+def build_provider_service(
+    settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
+) -> ProviderService:
+    """The provider's shared state as the operator sees it (`GET /provider`), its log and gauge."""
+    return ProviderService(
+        ProviderStore(resources.primary),
+        mode=settings.smtp.mode,
+        policy=provider_policy(settings),
+        instruments=instruments,
+    )
+
+
 def build_execution(
-    settings: Settings, resources: Resources, wakeup: Wakeup, instruments: Instruments = NO_INSTRUMENTS
+    settings: Settings,
+    resources: Resources,
+    wakeup: Wakeup,
+    instruments: Instruments = NO_INSTRUMENTS,
+    provider_service: ProviderService | None = None,
 ) -> tuple[Scheduler, WorkerPool, Provider]:
     """The scheduler and the worker pool it feeds, with the provider they send through."""
     provider = build_provider(settings)
     smtp_timeout = settings.smtp.timeout
-    queue = QueueStore(resources.primary)
+    states = provider_service or build_provider_service(settings, resources, instruments)
+    queue = QueueStore(resources.primary, provider=provider_policy(settings), on_provider_change=states.changed)
     execution = ExecutionService(
         provider=provider,
         policy=RetryPolicy(settings.retry.base_delay, settings.retry.max_delay, settings.retry.max_attempts),
@@ -186,6 +217,7 @@ def build_execution(
         lease=lease,
         max_attempts=settings.retry.max_attempts,
         instruments=instruments,
+        samplers=[states.sample],
     )
     pool.on_slot_freed = scheduler.slot_freed
     return scheduler, pool, provider
@@ -197,6 +229,22 @@ def _dev_outbox(settings: Settings) -> Callable[[UUID, bytes], Awaitable[None]] 
     if settings.smtp.mode != "stub" or directory is None:
         return None
     return functools.partial(write_outbox, directory)
+
+
+def build_publisher(
+    settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
+) -> EventPublisher | None:
+    """The event publisher (SPEC §11), or None when `MAIL_REDIS_EVENT_STREAM` is empty."""
+    stream = settings.redis.event_stream
+    if not stream:
+        return None
+    return EventPublisher(
+        source=EventStore([resources.primary]),
+        sink=RedisEventWriter(resources.redis_commands, stream, maxlen=settings.redis.event_stream_maxlen),
+        stream_key=stream,
+        lock=AdvisoryLock(settings.postgres.primary_dsn.reveal(), f"events:{stream}"),
+        instruments=instruments,
+    )
 
 
 def build_operator(
@@ -221,14 +269,12 @@ def build_operator(
         idempotency_ttl=settings.retention.idempotency_ttl,
         instruments=instruments,
     )
+    read_timeout = settings.operator.request_timeout.total_seconds()
     routes = operator_routes(
-        reads,
-        resends,
-        redrives,
-        replays,
-        read_timeout=settings.operator.request_timeout.total_seconds(),
-        max_body_bytes=settings.http.max_body_bytes,
+        reads, resends, redrives, replays, read_timeout=read_timeout, max_body_bytes=settings.http.max_body_bytes
     )
+    feed = EventFeedService(EventStore(resources.replicas or [resources.primary]))
+    routes += event_routes(feed, read_timeout=read_timeout)
     policy = PolicyService(
         suppressions=SuppressionStore(resources.primary),
         cancels=IntakeStore(resources.primary),
@@ -237,8 +283,13 @@ def build_operator(
     )
     routes += policy_routes(policy, settings.http.max_body_bytes)
     retention = RetentionLoop(
-        store=RetentionStore(resources.primary),
-        policy=RetentionPolicy(settings.retention.delivery_retention, settings.retention.malformed_command_retention),
+        store=RetentionStore(resources.primary, event_stream=settings.redis.event_stream),
+        policy=RetentionPolicy(
+            settings.retention.delivery_retention,
+            settings.retention.malformed_command_retention,
+            # never longer than the delivery's own life (an explicit longer one is refused at load)
+            min(settings.retention.event_retention, settings.retention.delivery_retention),
+        ),
         interval=settings.retention.cleanup_interval,
         instruments=instruments,
     )
@@ -254,6 +305,13 @@ async def build_runtime(
     try:
         wakeup = Wakeup()
         intake_store = IntakeStore(resources.primary)
+        publisher = build_publisher(settings, resources, instruments)
+
+        def work_committed() -> None:
+            wakeup.set()
+            if publisher is not None:
+                publisher.wake()
+
         acceptance = AcceptanceService(
             store=GroupCommitStore(intake_store),
             renderer=catalog,
@@ -262,7 +320,7 @@ async def build_runtime(
             idempotency_ttl=settings.retention.idempotency_ttl,
             stream_key=settings.redis.command_stream,
             max_rendered_bytes=settings.templates.max_rendered_bytes,
-            wake_scheduler=wakeup.set,
+            wake_scheduler=work_committed,
             instruments=instruments,
             dev_outbox=_dev_outbox(settings),
         )
@@ -277,10 +335,14 @@ async def build_runtime(
             block_ms=int(settings.stream.block_timeout.total_seconds() * 1000),
             instruments=instruments,
         )
-        scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments)
-        listener = WorkListener(settings.postgres.primary_dsn.reveal(), wakeup.set)
+        states = build_provider_service(settings, resources, instruments)
+        scheduler, pool, provider = build_execution(settings, resources, wakeup, instruments, states)
+        if publisher is not None:
+            wake_publisher = publisher.wake
+            pool.writer.on_written = lambda record, applied: wake_publisher() if applied else None
+        listener = WorkListener(settings.postgres.primary_dsn.reveal(), work_committed)
         operator, retention = build_operator(settings, resources, catalog, acceptance, instruments)
-        routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator]
+        routes = [*intake_routes(acceptance, settings.http.max_body_bytes), *operator, *provider_routes(states)]
         app = create_app(
             routes, settings.http, concurrency_limit=settings.postgres.max_open_conns * 8, instruments=instruments
         )
@@ -289,6 +351,8 @@ async def build_runtime(
         log.info("http_listening", extra={"host": host, "port": port})
         server = build_server(app, settings.http)
         loops: list[Loop] = [consumer, scheduler, pool, listener, retention, *(extra_loops or [])]
+        if publisher is not None:
+            loops.append(publisher)
         if not (settings.http.intake_tokens or settings.http.operator_tokens) and not (settings.http.addr.is_loopback):
             log.warning(
                 "http_listener_unauthenticated",

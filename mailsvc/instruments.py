@@ -19,6 +19,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 # nearly every request and attempt in the first bucket
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
+# submission to the 250: milliseconds when the queue is empty, hours for a retried or scheduled one
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
 
 
 def context_from_traceparent(traceparent: str | None) -> Context | None:
@@ -92,7 +94,16 @@ class Instruments:
             description="Duration of HTTP server requests",
             explicit_bucket_boundaries_advisory=_HTTP_BUCKETS,
         )
-        self._gauges: dict[str, Callable[[], int | None]] = {}
+        self.events_published = meter.create_counter(
+            "mail.events.published", unit="{event}", description="Delivery events published to the event stream"
+        )
+        self.delivery_latency = meter.create_histogram(
+            "mail.delivery.latency",
+            unit="s",
+            description="From submission (the command's XADD, or the HTTP acceptance) to the server's 250, by source",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+        )
+        self._gauges: dict[str, Callable[[], float | None]] = {}
         meter.create_observable_gauge(
             "mail.stream.lag",
             callbacks=[self._observe("stream_lag")],
@@ -105,9 +116,22 @@ class Instruments:
             unit="{delivery}",
             description="Queued deliveries whose attempt is due now",
         )
+        meter.create_observable_gauge(
+            "mail.provider.paused",
+            callbacks=[self._observe("provider_paused")],
+            unit="{paused}",  # not "1": the collector would name it mail_provider_paused_ratio
+            description="1 while the provider is paused (SPEC §12: no claims but one probe per interval), else 0",
+        )
+        meter.create_observable_gauge(
+            "mail.events.oldest_unpublished_age",
+            callbacks=[self._observe("events_oldest_unpublished_age")],
+            unit="s",
+            description="Age of the oldest delivery event not yet published (reported by the publishing replica)",
+        )
 
-    def watch(self, gauge: str, read: Callable[[], int | None]) -> None:
-        """Register the function a gauge reads its value from (`stream_lag`, `due_backlog`)."""
+    def watch(self, gauge: str, read: Callable[[], float | None]) -> None:
+        """Register the function a gauge reads its value from (`stream_lag`, `due_backlog`,
+        `provider_paused`, `events_oldest_unpublished_age`)."""
         self._gauges[gauge] = read
 
     def _observe(self, gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:

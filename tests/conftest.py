@@ -75,8 +75,13 @@ async def redis_client(redis_addr: str, stream_key: str) -> AsyncIterator[Redis]
     host, port = redis_host_port(redis_addr)
     client = Redis(host=host, port=port)
     yield client
-    await client.delete(stream_key)
+    await client.delete(stream_key, event_stream_key(stream_key))
     await client.aclose()
+
+
+def event_stream_key(stream_key: str) -> str:
+    """The event stream a test service publishes to: its own, beside its command stream."""
+    return stream_key.removesuffix(":commands") + ":events"
 
 
 @pytest.fixture
@@ -89,6 +94,7 @@ def service_env(database_dsn: str, redis_addr: str, stream_key: str, tmp_path: P
         "MAIL_REDIS_PASSWORD": "",
         "MAIL_POSTGRES_PRIMARY_DSN": database_dsn,
         "MAIL_REDIS_COMMAND_STREAM": stream_key,
+        "MAIL_REDIS_EVENT_STREAM": event_stream_key(stream_key),
         "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
         "MAIL_TEMPLATE_DIR": str(REPO / "templates"),
         "MAIL_SHUTDOWN_TIMEOUT": "10s",

@@ -14,6 +14,9 @@
 - Classification (SPEC §1): 4xx, connection and TLS failures, timeouts → transient; 5xx to RCPT
   or DATA → permanent; 5xx to AUTH or MAIL FROM → transient and logged as an error (it is our
   configuration, not the message); some recipients refused → sent, per-recipient results.
+- Provider faults (SPEC §12) are marked on the verdict: AUTH refused, 5xx to MAIL FROM, 530, a
+  certificate that fails verification, credentials we cannot use → `fault="pause"`;
+  any failure before the server let us in (connect, greeting, implicit TLS) → `fault="connect"`.
 - Server text is hostile: every reply that reaches a `SendResult` passes `server_text` first
   (SPEC §1), so no byte a server sends can make a result unwritable.
 """
@@ -42,7 +45,7 @@ from aiosmtplib import (
 
 from mailsvc.adapters.smtp_pipeline import ReplyTap
 from mailsvc.adapters.smtp_transaction import Attempt, Envelope, transact, wire_payload
-from mailsvc.domain.model import OutgoingMessage, ProviderName, RecipientResult, SendResult
+from mailsvc.domain.model import OutgoingMessage, ProviderFault, ProviderName, RecipientResult, SendResult
 from mailsvc.domain.server_text import server_text
 from mailsvc.logs import mask_address, mask_addresses
 from mailsvc.settings import SmtpSettings, SmtpTls
@@ -56,8 +59,12 @@ _QUIT_TIMEOUT = 2.0
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
-def _transient(error_class: str, code: int | None = None, reply: str | None = None) -> SendResult:
-    return SendResult("transient_failure", smtp_code=code, smtp_reply=server_text(reply), error_class=error_class)
+def _transient(
+    error_class: str, code: int | None = None, reply: str | None = None, fault: ProviderFault | None = None
+) -> SendResult:
+    return SendResult(
+        "transient_failure", smtp_code=code, smtp_reply=server_text(reply), error_class=error_class, fault=fault
+    )
 
 
 class _Failed(Exception):
@@ -249,11 +256,11 @@ class SmtpProvider:
                 "smtp.credentials_withheld",
                 extra={"delivery_id": state.delivery_id, "reason": "connection is not TLS"},
             )
-            raise _Failed(_transient("auth_requires_tls"))
+            raise _Failed(_transient("auth_requires_tls", fault="pause"))
         state.phase = "auth"
         if not client.supports_extension("auth"):
             _log.error("smtp.auth_unsupported", extra={"delivery_id": state.delivery_id})
-            raise _Failed(_transient("auth_unsupported"))
+            raise _Failed(_transient("auth_unsupported", fault="pause"))
         await client.login(self._settings.username, self._settings.password.reveal())
 
     async def _local_hostname(self) -> str:
@@ -272,6 +279,13 @@ class SmtpProvider:
     # ---- classification ---------------------------------------------------------------------
 
     def _classify(self, exc: Exception, state: Attempt) -> SendResult:
+        result = self._verdict(exc, state)
+        if result.fault is None and state.phase == "connect" and result.outcome == "transient_failure":
+            # the server did not let us in at all: counted toward MAIL_PROVIDER_PAUSE_AFTER (SPEC §12)
+            result = replace(result, fault="connect")
+        return result
+
+    def _verdict(self, exc: Exception, state: Attempt) -> SendResult:
         phase = state.phase
         after_dot = phase == "after_dot"
         extra = {"delivery_id": state.delivery_id, "phase": phase}
@@ -281,18 +295,25 @@ class SmtpProvider:
             code, reply = exc.code, exc.message
             if isinstance(exc, SMTPAuthenticationError):
                 _log.error("smtp.auth_failed", extra={**extra, "smtp_code": code})
-                return _transient("auth_failed", code, reply)
+                return _transient("auth_failed", code, reply, fault="pause")
             if isinstance(exc, SMTPSenderRefused):
                 if code >= 500:
                     _log.error(
                         "smtp.sender_refused",
                         extra={**extra, "smtp_code": code, "sender": mask_address(exc.sender)},
                     )
+                    return _transient("sender_refused", code, reply, fault="pause")
                 return _transient("sender_refused", code, reply)
             error_class = f"{_PHASE_NAMES.get(phase, phase)}_refused"
+            if code == _AUTH_REQUIRED:  # authentication or TLS we are not configured for: ours to fix
+                _log.error("smtp.auth_required", extra={**extra, "smtp_code": code})
+                return _transient(error_class, code, reply, fault="pause")
             if 500 <= code < 600 and phase in ("rcpt", "data", "after_dot"):
                 return SendResult("permanent_failure", code, server_text(reply), error_class)
             return _transient(error_class, code, reply)
+        if _certificate_refused(exc):
+            _log.error("smtp.certificate_refused", extra=extra)
+            return SendResult("transient_failure", error_class="tls_verify_failed", ambiguous=after_dot, fault="pause")
         if isinstance(exc, TimeoutError):
             return SendResult("transient_failure", error_class="timeout", ambiguous=after_dot)
         if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
@@ -306,6 +327,21 @@ class SmtpProvider:
             return SendResult("transient_failure", error_class="protocol_error", ambiguous=after_dot)
         _log.error("smtp.unexpected_error", extra={**extra, "error_type": type(exc).__name__})
         return SendResult("transient_failure", error_class="internal_error", ambiguous=after_dot)
+
+
+_AUTH_REQUIRED = 530
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """The server's certificate failed verification (also when aiosmtplib wrapped the error)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _PHASE_NAMES = {"after_dot": "data", "ehlo": "helo", "connect": "greeting", "validate": "noop"}

@@ -35,6 +35,7 @@ __all__ = ["Attempt", "Envelope", "transact", "wire_payload"]
 _LINE_ENDINGS = re.compile(rb"\r\n?|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _RCPT_ACCEPTED = (SMTPStatus.completed, SMTPStatus.will_forward)
+_AUTH_REQUIRED = 530
 
 
 @dataclass
@@ -161,8 +162,10 @@ def wire_payload(mime: bytes) -> bytes:
 
 
 def _all_refused(results: list[RecipientResult]) -> SendResult:
-    """Every recipient refused: permanent only when every refusal is a 5xx."""
-    temporary = next((r for r in results if r.smtp_code is not None and r.smtp_code < 500), None)
+    """Every recipient refused: permanent only when every refusal is a 5xx. A 530 (authentication
+    or TLS required) is our configuration, not the recipients': transient, and it pauses (SPEC §12)."""
+    demanded = next((r for r in results if r.smtp_code == _AUTH_REQUIRED), None)
+    temporary = demanded or next((r for r in results if r.smtp_code is not None and r.smtp_code < 500), None)
     first = temporary or results[0]
     outcome: ProviderOutcome = "transient_failure" if temporary else "permanent_failure"
     return SendResult(
@@ -171,4 +174,5 @@ def _all_refused(results: list[RecipientResult]) -> SendResult:
         smtp_reply=first.smtp_reply,
         error_class="recipients_refused",
         recipients=tuple(results),
+        fault="pause" if demanded else None,
     )

@@ -6,10 +6,14 @@ transaction as the status change; the publisher turns stored rows into CloudEven
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
+from uuid import UUID
 
 EventType = Literal[
     "delivery.queued",
@@ -42,3 +46,85 @@ class Event:
 def rfc3339(value: datetime | None) -> str | None:
     """Timestamps in event data: RFC 3339 with offset, as the producer wrote its own."""
     return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EventPosition:
+    """Where an event sits in the feed: its writing transaction, then its sequence number. Readers
+    go in this order and only below the visibility horizon (migration 0005), so a position once
+    passed can never have an event appear before it."""
+
+    xid: int
+    seq: int
+
+    def token(self) -> str:
+        """The opaque cursor `GET /events` hands out."""
+        return base64.urlsafe_b64encode(f"{self.xid}.{self.seq}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str) -> EventPosition:
+        """Raise `ValueError` for anything that is not a cursor we handed out."""
+        try:
+            xid, _, seq = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii").partition(".")
+            position = cls(int(xid), int(seq))
+        except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+            raise ValueError("not a cursor of this feed") from exc
+        if position.xid < 0 or position.seq < 0:
+            raise ValueError("not a cursor of this feed")
+        return position
+
+
+FEED_START = EventPosition(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One committed event with what a producer needs to match it to its own request. `data_json`
+    and `tags_json` are JSON text as stored: the stream gets them as they are, never re-encoded."""
+
+    position: EventPosition
+    event_id: UUID
+    delivery_id: UUID
+    type: EventType
+    data_json: str
+    time: datetime
+    source: str  # the delivery's: notification | auth | resend
+    idempotency_key: str
+    tags_json: str
+    traceparent: str | None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.data_json)
+        return value
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.tags_json)
+        return value
+
+    def cloud_event(self) -> dict[str, Any]:
+        """CloudEvents 1.0 (SPEC §11), structured JSON mode: `data` and `tags` as objects."""
+        return {**self._attributes(), "data": self.data, "traceparent": self.traceparent, "tags": self.tags}
+
+    def stream_fields(self) -> dict[str, str]:
+        """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
+        `traceparent` left out when the delivery has no trace)."""
+        fields = self._attributes()
+        fields["data"], fields["tags"] = self.data_json, self.tags_json
+        if self.traceparent:
+            fields["traceparent"] = self.traceparent
+        return fields
+
+    def _attributes(self) -> dict[str, str]:
+        return {
+            "specversion": "1.0",
+            "id": str(self.event_id),
+            "source": "mailsvc",
+            "type": self.type,
+            "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "subject": str(self.delivery_id),
+            "datacontenttype": "application/json",
+            "deliverysource": self.source,
+            "idempotencykey": self.idempotency_key,
+        }

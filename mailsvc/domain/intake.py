@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
@@ -12,6 +12,7 @@ from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
 from mailsvc.domain.operator_actions import OperatorAction
+from mailsvc.domain.stream import parse_id
 from mailsvc.domain.suppression import key_of
 from mailsvc.domain.transitions import acceptance_event, after_suppression_check, suppressed_reason
 
@@ -45,6 +46,14 @@ class NewDelivery:
     @property
     def send_at(self) -> datetime:
         return self.request.send_at or self.accepted_at
+
+    @property
+    def submitted_at(self) -> datetime:
+        """When the producer submitted it: its XADD (the entry id's milliseconds), else acceptance."""
+        if self.stream_entry_id is None:
+            return self.accepted_at
+        ms, _ = parse_id(self.stream_entry_id)
+        return datetime.fromtimestamp(ms / 1000, UTC)
 
     @property
     def collapse_key(self) -> str | None:

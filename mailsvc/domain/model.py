@@ -74,6 +74,10 @@ class OutgoingMessage:
 
 
 ProviderOutcome = Literal["sent", "transient_failure", "permanent_failure"]
+# a failure that is the provider's or our configuration's, not the message's (SPEC §12): "pause"
+# pauses the provider at once (AUTH, 5xx to MAIL FROM, 530, certificate), "connect" counts toward
+# MAIL_PROVIDER_PAUSE_AFTER; neither counts toward MAIL_RETRY_MAX_ATTEMPTS
+ProviderFault = Literal["pause", "connect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,7 @@ class SendResult:
     error_class: str | None = None
     ambiguous: bool = False  # connection lost after the final "." of DATA, before the reply
     recipients: tuple[RecipientResult, ...] = field(default=())
+    fault: ProviderFault | None = None  # the provider's fault, not the message's (transient only)
 
     @property
     def summary(self) -> str:
@@ -120,6 +125,9 @@ class ClaimedDelivery:
     mime: bytes
     traceparent: str | None = None  # of the span that accepted it: the attempt's span continues that trace
     recipient_kinds: tuple[RecipientKind, ...] = ()  # to/cc/bcc of each of `recipients` (for its event)
+    provider_faults: int = 0  # earlier attempts that failed by the provider's fault: they do not count
+    source: Source | None = None
+    submitted_at: datetime | None = None  # the producer's XADD or the HTTP acceptance: latency starts here
     # recipients suppressed at acceptance (address, kind): never sent to, named in the event
     suppressed: tuple[tuple[str, RecipientKind], ...] = ()
 

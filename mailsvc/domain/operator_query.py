@@ -21,6 +21,7 @@ from uuid import UUID
 import idna
 
 from mailsvc.domain.commands import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, TEMPLATE_ID, Problem, ValidationFailed
+from mailsvc.domain.events import EVENT_TYPES, FEED_START, EventPosition, EventType
 from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.suppression import REASONS, suppression_address
 
@@ -29,6 +30,8 @@ Params = Mapping[str, Sequence[str]]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+DEFAULT_EVENT_LIMIT = 100
+MAX_EVENT_LIMIT = 1000
 STATUSES = ("queued", "sending", "sent", "dead_lettered", "suppressed", "cancelled", "superseded")
 SOURCES = ("notification", "auth", "resend")
 MAX_PARAM_LENGTH = 1000
@@ -220,6 +223,47 @@ def parse_malformed_query(params: Params) -> tuple[MalformedQuery, PageRequest]:
     page = read.page("malformed")
     read.done()
     return MalformedQuery(reason, include_raw=include == "raw"), page
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """`GET /events`: the feed after `after` (oldest first), optionally one delivery's, some types."""
+
+    after: EventPosition = FEED_START
+    delivery_id: UUID | None = None
+    types: tuple[EventType, ...] = ()
+    limit: int = DEFAULT_EVENT_LIMIT
+
+
+def parse_event_query(params: Params) -> EventQuery:
+    """Raise `ValidationFailed` listing every problem."""
+    read = _Reader(params, frozenset({"after", "delivery_id", "type", "limit"}))
+    after = FEED_START
+    if (token := read.one("after")) is not None:
+        try:
+            after = EventPosition.from_token(token)
+        except ValueError as exc:
+            read.problems.append(Problem("after", str(exc)))
+    delivery_id = None
+    if (raw_id := read.one("delivery_id")) is not None:
+        try:
+            delivery_id = UUID(raw_id)
+        except ValueError:
+            read.problems.append(Problem("delivery_id", "must be a delivery id (UUID)"))
+    types: list[EventType] = []
+    for value in read.many("type"):
+        if value not in EVENT_TYPES:
+            read.problems.append(Problem("type", f"must be one of {', '.join(EVENT_TYPES)}"))
+        elif value not in types:
+            types.append(value)
+    limit = DEFAULT_EVENT_LIMIT
+    if (raw_limit := read.one("limit")) is not None:
+        if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_EVENT_LIMIT:
+            read.problems.append(Problem("limit", f"must be an integer from 1 to {MAX_EVENT_LIMIT}"))
+        else:
+            limit = int(raw_limit)
+    read.done()
+    return EventQuery(after, delivery_id, tuple(types), limit)
 
 
 def parse_suppression_query(params: Params) -> tuple[str | None, str | None, PageRequest]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mailsvc.domain.model import DeadLetterReason, ProviderOutcome, Status
+from mailsvc.domain.model import DeadLetterReason, ProviderFault, ProviderOutcome, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,17 @@ class RetryPolicy:
         if attempt_number >= self.max_attempts:
             return Decision("dead_lettered", dead_reason="attempts_exhausted")
         next_at = now + self.delay(attempt_number, jitter)
+        if expires_at is not None and next_at >= expires_at:
+            return Decision("dead_lettered", dead_reason="expired")
+        return Decision("queued", next_attempt_at=next_at)
+
+    def after_fault(
+        self, fault: ProviderFault, attempt_number: int, now: datetime, expires_at: datetime | None, jitter: float
+    ) -> Decision:
+        """A failure that is the provider's (SPEC §12): never dead-lettered for attempts, since it
+        does not count toward the maximum. A pausing fault is due again at once (the pause holds it
+        in `queued`); a connection failure waits the backoff of the attempts that did count."""
+        next_at = now if fault == "pause" else now + self.delay(attempt_number, jitter)
         if expires_at is not None and next_at >= expires_at:
             return Decision("dead_lettered", dead_reason="expired")
         return Decision("queued", next_attempt_at=next_at)

@@ -63,6 +63,7 @@ class AttemptRecord:
     error_class: str | None = None  # when there is no provider result (abandoned: claim_expired)
     last_error: str | None = None
     envelope: tuple[tuple[str, RecipientKind], ...] = ()  # (address, kind) of each recipient, for the event
+    provider_fault: bool = False  # failed by the provider's fault: not counted toward the maximum
     suppressed: tuple[tuple[str, RecipientKind], ...] = ()  # suppressed at acceptance: never sent to
     # hard bounces of this attempt (SPEC §12): suppression keys added with the result, until `suppress_until`
     suppressions: tuple[str, ...] = ()
@@ -157,9 +158,15 @@ def after_attempt(
     provider: ProviderName,
     suppression_ttl: timedelta | None = None,
 ) -> AttemptRecord:
-    """What the provider's verdict on one attempt makes of the delivery. With `suppression_ttl`,
-    each recipient refused as a hard bounce is suppressed for that long, with the result."""
-    decision = policy.decide(result.outcome, claim.attempt_number, finished, claim.expires_at, jitter)
+    """What the provider's verdict on one attempt makes of the delivery. Attempts failed by the
+    provider's fault (SPEC §12) do not count toward the maximum: the policy sees only the others.
+    With `suppression_ttl`, each recipient refused as a hard bounce is suppressed for that long,
+    with the result."""
+    counted = claim.attempt_number - claim.provider_faults
+    if result.fault is not None and result.outcome == "transient_failure":
+        decision = policy.after_fault(result.fault, counted, finished, claim.expires_at, jitter)
+    else:
+        decision = policy.decide(result.outcome, counted, finished, claim.expires_at, jitter)
     last_error = None if result.outcome == "sent" else result.summary
     bounced = hard_bounces(result.recipients) if suppression_ttl is not None else ()
     return AttemptRecord(
@@ -176,6 +183,7 @@ def after_attempt(
         result=result,
         last_error=last_error,
         envelope=tuple(zip(claim.recipients, claim.recipient_kinds, strict=True)),
+        provider_fault=result.fault is not None and result.outcome == "transient_failure",
         suppressed=claim.suppressed,
         suppressions=bounced,
         suppress_until=finished + suppression_ttl if bounced and suppression_ttl is not None else None,
@@ -201,11 +209,18 @@ def expired(claim: ClaimedDelivery, now: datetime) -> AttemptRecord:
 
 
 def abandoned(
-    delivery_id: UUID, claim_token: UUID, attempt_number: int, now: datetime, *, max_attempts: int
+    delivery_id: UUID,
+    claim_token: UUID,
+    attempt_number: int,
+    now: datetime,
+    *,
+    max_attempts: int,
+    provider_faults: int = 0,
 ) -> AttemptRecord:
     """A claim whose deadline passed without a result (its worker died or hung): an `abandoned`
-    attempt (it counts), retried at once — or dead-lettered when the attempts are used up."""
-    exhausted = attempt_number >= max_attempts
+    attempt (it counts), retried at once — or dead-lettered when the attempts are used up (those
+    that failed by the provider's fault do not count)."""
+    exhausted = attempt_number - provider_faults >= max_attempts
     return AttemptRecord(
         delivery_id=delivery_id,
         claim_token=claim_token,

@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import IDEMPOTENCY_KEY
+from mailsvc.domain.events import EVENT_TYPES
 from mailsvc.domain.operator_actions import ACTION_KINDS
-from mailsvc.domain.operator_query import DEFAULT_LIMIT, MAX_LIMIT, SOURCES, STATUSES
+from mailsvc.domain.operator_query import (
+    DEFAULT_EVENT_LIMIT,
+    DEFAULT_LIMIT,
+    MAX_EVENT_LIMIT,
+    MAX_LIMIT,
+    SOURCES,
+    STATUSES,
+)
 from mailsvc.http.openapi_schemas import SCHEMAS, TIMESTAMP, Schema, ref
 
 PREFIX = "/api/v1/internal"
@@ -184,6 +192,36 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        f"{PREFIX}/events": {
+            "get": {
+                "operationId": "listEvents",
+                "summary": "The delivery event feed (CloudEvents), oldest first",
+                "description": "The events the publisher writes to MAIL_REDIS_EVENT_STREAM, from PostgreSQL, with the "
+                "same visibility horizon: an event appears once no transaction that could precede it is open, so "
+                "polling with `next_cursor` never skips one. `next_cursor` is always given.",
+                "parameters": [
+                    _query(
+                        "after",
+                        {"type": "string", "minLength": 1},
+                        "`next_cursor` of the previous call (opaque); absent: from the oldest event kept",
+                    ),
+                    _query("delivery_id", {"type": "string", "format": "uuid"}, "one delivery's events"),
+                    _query(
+                        "type",
+                        {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+                        "event types; repeat for several (OR)",
+                        style="form",
+                        explode=True,
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_EVENT_LIMIT, "default": DEFAULT_EVENT_LIMIT},
+                        "page size",
+                    ),
+                ],
+                "responses": {"200": _ok("EventPage", "the next events (perhaps none)"), **_READ_ERRORS},
+            }
+        },
         f"{PREFIX}/deliveries/{{delivery_id}}/cancel": {
             "post": {
                 "operationId": "cancelDelivery",
@@ -345,6 +383,28 @@ def _paths() -> dict[str, Any]:
                 "summary": "The audit trail of operator writes, newest first",
                 "parameters": [_query("kind", {"type": "string", "enum": list(ACTION_KINDS)}, "one kind"), *_PAGE],
                 "responses": {"200": _ok("OperatorActionPage", "one page"), **_READ_ERRORS},
+            }
+        },
+        f"{PREFIX}/provider": {
+            "get": {
+                "operationId": "getProvider",
+                "summary": "The provider's state: sending or paused, why and since when, the rate limit",
+                "responses": {
+                    "200": _ok("Provider", "the state shared by every replica"),
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
+            }
+        },
+        f"{PREFIX}/provider/resume": {
+            "post": {
+                "operationId": "resumeProvider",
+                "summary": "Resume sending now (audited as a `provider_resume` operator action)",
+                "description": "A paused provider sends again at once, without waiting for a probe; one "
+                "already sending is left as it is. Either way the call is recorded in the operator actions.",
+                "responses": {
+                    "200": _ok("Provider", "the state after"),
+                    **{s: _error(s) for s in ("401", "403", "503")},
+                },
             }
         },
         f"{PREFIX}/templates": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsvc.domain.commands import MAX_HEADERS, MAX_RECIPIENTS, MAX_TAGS
+from mailsvc.domain.events import EVENT_TYPES
 from mailsvc.domain.operator_actions import ACTION_KINDS
 from mailsvc.domain.operator_query import SOURCES, STATUSES
 
@@ -284,6 +285,29 @@ SCHEMAS: dict[str, Schema] = {
             "sensitive": {"type": "boolean", "description": "its deliveries are redacted once terminal (SPEC §13)"},
         }
     ),
+    "Event": closed(
+        {
+            "specversion": {"type": "string", "const": "1.0"},
+            "id": UUID_STR | {"description": "unique; the same on every re-publication"},
+            "source": {"type": "string", "const": "mailsvc"},
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "time": TIMESTAMP,
+            "subject": UUID_STR | {"description": "the delivery_id"},
+            "datacontenttype": {"type": "string", "const": "application/json"},
+            "data": {"type": "object", "description": "by type, SPEC §11"},
+            "traceparent": OPT_STRING | {"description": "W3C traceparent of the delivery's trace"},
+            "deliverysource": {"type": "string", "enum": list(SOURCES)},
+            "idempotencykey": {"type": "string"},
+            "tags": STRING_MAP,
+        },
+        description="A CloudEvents 1.0 event (structured JSON), as published to the event stream",
+    ),
+    "EventPage": closed(
+        {
+            "items": {"type": "array", "items": ref("Event")},
+            "next_cursor": {"type": "string", "description": "pass as `after` to continue; always given"},
+        }
+    ),
     "Suppression": closed(
         {
             "address": {"type": "string", "description": "lower case, the domain in punycode"},
@@ -325,6 +349,31 @@ SCHEMAS: dict[str, Schema] = {
             "created_at": TIMESTAMP,
         },
         description="one operator write, recorded in the transaction that made it",
+    ),
+    "Provider": closed(
+        {
+            "mode": {"type": "string", "enum": ["stub", "smtp"], "description": "MAIL_SMTP_MODE"},
+            "state": {
+                "type": "string",
+                "enum": ["sending", "paused"],
+                "description": "paused: no replica claims work but one probe delivery per MAIL_PROVIDER_PROBE_INTERVAL",
+            },
+            "reason": {
+                "type": ["string", "null"],
+                "description": "why it paused: the error class and reply code (`auth_failed 535`, "
+                "`sender_refused 530`, `tls_verify_failed`, `connect_failed`); null while sending",
+            },
+            "since": {**TIMESTAMP, "description": "when the state last changed"},
+            "next_probe_at": {**OPT_TIMESTAMP, "description": "while paused: the earliest next probe"},
+            "rate_limit": {
+                "oneOf": [
+                    {"type": "null"},
+                    closed({"per_second": {"type": "number"}, "burst": {"type": "integer"}}),
+                ],
+                "description": "MAIL_SMTP_RATE_LIMIT and the bucket size, shared by every replica; null: unlimited",
+            },
+        },
+        description="the SMTP provider's shared state (SPEC §12)",
     ),
     "OperatorActionPage": page_of("OperatorAction"),
     "RedriveRequest": {

@@ -3,7 +3,8 @@
 A pass runs each step of `retention_steps` in turn: terminal deliveries finished longer than
 `MAIL_DELIVERY_RETENTION` ago (with their children), malformed commands older than
 `MAIL_MALFORMED_COMMAND_RETENTION`, expired idempotency keys, stream gap/reset events older than
-that same retention, and expired suppressions. Cut-offs are pure functions of the `now` the pass is given.
+that same retention, published delivery events older than `MAIL_EVENT_RETENTION`, and expired
+suppressions. Cut-offs are pure functions of the `now` the pass is given.
 
 Steps are independent: one that fails — an unreachable database, a statement past its timeout, one
 the database refuses, any error — is logged with its name, ends only that step for this pass, and
@@ -42,6 +43,8 @@ class RetentionStore(Protocol):
 
     async def delete_stream_events(self, detected_before: datetime, limit: int) -> int: ...
 
+    async def delete_published_events(self, written_before: datetime, limit: int) -> int: ...
+
     async def delete_expired_suppressions(self, now: datetime, limit: int) -> int: ...
 
 
@@ -49,12 +52,16 @@ class RetentionStore(Protocol):
 class RetentionPolicy:
     delivery_retention: timedelta
     malformed_retention: timedelta
+    event_retention: timedelta = timedelta(hours=168)
 
     def delivery_cutoff(self, now: datetime) -> datetime:
         return now - self.delivery_retention
 
     def malformed_cutoff(self, now: datetime) -> datetime:
         return now - self.malformed_retention
+
+    def event_cutoff(self, now: datetime) -> datetime:
+        return now - self.event_retention
 
     def key_cutoff(self, now: datetime) -> datetime:
         """Keys (and suppressions) carry their own expiry: one is gone once `expires_at <= now`."""
@@ -78,6 +85,7 @@ def retention_steps(store: RetentionStore, policy: RetentionPolicy) -> tuple[Ret
         RetentionStep("malformed_commands", store.delete_malformed_commands, policy.malformed_cutoff),
         RetentionStep("idempotency_keys", store.delete_expired_idempotency_keys, policy.key_cutoff),
         RetentionStep("stream_events", store.delete_stream_events, policy.malformed_cutoff),
+        RetentionStep("delivery_events", store.delete_published_events, policy.event_cutoff),
         RetentionStep("suppressions", store.delete_expired_suppressions, policy.key_cutoff),
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -55,6 +56,7 @@ class Scheduler:
         backlog_interval: float = 2.0,
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
+        samplers: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.store = store
         self.clock = clock
@@ -71,6 +73,7 @@ class Scheduler:
         self.instruments = instruments
         # sampled here, read by the gauge: its callback runs on the exporter's thread and must not query
         self.due_backlog: int | None = None
+        self.samplers = tuple(samplers)  # other gauges' sampling (the provider's state), at the same pace
         if instruments.metering:
             instruments.watch("due_backlog", lambda: self.due_backlog)
 
@@ -94,6 +97,8 @@ class Scheduler:
                 if self.instruments.metering and time.monotonic() >= next_sample:
                     next_sample = time.monotonic() + self.backlog_interval
                     self.due_backlog = await self.store.due_backlog()
+                    for sample in self.samplers:
+                        await sample()
             except StoreUnavailable as exc:
                 log.warning("scheduler_store_unavailable", extra={"error_class": type(exc).__name__})
                 self.backlog_likely = False

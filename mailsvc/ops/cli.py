@@ -119,6 +119,25 @@ def _print_json(value: Any, out: TextIO) -> None:
     out.write(text + "\n")
 
 
+def _follow(command: Command, args: argparse.Namespace, env: Mapping[str, str], out: TextIO, *, as_json: bool) -> int:
+    """A command that prints each item as it arrives; Ctrl-C ends it as a success."""
+    assert command.follow is not None
+
+    def emit(item: Any) -> None:
+        if as_json:
+            out.write(json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n")
+        else:
+            out.write(command.render(item, args) + "\n")
+        out.flush()
+
+    try:
+        with Api(connection(args, env)) as api:
+            command.follow(api, args, emit)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def ops_command(
     args: argparse.Namespace,
     *,
@@ -132,6 +151,8 @@ def ops_command(
     command: Command = args.ops_command
     as_json = getattr(args, "json", False)
     try:
+        if command.follow is not None:
+            return _follow(command, args, env, out, as_json=as_json)
         with Api(connection(args, env)) as api:
             answer = command.run(api, args)
         if as_json:

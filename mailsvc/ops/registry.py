@@ -26,6 +26,9 @@ from mailsvc.ops.client import Api, Json
 
 Run = Callable[[Api, Namespace], Json]
 Render = Callable[[Json, Namespace], str]
+Emit = Callable[[Json], None]
+# a command that prints as it goes (`events tail`): each item through `emit`, until it is done
+Follow = Callable[[Api, Namespace, Emit], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,8 @@ class Command:
     example: str
     arguments: tuple[Arg, ...]
     run: Run
-    render: Render
+    render: Render  # of the answer; of each item for a `follow` command
+    follow: Follow | None = None
 
 
 @dataclass
@@ -68,3 +72,21 @@ class Group:
             return run
 
         return register
+
+    def follower(
+        self, name: str, *, summary: str, example: str, render: Render, arguments: Sequence[Arg] = ()
+    ) -> Callable[[Follow], Follow]:
+        """Register the decorated function as `mailsvc ops <group> <name>`, printing each item it
+        emits as it comes (`--json`: one JSON object per line)."""
+
+        def register(follow: Follow) -> Follow:
+            if any(c.name == name for c in self.commands):
+                raise ValueError(f"mailsvc ops {self.name} {name} is declared twice")
+            self.commands.append(Command(name, summary, example, tuple(arguments), _no_answer, render, follow))
+            return follow
+
+        return register
+
+
+def _no_answer(api: Api, args: Namespace) -> Json:
+    return None

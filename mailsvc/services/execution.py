@@ -63,7 +63,7 @@ class ExecutionService:
         with self.telemetry.span(claim) as span:
             started = time.perf_counter()
             record = await self._execute(claim)
-            self.telemetry.finished(span, record, time.perf_counter() - started)
+            self.telemetry.finished(span, record, time.perf_counter() - started, claim)
         return record
 
     async def _execute(self, claim: ClaimedDelivery) -> AttemptRecord:

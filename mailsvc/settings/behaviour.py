@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES
 from mailsvc.settings.declare import setting, settings_group
-from mailsvc.settings.values import byte_size_in, int_in, one_of, positive_duration
+from mailsvc.settings.values import byte_size_in, int_in, non_negative_number, one_of, positive_duration
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
@@ -97,6 +97,36 @@ class RetrySettings:
 
 
 @settings_group
+class ProviderPolicySettings:
+    """Provider pause and rate limit."""
+
+    rate_limit: float = setting(
+        "MAIL_SMTP_RATE_LIMIT",
+        non_negative_number,
+        default=0.0,
+        doc="Messages per second toward the SMTP provider, across all replicas (0 = unlimited).",
+    )
+    rate_burst: int = setting(
+        "MAIL_SMTP_RATE_BURST",
+        int_in(0, 1_000_000),
+        default=0,
+        doc="Rate limit bucket size in messages (0 = half a second's worth of MAIL_SMTP_RATE_LIMIT, at least 1).",
+    )
+    pause_after: int = setting(
+        "MAIL_PROVIDER_PAUSE_AFTER",
+        int_in(1, 1_000_000),
+        default=20,
+        doc="Consecutive attempts failing to connect that pause the provider.",
+    )
+    probe_interval: timedelta = setting(
+        "MAIL_PROVIDER_PROBE_INTERVAL",
+        positive_duration,
+        default=timedelta(seconds=30),
+        doc="While paused: one probe delivery per interval, across all replicas.",
+    )
+
+
+@settings_group
 class RetentionSettings:
     """Retention."""
 
@@ -117,6 +147,12 @@ class RetentionSettings:
         positive_duration,
         default=timedelta(hours=168),
         doc="Malformed command records older than this are deleted.",
+    )
+    event_retention: timedelta = setting(
+        "MAIL_EVENT_RETENTION",
+        positive_duration,
+        default=timedelta(hours=168),
+        doc="Published delivery events older than this are deleted (never kept longer than MAIL_DELIVERY_RETENTION).",
     )
     suppression_ttl: timedelta = setting(
         "MAIL_SUPPRESSION_TTL",

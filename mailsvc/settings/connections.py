@@ -125,6 +125,19 @@ class RedisSettings:
         default="mail:commands",
         doc="Stream key the notification service XADDs send_email commands to.",
     )
+    event_stream: str = setting(
+        "MAIL_REDIS_EVENT_STREAM",
+        str.strip,
+        default="mail:events",
+        allow_empty=True,
+        doc="Stream key delivery events are published to (CloudEvents attributes); empty: publishing off.",
+    )
+    event_stream_maxlen: int = setting(
+        "MAIL_EVENT_STREAM_MAXLEN",
+        int_in(1, 2**62),
+        default=1_000_000,
+        doc="The event stream is capped near this many entries (XADD MAXLEN ~).",
+    )
 
 
 @settings_group

@@ -59,7 +59,7 @@ class Variable(Generic[T]):
     parse: Callable[[str], T]
     doc: str
     required: bool = False
-    allow_empty: bool = False  # required, and the empty string counts as set (MAIL_REDIS_PASSWORD)
+    allow_empty: bool = False  # the empty string counts as set (MAIL_REDIS_PASSWORD; MAIL_REDIS_EVENT_STREAM: off)
     example: str | None = None  # what .env.example writes instead of the formatted default
 
 
@@ -72,7 +72,15 @@ class ExternalVariable(NamedTuple):
 
 
 @overload
-def setting(name: str, parse: Callable[[str], T], *, default: T, doc: str, example: str | None = None) -> T: ...
+def setting(
+    name: str,
+    parse: Callable[[str], T],
+    *,
+    default: T,
+    doc: str,
+    example: str | None = None,
+    allow_empty: bool = False,
+) -> T: ...
 
 
 @overload
@@ -97,8 +105,9 @@ def setting(
     example: str | None = None,
     allow_empty: bool = False,
 ) -> Any:
-    """Declare a field read from `name`: unset or blank gives `default`; a `required` one has no
-    default, and its `example` (which must parse) is what `.env.example` shows."""
+    """Declare a field read from `name`: unset or blank gives `default` (blank is a value of its own
+    with `allow_empty`); a `required` one has no default, and its `example` (which must parse) is
+    what `.env.example` shows."""
     if "\n" in doc or not doc.strip():
         raise ValueError(f"{name}: the doc is one non-empty line")
     if required == (default is not MISSING):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mailsvc.settings.behaviour import (
     OperatorSettings,
     ProcessSettings,
+    ProviderPolicySettings,
     RetentionSettings,
     RetrySettings,
     StreamSettings,
@@ -36,6 +37,7 @@ class Settings:
     stream: StreamSettings
     workers: WorkerSettings
     retry: RetrySettings
+    provider_policy: ProviderPolicySettings
     retention: RetentionSettings
     operator: OperatorSettings
     telemetry: TelemetrySettings

@@ -75,6 +75,16 @@ def _check_across_fields(settings: Settings, env: Mapping[str, str], problems: P
             f" ({format_duration(retention.delivery_retention)}): a key must never outlive its delivery",
         )
 
+    events = "MAIL_EVENT_RETENTION"
+    # when unset, the default gives way to a shorter delivery retention (bootstrap takes the minimum)
+    explicit = _is_set(env, events)
+    if explicit and not problems.any_of(events, kept) and retention.event_retention > retention.delivery_retention:
+        problems.add(
+            events,
+            f"{format_duration(retention.event_retention)} must not exceed {kept}"
+            f" ({format_duration(retention.delivery_retention)}): an event never outlives its delivery",
+        )
+
 
 def describe(settings: Settings) -> dict[str, Any]:
     """A loggable view of the settings: secrets stay masked through `Secret.__repr__`."""

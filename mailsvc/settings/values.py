@@ -180,6 +180,16 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     return check
 
 
+def non_negative_number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{value:g} must be zero or more")
+    return value
+
+
 def one_of(*options: str) -> Callable[[str], Any]:
     """One of `options`, case-insensitive. Typed `Any` so a field annotated with the matching
     `Literal` accepts it (mypy cannot derive a `Literal` from runtime strings)."""
@@ -265,4 +275,6 @@ def format_value(value: object) -> str:
         return ",".join(format_value(item) for item in value)
     if isinstance(value, str | int | HostPort | Path):
         return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
     raise TypeError(f"no text form for {type(value).__name__}: add one to format_value")

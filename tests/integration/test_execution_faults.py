@@ -82,15 +82,17 @@ async def test_5xx_to_data_dead_letters_the_delivery(deliver: Deliver, db: Ledge
     assert dead["reason"] == "permanent_failure"
 
 
-async def test_5xx_to_mail_from_is_our_misconfiguration_and_never_permanent(deliver: Deliver, db: Ledger) -> None:
-    handler = ScriptedHandler(mail_reply="553 5.7.1 sender address rejected")
+async def test_5xx_to_mail_from_is_our_misconfiguration_and_never_counted(deliver: Deliver, db: Ledger) -> None:
+    # SPEC §1/§12: it pauses the provider, and the attempts it fails do not count toward the maximum
+    handler = ScriptedHandler(mail_replies=["553 5.7.1 sender address rejected"] * 3)
     row = await deliver(handler, MAIL_RETRY_MAX_ATTEMPTS="2")
-    assert row["status"] == "dead_lettered"
+    assert row["status"] == "sent"
     attempts = await db.attempts(row["delivery_id"])
-    assert outcomes(attempts, "smtp_code", "error_class") == [("transient_failure", 553, "sender_refused")] * 2
-    dead = await db.dead_letter(row["delivery_id"])
-    assert dead is not None
-    assert dead["reason"] == "attempts_exhausted"
+    assert outcomes(attempts, "smtp_code", "error_class") == [
+        *[("transient_failure", 553, "sender_refused")] * 3,
+        ("sent", 250, None),
+    ]
+    assert await db.dead_letter(row["delivery_id"]) is None
 
 
 async def test_mixed_recipients_are_sent_with_an_outcome_per_recipient(deliver: Deliver, db: Ledger) -> None:

@@ -45,6 +45,8 @@ _LOCK_HOLDER = """
 def replica_env(env: dict[str, str], dsn: str | None = None) -> dict[str, str]:
     # two processes and the test share one PostgreSQL with other engineers' suites
     small = {"MAIL_POSTGRES_MAX_OPEN_CONNS": "6", "MAIL_POSTGRES_MAX_IDLE_CONNS": "3"}
+    # the consumer's lock is the only advisory lock these tests look for: no event publisher's
+    small["MAIL_REDIS_EVENT_STREAM"] = ""
     return {**env, **small, **({"MAIL_POSTGRES_PRIMARY_DSN": dsn} if dsn else {})}
 
 

@@ -25,6 +25,7 @@ TABLES = {
     "event_cursors",
     "suppressions",
     "operator_actions",
+    "provider_state",
 }
 
 

@@ -94,7 +94,7 @@ async def populate(api: httpx.AsyncClient, stream_key: str, redis_addr: str) -> 
         HELD: kept["delivery_id"],  # queued until the explicit calls: fuzzing never cancels it
     }
     cursors = {}
-    for path in ("/deliveries", "/dead-letters", "/malformed-commands"):
+    for path in ("/deliveries", "/dead-letters", "/malformed-commands", "/events"):
         cursors[path] = (await api.get(API + path, params={"limit": "1"})).json()["next_cursor"]
         assert cursors[path]
     return ids, cursors
@@ -136,7 +136,7 @@ def run_schemathesis(
             attempt(f"{operation.label} [{mode.value}]", fuzz(operation, mode, EXAMPLES))
         path = operation.path.removeprefix(API)
         if path in cursors:  # random cursors are refused: page on with a real one, the filters generated
-            fixed_query = {"query": {"cursor": cursors[path]}}
+            fixed_query = {"query": {"after" if path == "/events" else "cursor": cursors[path]}}
             attempt(f"{operation.label} [cursor]", fuzz(operation, GenerationMode.POSITIVE, EXAMPLES, **fixed_query))
         if "{delivery_id}" in operation.path:
             for name, delivery_id in ids.items():
@@ -149,7 +149,7 @@ def run_schemathesis(
         case = schema[API + path][method].Case(**parts)
         attempt(f"{method} {path} {parts} expecting {status}", lambda: _expect(case, base_url, status))
 
-    for path in ("/deliveries", "/dead-letters", "/malformed-commands", "/templates", "/openapi.json"):
+    for path in ("/deliveries", "/dead-letters", "/malformed-commands", "/events", "/templates", "/openapi.json"):
         call("GET", path, 200)
     for delivery_id in ids.values():
         one = {"delivery_id": delivery_id}

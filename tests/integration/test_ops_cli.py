@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -368,6 +369,74 @@ async def test_dead_letters_malformed_and_templates_lists(service: Service, seed
     assert templates_json.json() == (await service.api.get(f"{API}/templates")).json()
 
 
+async def test_provider_show_and_resume(service: Service, seeded: Seeded) -> None:
+    shown = await ops(service.cli, "provider", "show")
+    assert shown.code == 0
+    assert [line.split()[:2] for line in shown.lines] == [
+        ["mode", "stub"],
+        ["state", "sending"],
+        ["since", (await service.api.get(f"{API}/provider")).json()["since"]],
+        ["rate", "limit"],
+    ]
+    assert shown.lines[-1].split() == ["rate", "limit", "none"]
+    conn = await asyncpg.connect(service.env["MAIL_POSTGRES_PRIMARY_DSN"])
+    try:  # paused as an AUTH failure would leave it, with no probe due for an hour
+        await conn.execute(
+            "UPDATE provider_state SET state = 'paused', reason = 'auth_failed 535', since = now(),"
+            " next_probe_at = now() + interval '1 hour' WHERE id = 1"
+        )
+        paused = await ops(service.cli, "provider", "show", "--json")
+        assert (paused.json()["state"], paused.json()["reason"]) == ("paused", "auth_failed 535")
+        assert "reason         auth_failed 535" in (await ops(service.cli, "provider", "show")).lines
+        resumed = await ops(service.cli, "provider", "resume")
+        assert resumed.code == 0
+        assert resumed.lines[1].split() == ["state", "sending"]
+        assert await conn.fetchval("SELECT state FROM provider_state") == "sending"
+        [action] = await conn.fetch("SELECT kind, actor FROM operator_actions WHERE kind = 'provider_resume'")
+        assert action["actor"] != "trusted-network"  # the fingerprint of the CLI's token
+    finally:
+        await conn.execute("UPDATE provider_state SET state = 'sending', reason = NULL, next_probe_at = NULL")
+        await conn.close()
+
+
+async def test_events_tail_follows_the_feed_and_ends_at_its_limit_or_timeout(service: Service, seeded: Seeded) -> None:
+    sent_id = seeded.sent["delivery_id"]
+
+    async def both_published() -> bool:
+        page = (await service.api.get(f"{API}/events", params={"delivery_id": sent_id})).json()
+        return len(page["items"]) == 2
+
+    await wait_until(both_published, what="the sent delivery's two events")
+    lines = await ops(service.cli, "events", "tail", "--delivery-id", sent_id, "--json", "--timeout", "1")
+    assert lines.code == 0, lines.err
+    served = (await service.api.get(f"{API}/events", params={"delivery_id": sent_id})).json()["items"]
+    assert [json.loads(line) for line in lines.lines] == served
+    assert [e["type"] for e in served] == ["delivery.queued", "delivery.sent"]
+
+    dead = await ops(
+        service.cli, "events", "tail", "--delivery-id", seeded.bounced["delivery_id"], "--type",
+        "delivery.dead_lettered", "--timeout", "1",
+    )  # fmt: skip
+    assert dead.code == 0, dead.err
+    [line] = dead.lines
+    assert "delivery.dead_lettered" in line
+    assert seeded.bounced["delivery_id"] in line
+    assert "reason=permanent_failure" in line
+    assert len((await ops(service.cli, "events", "tail", "--limit", "2")).lines) == 2
+
+    # following: started at the end of the feed, it prints what happens next, then ends at --limit
+    end = (await service.api.get(f"{API}/events", params={"limit": "1000"})).json()["next_cursor"]
+    while (page := (await service.api.get(f"{API}/events", params={"after": end})).json())["items"]:
+        end = page["next_cursor"]
+    args = ("events", "tail", "--after", end, "--type", "delivery.queued", "--limit", "1", "--interval", "0.1")
+    follower = asyncio.create_task(ops(service.cli, *args, "--json"))
+    await service.xadd({"to": ["tail@example.com"], "subject": "s", "text": "t"}, key=f"ops-tail-{seeded.run}")
+    followed = await asyncio.wait_for(follower, 30)
+    assert followed.code == 0, followed.err
+    [event] = [json.loads(line) for line in followed.lines]
+    assert (event["type"], event["idempotencykey"]) == ("delivery.queued", f"ops-tail-{seeded.run}")
+
+
 async def test_suppressions_add_list_remove(service: Service, seeded: Seeded) -> None:
     address = f"ops-{seeded.run}@Example.org"
     added = await ops(service.cli, "suppressions", "add", address, "--reason", "complaint", "--note", "ticket 1")
@@ -539,6 +608,7 @@ def test_every_ops_subcommand_has_help_with_an_example(capsys: pytest.CaptureFix
         ("deliveries", "cancel"),
         ("dead-letters", "list"),
         ("malformed", "list"),
+        ("events", "tail"),
         ("suppressions", "list"),
         ("suppressions", "add"),
         ("suppressions", "remove"),

@@ -126,7 +126,14 @@ async def remaining(conn: asyncpg.Connection, table: str, column: str = "deliver
 
 def report(*, failed: tuple[str, ...] = (), **deleted: int) -> RetentionReport:
     """The report of a pass that deleted `deleted` (zero for every other table)."""
-    tables = ("deliveries", "malformed_commands", "idempotency_keys", "stream_events", "suppressions")
+    tables = (
+        "deliveries",
+        "malformed_commands",
+        "idempotency_keys",
+        "stream_events",
+        "delivery_events",
+        "suppressions",
+    )
     return RetentionReport({table: deleted.get(table, 0) for table in tables}, failed)
 
 
@@ -397,7 +404,14 @@ async def test_an_unreachable_database_is_retried_not_fatal(caplog: pytest.LogCa
             await asyncio.wait_for(task, 5)
     finally:
         await engine.dispose()
-    assert passes[0].failed == ("deliveries", "malformed_commands", "idempotency_keys", "stream_events", "suppressions")
+    assert passes[0].failed == (
+        "deliveries",
+        "malformed_commands",
+        "idempotency_keys",
+        "stream_events",
+        "delivery_events",
+        "suppressions",
+    )
     failures = [r for r in caplog.records if r.getMessage() == "retention_step_failed"]
     assert {r.__dict__["error_class"] for r in failures} == {"StoreUnavailable"}
 
@@ -412,3 +426,49 @@ async def test_the_service_runs_a_pass_at_startup(database_dsn: str, redis_addr:
 
         await wait_until(cleaned, what="the startup retention pass")
         assert young in await remaining(conn, "deliveries")
+
+
+async def delivery_event(conn: asyncpg.Connection, delivery_id: uuid.UUID, age: timedelta) -> int:
+    """An event written `age` before NOW, in a transaction of its own (so feed order is insertion order)."""
+    seq: int = await conn.fetchval(
+        "INSERT INTO delivery_events (delivery_id, type, data, created_at) "
+        "VALUES ($1, 'delivery.queued', '{}', $2) RETURNING seq",
+        delivery_id,
+        NOW - age,
+    )
+    return seq
+
+
+async def test_only_published_events_past_their_retention_are_deleted(
+    conn: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    days = timedelta(days=1)
+    owner = await delivery(conn, "queued", days)  # a delivery retention never touches: events go on their own
+    old = [await delivery_event(conn, owner, 9 * days) for _ in range(3)]
+    old_unpublished = [await delivery_event(conn, owner, 8 * days) for _ in range(2)]
+    young = await delivery_event(conn, owner, days)
+    policy = RetentionPolicy(POLICY.delivery_retention, POLICY.malformed_retention, event_retention=7 * days)
+    on = RetentionLoop(
+        store=RetentionStore(engine, event_stream="mail:events"), policy=policy, interval=timedelta(hours=1)
+    )
+
+    assert (await on.run_once(NOW)).deleted["delivery_events"] == 0  # never published: nothing is gone
+    await conn.execute(
+        "INSERT INTO event_cursors (stream_key, xid, seq) "
+        "SELECT 'mail:events', xid, seq FROM delivery_events WHERE seq = $1",
+        old[-1],
+    )
+    # another stream's cursor, further behind, holds back what it has not published
+    await conn.execute(
+        "INSERT INTO event_cursors (stream_key, xid, seq) SELECT 'other', xid, seq FROM delivery_events WHERE seq = $1",
+        old[0],
+    )
+    assert (await on.run_once(NOW)).deleted["delivery_events"] == 1
+    await conn.execute("DELETE FROM event_cursors WHERE stream_key = 'other'")
+    assert (await on.run_once(NOW)).deleted["delivery_events"] == 2
+    assert await remaining(conn, "delivery_events", "seq") == {*old_unpublished, young}
+
+    off = RetentionLoop(store=RetentionStore(engine, event_stream=""), policy=policy, interval=timedelta(hours=1))
+    assert (await off.run_once(NOW)).deleted["delivery_events"] == 2  # publishing off: every old event goes
+    assert await remaining(conn, "delivery_events", "seq") == {young}
+    assert await remaining(conn, "deliveries") == {owner}

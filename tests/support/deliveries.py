@@ -45,6 +45,7 @@ def smtp_env(service_env: Mapping[str, str], addr: HostPort, **overrides: str) -
         "MAIL_SMTP_TIMEOUT": "5s",
         "MAIL_RETRY_BASE_DELAY": "100ms",
         "MAIL_RETRY_MAX_DELAY": "400ms",
+        "MAIL_PROVIDER_PROBE_INTERVAL": "200ms",
         **overrides,
     }
 

@@ -123,6 +123,7 @@ def service_environment(database_dsn: str, redis_addr: str, **overrides: str) ->
         "MAIL_REDIS_PASSWORD": "",
         "MAIL_POSTGRES_PRIMARY_DSN": database_dsn,
         "MAIL_REDIS_COMMAND_STREAM": f"mailsvc-test:{unique_name('http')}:commands",
+        "MAIL_REDIS_EVENT_STREAM": f"mailsvc-test:{unique_name('http')}:events",
         "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
         "MAIL_TEMPLATE_DIR": str(REPO / "templates"),
         "MAIL_SHUTDOWN_TIMEOUT": "10s",

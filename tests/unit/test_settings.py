@@ -132,6 +132,27 @@ def test_an_idempotency_ttl_longer_than_retention_fails_the_start() -> None:
     assert equal.retention.idempotency_ttl == equal.retention.delivery_retention
 
 
+def test_an_event_retention_longer_than_delivery_retention_fails_the_start() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "MAIL_EVENT_RETENTION": "49h", "MAIL_DELIVERY_RETENTION": "48h"})
+    assert caught.value.problems == [
+        "MAIL_EVENT_RETENTION: 49h must not exceed MAIL_DELIVERY_RETENTION (48h): an event never outlives its delivery"
+    ]
+    # the 168h default gives way to a shorter delivery retention instead (bootstrap takes the minimum)
+    shorter = load_settings({**BASE, "MAIL_DELIVERY_RETENTION": "48h", "MAIL_IDEMPOTENCY_TTL": "1h"})
+    assert shorter.retention.event_retention == timedelta(hours=168)
+
+
+def test_event_stream_defaults_and_an_empty_name_turns_publishing_off() -> None:
+    settings = load_settings(BASE)
+    assert (settings.redis.event_stream, settings.redis.event_stream_maxlen) == ("mail:events", 1_000_000)
+    assert settings.retention.event_retention == timedelta(hours=168)
+    assert load_settings({**BASE, "MAIL_REDIS_EVENT_STREAM": ""}).redis.event_stream == ""
+    assert load_settings({**BASE, "MAIL_REDIS_EVENT_STREAM": "x:ev"}).redis.event_stream == "x:ev"
+    with pytest.raises(SettingsError, match="MAIL_EVENT_STREAM_MAXLEN"):
+        load_settings({**BASE, "MAIL_EVENT_STREAM_MAXLEN": "0"})
+
+
 def test_defaults_follow_the_spec() -> None:
     settings = load_settings(BASE)
     assert settings.http.addr == HostPort("", 8080)

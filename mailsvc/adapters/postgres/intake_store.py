@@ -67,17 +67,18 @@ _INSERT_DELIVERIES = text(
             CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
             CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
             CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]),
-            CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:collapse_keys AS text[]))
-            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed, ck)
+            CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:collapse_keys AS text[]),
+            CAST(:submitted AS timestamptz[]))
+            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed, ck, sub)
     ), events AS (
         INSERT INTO delivery_events (delivery_id, type, data) SELECT id, et, CAST(ed AS jsonb) FROM t
     ), rows AS (
         INSERT INTO deliveries (
             delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
             idempotency_key, message_id, tags, resend_of, created_at, updated_at, finished_at, traceparent,
-            collapse_key)
+            collapse_key, submitted_at)
         SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb), ro, ca, ca,
-               CASE WHEN st <> 'queued' THEN ca END, tp, ck
+               CASE WHEN st <> 'queued' THEN ca END, tp, ck, sub
         FROM t
     )
     INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at)
@@ -473,6 +474,7 @@ class IntakeStore:
                     "collapse_keys": [d.collapse_key for d in created],
                     "created": [d.accepted_at for d in created],
                     "traceparents": [d.traceparent for d in created],
+                    "submitted": [d.submitted_at for d in created],
                     "event_types": [event.type for event in events],
                     "event_data": [orjson.dumps(event.data).decode() for event in events],
                 },

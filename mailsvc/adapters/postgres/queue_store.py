@@ -7,7 +7,7 @@ one statement per batch, whatever its size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -25,28 +25,75 @@ from mailsvc.adapters.postgres.db import (
 from mailsvc.adapters.postgres.redaction import redact_sql
 from mailsvc.domain import transitions
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
+from mailsvc.domain.provider import (
+    CONNECT_FAILURES_REASON,
+    DEFAULT_PROVIDER_POLICY,
+    ProviderChange,
+    ProviderPolicy,
+    ProviderReport,
+    provider_report,
+)
 from mailsvc.domain.transitions import AttemptRecord
 
 # A delivery that is not terminal has one row in `delivery_queue` (migration 0004): claims, retries,
 # recovery and releases touch only that narrow row; `deliveries` itself is written at the end.
 
+# The provider's state row (migration 0007) gates every claim in the same statement, so pausing
+# costs the hot path no round trip: while paused, `probe` lets one claim per probe interval through
+# (the row's `UPDATE … WHERE next_probe_at <= now()` decides it, so replicas agree), and only when
+# something is due. A missing row reads as sending.
+_GATE = """
+    probe AS (
+        UPDATE provider_state SET next_probe_at = now() + make_interval(secs => CAST(:probe_s AS double precision))
+        WHERE id = 1 AND CASE WHEN state = 'paused' AND next_probe_at <= now()
+            THEN EXISTS (SELECT 1 FROM delivery_queue WHERE claim_token IS NULL AND next_attempt_at <= now())
+            ELSE false END
+        RETURNING 1
+    ), gate AS (
+        SELECT COALESCE((
+            SELECT CASE WHEN s.state = 'sending' THEN CAST(:limit AS integer)
+                        WHEN EXISTS (SELECT 1 FROM probe) THEN 1 ELSE 0 END
+            FROM provider_state s WHERE s.id = 1), CAST(:limit AS integer)) AS n
+    )"""
+
+# The rate limit's bucket (SPEC §12), one for every replica: the claim takes at most the tokens
+# there are, under the row's lock, so work the bucket cannot pay for stays `queued`. It asks only
+# for as many as are due (a token granted to a row another replica claimed first is lost: the
+# provider sees less, never more). `clock_timestamp()`: the time the lock was obtained.
+_REFILL = (
+    "LEAST(CAST(:burst AS double precision), s.tokens + CAST(:rate AS double precision)"
+    " * GREATEST(0, extract(epoch FROM clock_timestamp() - s.refilled_at)))"
+)
+_WANT = """LEAST((SELECT n FROM gate), (SELECT count(*) FROM (
+            SELECT 1 FROM delivery_queue WHERE claim_token IS NULL AND next_attempt_at <= now()
+            LIMIT CAST(:limit AS integer)) due_now))"""
+_BUCKET = f"""
+    , bucket AS (
+        UPDATE provider_state s
+        SET granted = LEAST({_WANT}, floor({_REFILL})),
+            tokens = {_REFILL} - LEAST({_WANT}, floor({_REFILL})),
+            refilled_at = GREATEST(s.refilled_at, clock_timestamp())
+        WHERE s.id = 1 AND {_WANT} > 0
+        RETURNING s.granted
+    )"""
+
 # The CTE fences the LIMIT: without it the planner may update more rows than asked (PITFALLS).
-_CLAIM = text(
-    """
-    WITH due AS (
+_CLAIM_BODY = """
+    , due AS (
         SELECT delivery_id FROM delivery_queue
         WHERE claim_token IS NULL AND next_attempt_at <= now()
         ORDER BY priority, next_attempt_at
-        LIMIT :limit
+        LIMIT {limit}
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE delivery_queue q
         SET claim_token = gen_random_uuid(), claim_deadline = now() + make_interval(secs => :lease_s),
             attempt_count = q.attempt_count + 1
         FROM due WHERE q.delivery_id = due.delivery_id
-        RETURNING q.delivery_id, q.claim_token, q.attempt_count, q.priority
+        RETURNING q.delivery_id, q.claim_token, q.attempt_count, q.priority, q.provider_faults
     )
-    SELECT c.delivery_id, c.claim_token, c.attempt_count, d.message_id, d.expires_at, p.mime, d.traceparent,
+    SELECT c.delivery_id, c.claim_token, c.attempt_count, c.provider_faults, d.message_id, d.expires_at, p.mime,
+           d.traceparent, d.source, d.submitted_at,
            ARRAY(SELECT r.address FROM delivery_recipients r
                  WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
            ARRAY(SELECT r.kind FROM delivery_recipients r
@@ -59,7 +106,34 @@ _CLAIM = text(
     JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
     ORDER BY c.priority
     """
-)
+_CLAIM = text("WITH" + _GATE + _CLAIM_BODY.format(limit="(SELECT n FROM gate)"))
+_CLAIM_LIMITED = text("WITH" + _GATE + _BUCKET + _CLAIM_BODY.format(limit="COALESCE((SELECT granted FROM bucket), 0)"))
+
+# What the batch says about the provider (`provider_report`), applied to the shared row in the same
+# statement: a success resumes and zeroes the connection failures, a pausing fault or the
+# MAIL_PROVIDER_PAUSE_AFTER-th connection failure in a row pauses. The WHERE clause leaves the row
+# alone (unlocked) when there is nothing to learn: the usual batch of successes while sending. An
+# attempt that started before the last change (in flight when it paused, or was resumed) is not heard.
+# `since = now()` afterwards: this statement changed the state (it is logged once, by its writer).
+_RESETS = "(CAST(:p_reset AS boolean) AND CAST(:p_reset_started AS timestamptz) >= s.since)"
+_FAILURES = f"(CASE WHEN {_RESETS} THEN 0 ELSE s.connect_failures END + CAST(:p_connects AS integer))"
+_FAULTS = "(CAST(:p_reason AS text) IS NOT NULL AND CAST(:p_fault_started AS timestamptz) >= s.since)"
+_PAUSES = f"({_FAULTS} OR {_FAILURES} >= CAST(:pause_after AS integer))"
+_NEW_STATE = f"(CASE WHEN {_PAUSES} THEN 'paused' WHEN {_RESETS} THEN 'sending' ELSE s.state END)"
+_PROVIDER_UPDATE = f"""
+        UPDATE provider_state s
+        SET connect_failures = {_FAILURES},
+            state = {_NEW_STATE},
+            reason = CASE WHEN {_NEW_STATE} = 'sending' THEN NULL
+                          WHEN {_FAULTS} THEN CAST(:p_reason AS text)  -- a probe's newer fault replaces it
+                          WHEN {_NEW_STATE} = s.state THEN s.reason ELSE '{CONNECT_FAILURES_REASON}' END,
+            since = CASE WHEN {_NEW_STATE} = s.state THEN s.since ELSE now() END,
+            next_probe_at = CASE WHEN {_NEW_STATE} = 'sending' THEN NULL
+                                 WHEN s.state = 'paused' THEN s.next_probe_at
+                                 ELSE now() + make_interval(secs => CAST(:probe_s AS double precision)) END
+        WHERE s.id = 1 AND (CAST(:p_reason AS text) IS NOT NULL OR CAST(:p_connects AS integer) > 0
+                            OR (CAST(:p_reset AS boolean) AND (s.state = 'paused' OR s.connect_failures > 0)))
+        RETURNING s.state, s.reason, s.since = now() AS changed"""
 
 # One statement per batch of results, each fenced by its claim token: a retry updates the queue row,
 # an end deletes it and writes the delivery's final state, and every result writes its attempt (and
@@ -74,12 +148,14 @@ _FINISH = text(
             CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:outcomes AS text[]),
             CAST(:ambiguous AS boolean[]), CAST(:codes AS integer[]), CAST(:replies AS text[]),
             CAST(:classes AS text[]), CAST(:providers AS text[]), CAST(:durations AS integer[]),
-            CAST(:dead AS text[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]))
+            CAST(:dead AS text[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]),
+            CAST(:faults AS boolean[]))
             AS r(id, token, status, next_at, err, num, started, fin, outcome, amb, code, reply, cls, prov, dur, dead,
-                 ev_type, ev_data)
+                 ev_type, ev_data, fault)
     ), retried AS (
         UPDATE delivery_queue q
-        SET claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at, last_error = r.err
+        SET claim_token = NULL, claim_deadline = NULL, next_attempt_at = r.next_at, last_error = r.err,
+            provider_faults = q.provider_faults + CASE WHEN r.fault THEN 1 ELSE 0 END
         FROM r
         WHERE q.delivery_id = r.id AND q.claim_token = r.token AND r.status = 'queued'
         RETURNING q.delivery_id, r.token
@@ -134,16 +210,18 @@ _FINISH = text(
             SET reason = 'hard_bounce', delivery_id = EXCLUDED.delivery_id, note = NULL,
                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
             WHERE s.reason = 'hard_bounce' OR s.expires_at <= EXCLUDED.created_at
+    ), provider AS ({{provider}}
     )
-    SELECT delivery_id FROM applied
-    """
+    SELECT delivery_id, NULL AS state, NULL AS reason FROM applied
+    UNION ALL SELECT NULL, state, reason FROM provider WHERE changed
+    """.replace("{provider}", _PROVIDER_UPDATE)
 )
 
 # recovery picks the stale claims; what becomes of each is `transitions.abandoned`, written by the
 # same statement as any other result, in the same transaction as this row lock
 _STALE = text(
     """
-    SELECT delivery_id, claim_token, attempt_count FROM delivery_queue
+    SELECT delivery_id, claim_token, attempt_count, provider_faults FROM delivery_queue
     WHERE claim_token IS NOT NULL AND claim_deadline < now()
     ORDER BY claim_deadline
     LIMIT :limit
@@ -172,34 +250,52 @@ _EXPIRE = text(
 
 # claims and results run for every delivery: straight through asyncpg (see `driver_connection`)
 _CLAIM_SQL = DriverStatement(_CLAIM)
+_CLAIM_LIMITED_SQL = DriverStatement(_CLAIM_LIMITED)
 _FINISH_SQL = DriverStatement(_FINISH)
 
 _DUE_BACKLOG = text("SELECT count(*) FROM delivery_queue WHERE claim_token IS NULL AND next_attempt_at <= now()")
 
 
 class QueueStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        provider: ProviderPolicy = DEFAULT_PROVIDER_POLICY,
+        on_provider_change: Callable[[ProviderChange], None] = lambda change: None,
+    ) -> None:
         self.engine = engine
         # every write here is one statement, atomic on its own: without BEGIN/COMMIT it is one
         # round trip instead of three (the same pool)
         self.single = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.provider = provider
+        self.on_provider_change = on_provider_change  # a state change this process wrote (logged once)
+        self._claim_sql = _CLAIM_LIMITED_SQL if provider.limited else _CLAIM_SQL
+        self._claim_params: dict[str, Any] = {"probe_s": provider.probe_interval.total_seconds()}
+        if provider.limited:
+            self._claim_params |= {"rate": provider.rate_limit, "burst": provider.burst}
 
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]:
-        """Claim up to `limit` due deliveries, highest priority then oldest due time first."""
+        """Claim up to `limit` due deliveries, highest priority then oldest due time first — none
+        while the provider is paused but one probe per interval, and no more than the rate limit's
+        bucket holds tokens for (SPEC §12)."""
         async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
-            params = {"limit": limit, "lease_s": lease.total_seconds()}
-            rows = await conn.fetch(_CLAIM_SQL.sql, *_CLAIM_SQL.args(params))
+            params = {**self._claim_params, "limit": limit, "lease_s": lease.total_seconds()}
+            rows = await conn.fetch(self._claim_sql.sql, *self._claim_sql.args(params))
         return [
             ClaimedDelivery(
                 delivery_id=row["delivery_id"],
                 claim_token=row["claim_token"],
                 attempt_number=row["attempt_count"],
+                provider_faults=row["provider_faults"],
                 message_id=row["message_id"],
                 expires_at=row["expires_at"],
                 recipients=tuple(row["recipients"]),
                 mime=bytes(row["mime"]),
                 traceparent=row["traceparent"],
                 recipient_kinds=tuple(row["kinds"]),
+                source=row["source"],
+                submitted_at=row["submitted_at"],
             )
             if not any(row["suppressed"])
             else _without_suppressed(row)
@@ -212,8 +308,22 @@ class QueueStore:
         Raises `StoreUnavailable` (connection-level) or `DataRefused` (a record's data was refused:
         nothing of the batch is written)."""
         async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
-            rows = await conn.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(_finish_params(records)))
-        return {row[0] for row in rows}
+            rows = await conn.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(self._finish_params(records)))
+        return self._applied(rows)
+
+    def _finish_params(self, records: Sequence[AttemptRecord]) -> dict[str, Any]:
+        report = provider_report((r.started_at, r.finished_at, r.result) for r in records)
+        return _finish_params(records) | _report_params(report, self.provider)
+
+    def _applied(self, rows: Sequence[Any]) -> set[UUID]:
+        """The delivery ids of `_FINISH`'s rows; a row without one is a provider state change."""
+        applied: set[UUID] = set()
+        for row in rows:
+            if row[0] is not None:
+                applied.add(row[0])
+            else:
+                self.on_provider_change(ProviderChange(row[1], row[2], by="attempt"))
+        return applied
 
     async def recover(self, now: datetime, max_attempts: int, limit: int = 1000) -> StaleRecovery:
         """Settle claims whose deadline passed (`transitions.abandoned`): queued again at once, or
@@ -222,12 +332,17 @@ class QueueStore:
             stale = await conn.execute(_STALE, {"limit": limit})
             records = [
                 transitions.abandoned(
-                    row.delivery_id, row.claim_token, row.attempt_count, now, max_attempts=max_attempts
+                    row.delivery_id,
+                    row.claim_token,
+                    row.attempt_count,
+                    now,
+                    max_attempts=max_attempts,
+                    provider_faults=row.provider_faults,
                 )
                 for row in stale
             ]
             if records:
-                await conn.raw.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(_finish_params(records)))
+                await conn.raw.fetch(_FINISH_SQL.sql, *_FINISH_SQL.args(self._finish_params(records)))
         dead = sum(1 for r in records if r.status == "dead_lettered")
         return StaleRecovery(requeued=len(records) - dead, dead_lettered=dead)
 
@@ -262,6 +377,7 @@ def _without_suppressed(row: Any) -> ClaimedDelivery:
         delivery_id=row["delivery_id"],
         claim_token=row["claim_token"],
         attempt_number=row["attempt_count"],
+        provider_faults=row["provider_faults"],
         message_id=row["message_id"],
         expires_at=row["expires_at"],
         recipients=tuple(a for a, _ in kept),
@@ -317,10 +433,23 @@ def _finish_params(records: Sequence[AttemptRecord]) -> dict[str, Any]:
         "dead": [r.dead_reason for r in records],
         "event_types": [event.type for event in events],
         "event_data": [orjson.dumps(event.data).decode() for event in events],
+        "faults": [r.provider_fault for r in records],
         "r_ids": r_ids,
         "r_tokens": r_tokens,
         "r_addresses": r_addresses,
         "r_outcomes": r_outcomes,
         "r_codes": r_codes,
         "r_replies": r_replies,
+    }
+
+
+def _report_params(report: ProviderReport, policy: ProviderPolicy) -> dict[str, Any]:
+    return {
+        "p_reset": report.reset,
+        "p_connects": report.connect_failures,
+        "p_reason": report.pause_reason,
+        "p_reset_started": report.reset_started,
+        "p_fault_started": report.fault_started,
+        "pause_after": policy.pause_after,
+        "probe_s": policy.probe_interval.total_seconds(),
     }

@@ -74,6 +74,25 @@ _EXPIRED_SUPPRESSIONS = text(
 )
 
 
+# Published events go oldest first in feed order, one head of the feed at a time: of the first
+# `limit` published events, those written before the cutoff. A head with a young event in it comes
+# back short and ends the step (the rest is younger, or waits for the next pass). With publishing
+# on, "published" is "at or below every stream's cursor" (none yet: nothing is published).
+_PUBLISHED_EVENTS = text(
+    """
+    WITH head AS (
+        SELECT e.seq, e.created_at FROM delivery_events e
+        WHERE CAST(:stream AS text) = ''
+           OR (EXISTS (SELECT 1 FROM event_cursors WHERE stream_key = CAST(:stream AS text))
+               AND (e.xid, e.seq) <= ALL (SELECT c.xid, c.seq FROM event_cursors c))
+        ORDER BY e.xid, e.seq
+        LIMIT :limit
+    )
+    DELETE FROM delivery_events WHERE seq IN (SELECT seq FROM head WHERE created_at < :cutoff)
+    """
+)
+
+
 class RetentionStore:
     """One method per retention step; each deletes one batch and returns how many rows it deleted.
 
@@ -81,8 +100,9 @@ class RetentionStore:
     other database error propagates as it is (the loop logs it and moves on to the next step).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, event_stream: str = "") -> None:
         self.engine = engine
+        self.event_stream = event_stream  # "": publishing is off, every event counts as published
 
     async def _batch(self, statement: TextClause, cutoff: datetime, limit: int) -> int:
         async with unavailable_as_domain_error(), self.engine.begin() as conn:
@@ -104,6 +124,13 @@ class RetentionStore:
     async def delete_stream_events(self, detected_before: datetime, limit: int) -> int:
         """At most `limit` stream gap/reset records detected before the cutoff."""
         return await self._batch(_STREAM_EVENTS, detected_before, limit)
+
+    async def delete_published_events(self, written_before: datetime, limit: int) -> int:
+        """At most `limit` delivery events written before the cutoff and already published (every
+        one when publishing is off); an unpublished event is never deleted, however old."""
+        async with unavailable_as_domain_error(), self.engine.begin() as conn:
+            params = {"cutoff": written_before, "limit": limit, "stream": self.event_stream}
+            return (await conn.execute(_PUBLISHED_EVENTS, params)).rowcount
 
     async def delete_expired_suppressions(self, now: datetime, limit: int) -> int:
         """At most `limit` suppressions expired at `now` (entries without an expiry stay)."""

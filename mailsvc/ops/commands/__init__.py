@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import actions, dead_letters, deliveries, malformed, suppressions, templates
+from mailsvc.ops.commands import (
+    actions,
+    dead_letters,
+    deliveries,
+    events,
+    malformed,
+    provider,
+    suppressions,
+    templates,
+)
 from mailsvc.ops.registry import Group
 
 GROUPS: tuple[Group, ...] = (
@@ -10,6 +19,8 @@ GROUPS: tuple[Group, ...] = (
     dead_letters.GROUP,
     malformed.GROUP,
     suppressions.GROUP,
+    provider.GROUP,
+    events.GROUP,
     templates.GROUP,
     actions.GROUP,
 )

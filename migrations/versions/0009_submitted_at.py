@@ -1,0 +1,25 @@
+"""When a delivery was submitted: the producer's XADD (the stream entry id's milliseconds) or the
+HTTP acceptance — where `mail.delivery.latency` starts (SPEC §8). NULL for deliveries accepted
+before this revision (they are not measured).
+
+Revision ID: 0009
+Revises: 0007 (was 0005; re-chained onto main's head when main was merged in)
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0009"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # nullable, no default: a catalog change only, no table rewrite
+    op.execute("ALTER TABLE deliveries ADD COLUMN submitted_at timestamptz")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE deliveries DROP COLUMN submitted_at")

@@ -1,0 +1,196 @@
+"""The event publisher (SPEC §11) on real PostgreSQL and Redis: CloudEvents fields, commit order and
+the outbox trap, Redis outages, one publisher at a time."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from mailsvc.domain.model import SendResult
+from tests.support.events import (
+    assert_duplicates_are_identical,
+    per_delivery,
+    running_publisher,
+    stream_events,
+    wait_published,
+)
+from tests.support.infra import redis_host_port, unique_name, wait_until
+from tests.support.queue import Queue, attempted, open_queue, sent
+from tests.support.tcp_proxy import TcpProxy
+
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture
+async def queue(database_dsn: str) -> AsyncIterator[Queue]:
+    async with open_queue(database_dsn) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def events_key(redis_addr: str) -> AsyncIterator[str]:
+    key = f"mailsvc-test:{unique_name('ev')}:events"
+    yield key
+    host, port = redis_host_port(redis_addr)
+    client = Redis(host=host, port=port)
+    await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis(redis_addr: str) -> AsyncIterator[Redis]:
+    host, port = redis_host_port(redis_addr)
+    client = Redis(host=host, port=port)
+    yield client
+    await client.aclose()
+
+
+async def finish_all(queue: Queue, result: SendResult | None = None) -> list[uuid.UUID]:
+    claims = await queue.store.claim(100, LEASE)
+    records = [sent(c) if result is None else attempted(c, result) for c in claims]
+    return sorted(await queue.store.finish(records))
+
+
+async def test_an_event_is_published_as_cloudevents_attributes(
+    queue: Queue, database_dsn: str, redis: Redis, events_key: str
+) -> None:
+    delivery_id = await queue.accept(tags={"tenant": "acme"})
+    await finish_all(queue)
+    async with running_publisher(database_dsn, redis, events_key):
+        queued, sent_event = await wait_published(redis, events_key, 2)
+    rows = await queue.db.conn.fetch("SELECT event_id, created_at FROM delivery_events ORDER BY xid, seq")
+    row = await queue.row(delivery_id)
+    assert [queued["id"], sent_event["id"]] == [str(r["event_id"]) for r in rows]
+    assert {k: v for k, v in queued.items() if k not in ("id", "time", "data", "_entry", "traceparent")} == {
+        "specversion": "1.0",
+        "source": "mailsvc",
+        "type": "delivery.queued",
+        "subject": str(delivery_id),
+        "datacontenttype": "application/json",
+        "deliverysource": "notification",
+        "idempotencykey": row["idempotency_key"],
+        "tags": {"tenant": "acme"},
+    }
+    assert queued["data"]["priority"] == "normal"
+    assert sent_event["type"] == "delivery.sent"
+    assert sent_event["data"]["smtp_code"] == 250
+    assert datetime.fromisoformat(queued["time"]) == rows[0]["created_at"]
+    assert queued["time"].endswith("Z")
+    cursor = await queue.db.conn.fetchrow("SELECT xid::text, seq FROM event_cursors WHERE stream_key = $1", events_key)
+    assert cursor["seq"] == (await queue.db.conn.fetchval("SELECT max(seq) FROM delivery_events"))
+
+
+async def test_an_event_whose_transaction_commits_late_is_published_in_its_place(
+    queue: Queue, database_dsn: str, redis: Redis, events_key: str
+) -> None:
+    first = await queue.accept()
+    late = await asyncpg.connect(database_dsn)
+    try:
+        transaction = late.transaction()
+        await transaction.start()
+        # its seq and xid are taken now; it becomes visible only at commit, after later ones
+        await late.execute(
+            "INSERT INTO delivery_events (delivery_id, type, data) VALUES ($1, 'delivery.cancelled', $2)",
+            first,
+            '{"by": "operator"}',
+        )
+        async with running_publisher(database_dsn, redis, events_key) as running:
+            await wait_published(redis, events_key, 1)
+            later = [await queue.accept() for _ in range(3)]
+            seqs = await queue.db.conn.fetch("SELECT seq FROM delivery_events ORDER BY seq")
+            assert len(seqs) == 4  # the open one's row is invisible here, its seq is below these
+            reads = running.store.reads
+
+            async def looked_twice() -> bool:
+                return running.store.reads >= reads + 2
+
+            await wait_until(looked_twice, what="two reads of the feed after the later commits")
+            published = await stream_events(redis, events_key)
+            assert [e["subject"] for e in published] == [str(first)]  # the later ones wait for it
+            await transaction.commit()
+            events = await wait_published(redis, events_key, 5)
+    finally:
+        await late.close()
+    assert [(e["subject"], e["type"]) for e in events] == [
+        (str(first), "delivery.queued"),
+        (str(first), "delivery.cancelled"),
+        *[(str(d), "delivery.queued") for d in later],
+    ]
+
+
+async def test_events_wait_out_a_redis_outage_and_flow_in_order_after_it(
+    queue: Queue, database_dsn: str, redis: Redis, redis_addr: str, events_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = redis_host_port(redis_addr)
+    proxy = TcpProxy(host, port)
+    await proxy.start()
+    through = Redis(host="127.0.0.1", port=proxy.port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailsvc.publisher"):
+            async with running_publisher(database_dsn, through, events_key):
+                before = await queue.accept()
+                await wait_published(redis, events_key, 1)
+                await proxy.stop()
+                deliveries = [await queue.accept() for _ in range(5)]
+                await finish_all(queue, SendResult("transient_failure", 451, "later"))
+                await queue.db.conn.execute("UPDATE delivery_queue SET next_attempt_at = now()")
+                await finish_all(queue)
+
+                async def failed() -> bool:
+                    return any(r.getMessage() == "publisher_dependency_unavailable" for r in caplog.records)
+
+                await wait_until(failed, what="a failed publish")
+                await proxy.start()
+                events = await wait_published(redis, events_key, 6 * 3, timeout=30)
+    finally:
+        await through.aclose()
+        await proxy.stop()
+    assert_duplicates_are_identical(events)
+    order = per_delivery(events)
+    assert order[before] == ["delivery.queued", "delivery.deferred", "delivery.sent"]
+    for delivery_id in deliveries:
+        assert order[delivery_id] == ["delivery.queued", "delivery.deferred", "delivery.sent"]
+    stored = await queue.db.conn.fetch("SELECT event_id FROM delivery_events ORDER BY xid, seq")
+    first_seen = list(dict.fromkeys(e["id"] for e in events))
+    assert first_seen == [str(r["event_id"]) for r in stored]  # the feed's order, nothing skipped
+
+
+async def test_one_publisher_at_a_time_and_the_other_takes_over_when_its_session_dies(
+    queue: Queue, database_dsn: str, redis: Redis, events_key: str
+) -> None:
+    async with running_publisher(database_dsn, redis, events_key) as one:
+        await wait_until(lambda: _held(one), what="the first publisher leading")
+        async with running_publisher(database_dsn, redis, events_key) as two:
+            for _ in range(5):
+                await queue.accept()
+            await wait_published(redis, events_key, 5)
+            await wait_until(lambda: _counted(one, 5), what="the cursor moved past the first five")
+            assert (one.publisher.published, two.publisher.published) == (5, 0)
+            assert not two.lock.held
+            pid = one.lock._conn.get_server_pid()
+            # the holder's session dies, and the holder with it (it never tries again)
+            assert await queue.db.conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            one.publisher.stop()
+            await wait_until(lambda: _held(two), timeout=10, what="the second publisher leading")
+            for _ in range(5):
+                await queue.accept()
+            events = await wait_published(redis, events_key, 10)
+            await wait_until(lambda: _counted(two, 5), what="the second publisher's cursor moved")
+            assert not one.lock.held
+    assert_duplicates_are_identical(events)
+    stored = await queue.db.conn.fetch("SELECT event_id FROM delivery_events ORDER BY xid, seq")
+    assert list(dict.fromkeys(e["id"] for e in events)) == [str(r["event_id"]) for r in stored]
+
+
+async def _held(running: object) -> bool:
+    return bool(running.lock.held)  # type: ignore[attr-defined]
+
+
+async def _counted(running: object, at_least: int) -> bool:
+    return running.publisher.published >= at_least  # type: ignore[attr-defined,no-any-return]
