@@ -2,7 +2,7 @@
 
 When a `sensitive` delivery becomes terminal, the transaction that makes it so also removes its
 rendered subject, bodies and MIME bytes from `delivery_payloads`, keeping the SHA-256 of the MIME
-message, the sizes and `redacted_at` (migration 0009). Every path that ends a delivery must run
+message, the sizes and `redacted_at` (migration 0010). Every path that ends a delivery must run
 this fragment in its own transaction:
 
 - a finished attempt (`sent`, `dead_lettered`; also recovered stale claims): a CTE of

@@ -7,16 +7,16 @@ governs, so redaction touches one table. Dead letters remember the redrive that 
 most one), malformed commands the delivery a replay made of them, and an operator action its
 `Idempotency-Key`.
 
-Revision ID: 0009
-Revises: 0006
+Revision ID: 0010
+Revises: 0009
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0009"
-down_revision = "0006"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
