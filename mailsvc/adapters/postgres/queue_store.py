@@ -39,7 +39,7 @@ from mailsvc.domain.transitions import AttemptRecord
 # A delivery that is not terminal has one row in `delivery_queue` (migration 0004): claims, retries,
 # recovery and releases touch only that narrow row; `deliveries` itself is written at the end.
 
-# The provider's state row (migration 0007) gates every claim in the same statement, so pausing
+# The provider's state row (migration 0008) gates every claim in the same statement, so pausing
 # costs the hot path no round trip: while paused, `probe` lets one claim per probe interval through
 # (the row's `UPDATE … WHERE next_probe_at <= now()` decides it, so replicas agree), and only when
 # something is due. A missing row reads as sending.
