@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from uuid import UUID
 
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -23,13 +25,15 @@ from mailsvc.adapters.postgres.notifications import WorkListener
 from mailsvc.adapters.postgres.provider_store import ProviderStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.adapters.postgres.read_store import ReadStore
+from mailsvc.adapters.postgres.redrive_store import RedriveStore
+from mailsvc.adapters.postgres.replay_store import ReplayStore
 from mailsvc.adapters.postgres.retention_store import RetentionStore
 from mailsvc.adapters.postgres.suppression_store import SuppressionStore
 from mailsvc.adapters.redis_clients import commands_client, stream_client
 from mailsvc.adapters.redis_events import RedisEventWriter
 from mailsvc.adapters.redis_stream import RedisStreamReader
 from mailsvc.adapters.smtp_provider import SmtpProvider
-from mailsvc.adapters.stub_provider import StubProvider
+from mailsvc.adapters.stub_provider import StubProvider, write_outbox
 from mailsvc.adapters.telemetry import setup_telemetry
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.clock import utc_now
@@ -62,6 +66,8 @@ from mailsvc.services.group_commit import GroupCommitStore
 from mailsvc.services.operator_read import OperatorReadService
 from mailsvc.services.policy import PolicyService
 from mailsvc.services.provider import ProviderService
+from mailsvc.services.redrive import RedriveService
+from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
 from mailsvc.settings import Settings
 
@@ -217,6 +223,14 @@ def build_execution(
     return scheduler, pool, provider
 
 
+def _dev_outbox(settings: Settings) -> Callable[[UUID, bytes], Awaitable[None]] | None:
+    """Stub mode with `MAIL_STUB_OUTBOX_DIR`: where suppressed auth deliveries are written (SPEC §4)."""
+    directory = settings.smtp.stub_outbox_dir
+    if settings.smtp.mode != "stub" or directory is None:
+        return None
+    return functools.partial(write_outbox, directory)
+
+
 def build_publisher(
     settings: Settings, resources: Resources, instruments: Instruments = NO_INSTRUMENTS
 ) -> EventPublisher | None:
@@ -243,8 +257,22 @@ def build_operator(
     """Operator routes (reads on the replicas when configured) and the retention loop."""
     reads = OperatorReadService(store=ReadStore(resources.replicas or [resources.primary]), catalog=catalog)
     resends = ResendService(sources=ReadStore([resources.primary]), acceptance=acceptance)
+    redrives = RedriveService(
+        store=RedriveStore(resources.primary, IntakeStore(resources.primary)),
+        resends=resends,
+        idempotency_ttl=settings.retention.idempotency_ttl,
+        wake_scheduler=acceptance.wake_scheduler,
+    )
+    replays = ReplayService(
+        store=ReplayStore(resources.primary, IntakeStore(resources.primary)),
+        acceptance=acceptance,
+        idempotency_ttl=settings.retention.idempotency_ttl,
+        instruments=instruments,
+    )
     read_timeout = settings.operator.request_timeout.total_seconds()
-    routes = operator_routes(reads, resends, read_timeout=read_timeout)
+    routes = operator_routes(
+        reads, resends, redrives, replays, read_timeout=read_timeout, max_body_bytes=settings.http.max_body_bytes
+    )
     feed = EventFeedService(EventStore(resources.replicas or [resources.primary]))
     routes += event_routes(feed, read_timeout=read_timeout)
     policy = PolicyService(
@@ -294,6 +322,7 @@ async def build_runtime(
             max_rendered_bytes=settings.templates.max_rendered_bytes,
             wake_scheduler=work_committed,
             instruments=instruments,
+            dev_outbox=_dev_outbox(settings),
         )
         consumer = StreamConsumer(
             reader=RedisStreamReader(

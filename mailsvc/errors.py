@@ -41,6 +41,14 @@ class NotResendable(MailsvcError):
     """Only a delivery in a terminal status can be resent."""
 
 
+class ContentRedacted(MailsvcError):
+    """The delivery was sensitive and is terminal: its content is gone (SPEC §13), nothing to send again."""
+
+
+class ActionKeyTaken(MailsvcError):
+    """Another request recorded an operator action with this `Idempotency-Key` first."""
+
+
 class NotCancellable(MailsvcError):
     """Only a `queued` delivery can be cancelled: it is being sent, or it is finished."""
 

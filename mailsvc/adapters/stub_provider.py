@@ -19,10 +19,11 @@ import os
 import uuid
 from collections import deque
 from pathlib import Path
+from uuid import UUID
 
 from mailsvc.domain.model import OutgoingMessage, ProviderName, RecipientResult, SendResult
 
-__all__ = ["StubProvider"]
+__all__ = ["StubProvider", "write_outbox"]
 
 _log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class StubProvider:
                 error_class="smtp_4xx",
             )
         if self._outbox_dir is not None:
-            await asyncio.to_thread(self._write_eml, self._outbox_dir, message)
+            await write_outbox(self._outbox_dir, message.delivery_id, message.mime)
         self._sent.append(message.message_id)
         _log.debug("stub.accepted", extra={"delivery_id": str(message.delivery_id)})
         return SendResult(
@@ -82,15 +83,21 @@ class StubProvider:
     async def close(self) -> None:
         """Nothing to release."""
 
-    @staticmethod
-    def _write_eml(directory: Path, message: OutgoingMessage) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{message.delivery_id}.eml"
-        temp = directory / f".{message.delivery_id}.{uuid.uuid4().hex}.tmp"
-        try:
-            with temp.open("wb") as fh:
-                fh.write(message.mime)
-            os.replace(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+
+async def write_outbox(directory: Path, delivery_id: UUID, mime: bytes) -> None:
+    """Write `mime` as `<delivery_id>.eml` in `directory`, atomically (also used for the auth
+    deliveries that stub mode suppresses, so a developer sees the login code, SPEC §4)."""
+    await asyncio.to_thread(_write_eml, directory, delivery_id, mime)
+
+
+def _write_eml(directory: Path, delivery_id: UUID, mime: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{delivery_id}.eml"
+    temp = directory / f".{delivery_id}.{uuid.uuid4().hex}.tmp"
+    try:
+        with temp.open("wb") as fh:
+            fh.write(mime)
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -34,7 +34,7 @@ _TEMPLATE_ID = re.compile(r"[a-z0-9][a-z0-9_]*(\.[a-z0-9_]+)*")
 
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MANIFEST_KEYS = frozenset({"description", "default_locale", "variables"})
+_MANIFEST_KEYS = frozenset({"description", "default_locale", "variables", "sensitive"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default"})
 
 
@@ -51,6 +51,8 @@ class Manifest:
     description: str
     default_locale: str
     variables: tuple[Variable, ...]
+    # the content is a secret (login code, reset link): redacted once the delivery is terminal (SPEC §13)
+    sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +210,13 @@ class _TemplateLoader:
             self._problem(MANIFEST, "'description' must be a non-empty string")
         if not isinstance(default_locale, str) or not _LOCALE.fullmatch(default_locale):
             self._problem(MANIFEST, "'default_locale' must be a locale name such as 'en'")
+        sensitive = data.get("sensitive", False)
+        if not isinstance(sensitive, bool):
+            self._problem(MANIFEST, "'sensitive' must be true or false")
         variables = self._parse_variables(data.get("variables"))
         if self._failed or variables is None:
             return None
-        return Manifest(str(description).strip(), str(default_locale), variables)
+        return Manifest(str(description).strip(), str(default_locale), variables, sensitive is True)
 
     def _parse_variables(self, raw: object) -> tuple[Variable, ...] | None:
         if isinstance(raw, list):

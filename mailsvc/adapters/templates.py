@@ -118,7 +118,12 @@ class TemplateCatalog:
         if not subject:
             raise TemplateRenderError(template_id, chosen.locale, "the subject rendered empty")
         return RenderedContent(
-            subject=subject, text=text, html=html, locale=chosen.locale, template_digest=chosen.digest
+            subject=subject,
+            text=text,
+            html=html,
+            locale=chosen.locale,
+            template_digest=chosen.digest,
+            sensitive=template.manifest.sensitive,
         )
 
 
@@ -157,4 +162,5 @@ def _info(template: CompiledTemplate) -> TemplateInfo:
         locales=tuple(sorted(loc.locale for loc in template.locales.values())),
         variables=tuple(v.name for v in manifest.variables),
         required_variables=tuple(v.name for v in manifest.variables if v.required),
+        sensitive=manifest.sensitive,
     )

@@ -54,6 +54,7 @@ _KNOWN_FIELDS = frozenset(
         "expires_at",
         "headers",
         "tags",
+        "sensitive",
         "collapse_key",
     }
 )
@@ -97,6 +98,8 @@ class SendRequest:
     expires_at: datetime | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # raw content that is a secret (SPEC §13); a template's manifest decides for templated content
+    sensitive: bool = False
     collapse_key: str | None = None  # a newer delivery with the same (source, key) supersedes this one (SPEC §12)
 
 
@@ -378,6 +381,9 @@ def parse_send_request(payload: Any) -> SendRequest:
         check.fail("expires_at", "must be after send_at")
     headers = check.headers(payload)
     tags = check.tags(payload)
+    sensitive = payload.get("sensitive")
+    if sensitive is not None and not isinstance(sensitive, bool):
+        check.fail("sensitive", "must be true or false")
     collapse_key = check.string(payload, "collapse_key", limit=200)
     if collapse_key is not None and not valid_idempotency_key(collapse_key):
         check.fail("collapse_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")
@@ -401,5 +407,6 @@ def parse_send_request(payload: Any) -> SendRequest:
         expires_at=expires_at,
         headers=headers,
         tags=tags,
+        sensitive=sensitive is True,
         collapse_key=collapse_key,
     )

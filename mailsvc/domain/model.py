@@ -57,6 +57,8 @@ class RenderedContent:
     html: str | None = None
     locale: str | None = None
     template_digest: str | None = None
+    # a secret (SPEC §13): set by the template's manifest, or by a raw command's `"sensitive": true`
+    sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +155,10 @@ class ResendSource:
     template_digest: str | None
     priority: Priority
     tags: Mapping[str, str]
-    subject: str
-    text: str
+    subject: str | None  # None (and `text` too) once redacted
+    text: str | None
     html: str | None
     reply_to: Address | None
     headers: Mapping[str, str]
     recipients: tuple[Recipient, ...]
+    redacted: bool = False

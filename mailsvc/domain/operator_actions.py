@@ -51,4 +51,7 @@ class OperatorAction:
     counts: Mapping[str, int] | None = None
     note: str | None = None
     action_id: UUID = field(default_factory=uuid7)
+    # a bulk action asked for with `Idempotency-Key` (scope: its kind), and the request it answered
+    idempotency_key: str | None = None
+    request_hash: bytes | None = None
     created_at: datetime | None = None  # set by the store (the transaction's time); None until written

@@ -208,14 +208,21 @@ def parse_dead_letter_query(params: Params) -> PageRequest:
     return page
 
 
-def parse_malformed_query(params: Params) -> tuple[str | None, PageRequest]:
-    read = _Reader(params, _PAGE | {"reason"})
+@dataclass(frozen=True, slots=True)
+class MalformedQuery:
+    reason: str | None = None
+    include_raw: bool = False  # `?include=raw`: the raw fields, `payload.variables` masked (SPEC §13)
+
+
+def parse_malformed_query(params: Params) -> tuple[MalformedQuery, PageRequest]:
+    read = _Reader(params, _PAGE | {"reason", "include"})
     reason = read.one("reason")
     if reason is not None and not REASON.fullmatch(reason):
         read.problems.append(Problem("reason", "a reason code: 1-64 characters of a-z, 0-9 and _"))
+    include = read.choice("include", ("raw",))
     page = read.page("malformed")
     read.done()
-    return reason, page
+    return MalformedQuery(reason, include_raw=include == "raw"), page
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,3 +83,4 @@ class TemplateInfo:
     locales: tuple[str, ...]  # sorted
     variables: tuple[str, ...]  # every declared name, in manifest order
     required_variables: tuple[str, ...]
+    sensitive: bool = False

@@ -80,6 +80,18 @@ class Body:
 
 
 @dataclass(frozen=True, slots=True)
+class Redaction:
+    """What is left of a sensitive delivery's content once it is terminal (SPEC §13)."""
+
+    redacted_at: datetime
+    mime_sha256: str  # hex, of the MIME message as built and sent
+    mime_bytes: int
+    subject_bytes: int
+    text_bytes: int
+    html_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryDetail:
     """One delivery with everything an operator needs to explain what happened to it."""
 
@@ -91,7 +103,9 @@ class DeliveryDetail:
     attempts: tuple[AttemptView, ...]
     dead_letter: DeadLetterView | None
     resends: tuple[UUID, ...]
-    body: Body | None  # only when asked for
+    body: Body | None  # only when asked for (never once redacted)
+    sensitive: bool = False
+    redaction: Redaction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +129,10 @@ class MalformedItem:
     idempotency_key: str | None
     reason: str
     message: str
-    raw_fields: str  # the stored bytes decoded as UTF-8, undecodable bytes replaced
+    raw_fields: str | None  # only when asked for: decoded, `payload.variables` masked (`domain/raw_fields.py`)
     received_at: datetime
+    replayed_as: UUID | None = None  # the delivery an operator's replay made of it (SPEC §14)
+    replayed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

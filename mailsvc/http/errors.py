@@ -8,7 +8,15 @@ import orjson
 from starlette.responses import Response
 
 from mailsvc.domain.commands import Problem, ValidationFailed
-from mailsvc.errors import DataRefused, IdempotencyConflict, MailsvcError, NotCancellable, NotFound, NotResendable
+from mailsvc.errors import (
+    ContentRedacted,
+    DataRefused,
+    IdempotencyConflict,
+    MailsvcError,
+    NotCancellable,
+    NotFound,
+    NotResendable,
+)
 
 
 class ApiError(Exception):
@@ -66,6 +74,7 @@ _DOMAIN_ERRORS: dict[type[MailsvcError], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     IdempotencyConflict: (409, "idempotency_key_conflict"),
     NotResendable: (409, "not_resendable"),
+    ContentRedacted: (409, "content_redacted"),
     NotCancellable: (409, "not_cancellable"),
 }
 

@@ -183,7 +183,8 @@ def _paths() -> dict[str, Any]:
                     "404": _error("404"),
                     "409": _error(
                         "409",
-                        "`not_resendable` (the delivery is not in a terminal status) or `idempotency_key_conflict` "
+                        "`not_resendable` (the delivery is not in a terminal status), `content_redacted` (it was "
+                        "sensitive: its content was removed when it finished) or `idempotency_key_conflict` "
                         "(the key was used to resend another delivery)",
                     ),
                     "422": _error("422", "invalid Idempotency-Key"),
@@ -295,12 +296,82 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("DeadLetterPage", "one page"), **_READ_ERRORS},
             }
         },
+        f"{PREFIX}/dead-letters/redrive": {
+            "post": {
+                "operationId": "redriveDeadLetters",
+                "summary": "Resend the dead letters a filter selects, each at most once across redrives (audited)",
+                "description": "Oldest first, in bounded batches (each its own transaction), at most `limit`. Redacted "
+                "(sensitive) dead letters and those an earlier redrive resent are skipped and counted. `dry_run` only "
+                "counts and records nothing.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": _KEY_PATTERN},
+                        "description": "a retry with the same key and body answers with the first answer",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref("RedriveRequest")}},
+                },
+                "responses": {
+                    "200": _ok("RedriveResult", "what was (or, with dry_run, would be) redriven"),
+                    "400": _error("400"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "409": _error("409", "`idempotency_key_conflict`: the key answered another request"),
+                    "413": _error("413"),
+                    "422": _error("422"),
+                    "503": _error("503"),
+                },
+            }
+        },
+        f"{PREFIX}/malformed-commands/{{malformed_id}}/replay": {
+            "post": {
+                "operationId": "replayMalformedCommand",
+                "summary": "Accept a malformed stream command again, as recorded or with a corrected payload",
+                "description": "Acceptance as for the stream (source `notification`). The malformed row records the "
+                "delivery it became; a second replay answers with that delivery.",
+                "parameters": [
+                    {
+                        "name": "malformed_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                        "description": "`malformed_id` of GET /malformed-commands",
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": ref("ReplayRequest")}},
+                },
+                "responses": {
+                    "202": _ok("Replayed", "accepted as a new delivery"),
+                    "200": _ok("Replayed", "replayed before (or its key held this request): that delivery"),
+                    "400": _error("400"),
+                    "401": _error("401"),
+                    "403": _error("403"),
+                    "404": _error("404", "no such malformed command"),
+                    "409": _error("409", "`idempotency_key_conflict`: the key holds another request"),
+                    "413": _error("413"),
+                    "422": _error("422", "every problem of the payload (or the record cannot be replayed as is)"),
+                    "503": _error("503"),
+                },
+            }
+        },
         f"{PREFIX}/malformed-commands": {
             "get": {
                 "operationId": "listMalformedCommands",
                 "summary": "Stream commands that could never succeed, newest first",
                 "parameters": [
                     _query("reason", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "one reason code"),
+                    _query(
+                        "include",
+                        {"type": "string", "enum": ["raw"]},
+                        "`raw` adds raw_fields (with `payload.variables` masked)",
+                    ),
                     *_PAGE,
                 ],
                 "responses": {"200": _ok("MalformedCommandPage", "one page"), **_READ_ERRORS},
@@ -339,7 +410,7 @@ def _paths() -> dict[str, Any]:
         f"{PREFIX}/templates": {
             "get": {
                 "operationId": "listTemplates",
-                "summary": "The template catalog: ids, locales, declared variables",
+                "summary": "The template catalog: ids, locales, declared variables, sensitive",
                 "responses": {
                     "200": _ok("TemplateList", "every template"),
                     **{s: _error(s) for s in ("401", "403", "503")},

@@ -90,6 +90,11 @@ SEND_EMAIL: Schema = {
         "headers": STRING_MAP
         | {"maxProperties": MAX_HEADERS, "propertyNames": {"pattern": "^X-"}, "description": "X-* headers only"},
         "tags": STRING_MAP | {"maxProperties": MAX_TAGS, "propertyNames": {"pattern": "^[^:]+$"}},
+        "sensitive": {
+            "type": "boolean",
+            "description": "the content is a secret: redacted once the delivery is terminal (SPEC §13); for a "
+            "template its manifest decides, and true here can only add redaction",
+        },
         "collapse_key": {
             "type": "string",
             "pattern": r"^[A-Za-z0-9._:-]{1,200}$",
@@ -170,7 +175,25 @@ _DETAIL_FIELDS: dict[str, Schema] = {
     "attempts": {"type": "array", "items": ref("Attempt"), "description": "oldest first"},
     "dead_letter": {"oneOf": [{"type": "null"}, ref("DeadLetter")]},
     "resends": {"type": "array", "items": UUID_STR, "description": "ids of the deliveries that resent this one"},
-    "text_body": {"type": "string", "description": "only with ?include=body"},
+    "sensitive": {"type": "boolean", "description": "the content is a secret, redacted once terminal (SPEC §13)"},
+    "redacted": {"type": "boolean", "description": "the content was removed: no subject, no bodies"},
+    "content_digest": {
+        "oneOf": [
+            {"type": "null"},
+            closed(
+                {
+                    "redacted_at": TIMESTAMP,
+                    "mime_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "mime_bytes": {"type": "integer", "minimum": 0},
+                    "subject_bytes": {"type": "integer", "minimum": 0},
+                    "text_bytes": {"type": "integer", "minimum": 0},
+                    "html_bytes": OPT_INT,
+                },
+                description="what is kept of redacted content: the SHA-256 of the MIME message sent, and sizes",
+            ),
+        ]
+    },
+    "text_body": {"type": "string", "description": "only with ?include=body (never once redacted)"},
     "html_body": OPT_STRING | {"description": "only with ?include=body"},
 }
 
@@ -237,11 +260,19 @@ SCHEMAS: dict[str, Schema] = {
             "message": {"type": "string"},
             "raw_fields": {
                 "type": "string",
-                "description": "the entry's fields as received (JSON, at most 64 KiB), decoded as UTF-8 with "
-                "undecodable bytes replaced by U+FFFD",
+                "description": "only with ?include=raw: the entry's fields as received (JSON, at most 64 KiB), "
+                "decoded as UTF-8 with undecodable bytes replaced by U+FFFD; each value of `payload.variables` is "
+                "masked as `***` (SPEC §13)",
             },
             "received_at": TIMESTAMP,
-        }
+            "replayed_as": {
+                "type": ["string", "null"],
+                "format": "uuid",
+                "description": "the delivery a replay made of it",
+            },
+            "replayed_at": OPT_TIMESTAMP,
+        },
+        optional=("raw_fields",),
     ),
     "Template": closed(
         {
@@ -251,6 +282,7 @@ SCHEMAS: dict[str, Schema] = {
             "locales": {"type": "array", "items": {"type": "string"}},
             "variables": {"type": "array", "items": {"type": "string"}},
             "required_variables": {"type": "array", "items": {"type": "string"}},
+            "sensitive": {"type": "boolean", "description": "its deliveries are redacted once terminal (SPEC §13)"},
         }
     ),
     "Event": closed(
@@ -344,6 +376,70 @@ SCHEMAS: dict[str, Schema] = {
         description="the SMTP provider's shared state (SPEC §12)",
     ),
     "OperatorActionPage": page_of("OperatorAction"),
+    "RedriveRequest": {
+        "type": "object",
+        "properties": {
+            "filter": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string", "enum": ["permanent_failure", "attempts_exhausted", "expired"]},
+                    "source": {"type": "string", "enum": list(SOURCES)},
+                    "template": {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$"},
+                    "created_after": TIMESTAMP | {"description": "dead-lettered at or after"},
+                    "created_before": TIMESTAMP | {"description": "dead-lettered before"},
+                    "recipient_domain": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 253,
+                        "pattern": "^[^@]+$",
+                        "description": "any recipient at this domain (case-insensitive)",
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+            "dry_run": {"type": "boolean", "default": False},
+            "note": {"type": "string", "maxLength": 1000},
+        },
+        "additionalProperties": False,
+    },
+    "ReplayRequest": {
+        "type": "object",
+        "properties": {
+            "payload": {"type": "object", "description": "a corrected `send_email` payload; default: the recorded one"},
+            "idempotency_key": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9._:-]{1,200}$",
+                "description": "default: the recorded key (or the stream entry id)",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Replayed": closed(
+        {
+            "delivery_id": UUID_STR,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "malformed_id": {"type": "integer"},
+            "idempotent_replay": {"type": "boolean", "description": "an earlier replay's (or the key's) delivery"},
+        }
+    ),
+    "RedriveResult": closed(
+        {
+            "action_id": {"type": ["string", "null"], "format": "uuid", "description": "null for a dry run"},
+            "dry_run": {"type": "boolean"},
+            "idempotent_replay": {"type": "boolean", "description": "the answer recorded for this Idempotency-Key"},
+            "matched": {"type": "integer", "minimum": 0, "description": "dead letters the filter selects"},
+            "redriven": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "resent now (a dry run: that would be), at most `limit`",
+            },
+            "skipped": {"type": "integer", "minimum": 0, "description": "skipped_redacted + skipped_already_redriven"},
+            "skipped_redacted": {"type": "integer", "minimum": 0},
+            "skipped_already_redriven": {"type": "integer", "minimum": 0},
+            "remaining": {"type": "integer", "minimum": 0, "description": "redrivable, left for another run"},
+        }
+    ),
     "DeliveryPage": page_of("DeliveryItem"),
     "DeadLetterPage": page_of("DeadLetterItem"),
     "MalformedCommandPage": page_of("MalformedCommand"),

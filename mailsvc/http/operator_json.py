@@ -15,6 +15,7 @@ from mailsvc.domain.views import (
     DeliverySummary,
     MalformedItem,
     RecipientView,
+    Redaction,
 )
 
 
@@ -99,10 +100,24 @@ def detail_json(d: DeliveryDetail) -> dict[str, Any]:
             "created_at": timestamp(d.dead_letter.created_at),
         },
         resends=[str(r) for r in d.resends],
+        sensitive=d.sensitive,
+        redacted=d.redaction is not None,
+        content_digest=None if d.redaction is None else _redaction(d.redaction),
     )
     if d.body is not None:
         body.update(text_body=d.body.text, html_body=d.body.html)
     return body
+
+
+def _redaction(r: Redaction) -> dict[str, Any]:
+    return {
+        "redacted_at": timestamp(r.redacted_at),
+        "mime_sha256": r.mime_sha256,
+        "mime_bytes": r.mime_bytes,
+        "subject_bytes": r.subject_bytes,
+        "text_bytes": r.text_bytes,
+        "html_bytes": r.html_bytes,
+    }
 
 
 def dead_letter_json(d: DeadLetterItem) -> dict[str, Any]:
@@ -120,16 +135,20 @@ def dead_letter_json(d: DeadLetterItem) -> dict[str, Any]:
 
 
 def malformed_json(m: MalformedItem) -> dict[str, Any]:
-    return {
+    body = {
         "malformed_id": m.malformed_id,
         "stream_key": m.stream_key,
         "stream_entry_id": m.stream_entry_id,
         "idempotency_key": m.idempotency_key,
         "reason": m.reason,
         "message": m.message,
-        "raw_fields": m.raw_fields,
         "received_at": timestamp(m.received_at),
+        "replayed_as": None if m.replayed_as is None else str(m.replayed_as),
+        "replayed_at": timestamp(m.replayed_at),
     }
+    if m.raw_fields is not None:
+        body["raw_fields"] = m.raw_fields
+    return body
 
 
 def template_json(t: TemplateInfo) -> dict[str, Any]:
@@ -140,6 +159,7 @@ def template_json(t: TemplateInfo) -> dict[str, Any]:
         "locales": list(t.locales),
         "variables": list(t.variables),
         "required_variables": list(t.required_variables),
+        "sensitive": t.sensitive,
     }
 
 

@@ -8,7 +8,7 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -64,6 +64,7 @@ class AcceptanceService:
         clock: Clock = utc_now,
         instruments: Instruments = NO_INSTRUMENTS,
         loop_share: LoopShare | None = None,
+        dev_outbox: Callable[[UUID, bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -78,6 +79,9 @@ class AcceptanceService:
         self.instruments = instruments
         # stream batches are prepared in slices that give way to the single acceptances in flight
         self.loop_share = loop_share or LoopShare()
+        # stub mode with an outbox (SPEC §4): an auth delivery suppressed at the door is written
+        # there too, so a developer sees the login code; it stays `suppressed`
+        self.dev_outbox = dev_outbox
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -85,9 +89,11 @@ class AcceptanceService:
         """Render a validated request once; raise `TemplateError` for template problems, and
         `ValidationFailed` (`render_too_large`) for raw bodies over `max_rendered_bytes`."""
         if request.template is not None:
-            return self.renderer.render(
+            content = self.renderer.render(
                 request.template, request.locale, request.variables, max_bytes=self.max_rendered_bytes
             )
+            # the manifest decides; a command may only add redaction, never turn it off (SPEC §2)
+            return replace(content, sensitive=True) if request.sensitive else content
         assert request.subject is not None
         assert request.text is not None
         limit = self.max_rendered_bytes
@@ -98,7 +104,9 @@ class AcceptanceService:
         ]
         if oversized:
             raise ValidationFailed(oversized, reason="render_too_large")
-        return RenderedContent(subject=request.subject, text=request.text, html=request.html)
+        return RenderedContent(
+            subject=request.subject, text=request.text, html=request.html, sensitive=request.sensitive
+        )
 
     def prepare(
         self,
@@ -216,7 +224,20 @@ class AcceptanceService:
             self._count_finished([outcome])
             if outcome.status == "queued":
                 self.wake_scheduler()
+            if outcome.status == "suppressed" and prepared.source == "auth" and self.suppress_auth:
+                await self._to_dev_outbox(prepared)
         return Accepted(outcome.delivery_id, outcome.status, idempotent_replay=outcome.kind == "duplicate")
+
+    async def _to_dev_outbox(self, prepared: NewDelivery) -> None:
+        if self.dev_outbox is None:
+            return
+        try:
+            await self.dev_outbox(prepared.delivery_id, prepared.mime)
+        except OSError as exc:  # the delivery is committed: a full disk in dev mode is only logged
+            log.warning(
+                "dev_outbox_write_failed",
+                extra={"delivery_id": str(prepared.delivery_id), "error_class": type(exc).__name__},
+            )
 
     def _count_finished(self, outcomes: Iterable[KeyOutcome]) -> None:
         """Deliveries that became terminal at acceptance: suppressed at the door, and the queued

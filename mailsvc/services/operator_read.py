@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 from uuid import UUID
 
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.domain.operator_query import DeliveryFilter, Keyset, ListKind, PageRequest, encode_cursor
+from mailsvc.domain.operator_query import DeliveryFilter, Keyset, ListKind, MalformedQuery, PageRequest, encode_cursor
 from mailsvc.domain.templates import TemplateInfo
 from mailsvc.domain.views import (
     AttemptView,
@@ -32,7 +32,7 @@ class OperatorReadStore(Protocol):
 
     async def list_dead_letters(self, page: PageRequest) -> list[DeadLetterItem]: ...
 
-    async def list_malformed(self, reason: str | None, page: PageRequest) -> list[MalformedItem]: ...
+    async def list_malformed(self, query: MalformedQuery, page: PageRequest) -> list[MalformedItem]: ...
 
     async def list_operator_actions(self, kind: str | None, page: PageRequest) -> list[OperatorAction]: ...
 
@@ -87,8 +87,8 @@ class OperatorReadService:
         rows = await self.store.list_dead_letters(_one_more(page))
         return _page("dead_letters", rows, page.limit, lambda d: (d.created_at, str(d.delivery_id)))
 
-    async def malformed_commands(self, reason: str | None, page: PageRequest) -> Page[MalformedItem]:
-        rows = await self.store.list_malformed(reason, _one_more(page))
+    async def malformed_commands(self, query: MalformedQuery, page: PageRequest) -> Page[MalformedItem]:
+        rows = await self.store.list_malformed(query, _one_more(page))
         return _page("malformed", rows, page.limit, lambda m: (m.received_at, str(m.malformed_id)))
 
     async def operator_actions(self, kind: str | None, page: PageRequest) -> Page[OperatorAction]:

@@ -15,9 +15,10 @@ from typing import Protocol
 from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, request_hash
+from mailsvc.domain.intake import NewDelivery
 from mailsvc.domain.model import TERMINAL_STATUSES, RenderedContent, ResendSource
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.errors import NotFound, NotResendable
+from mailsvc.errors import ContentRedacted, NotFound, NotResendable
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.acceptance_types import Accepted
 
@@ -47,14 +48,31 @@ class ResendService:
         A created resend records its operator action (by `actor`) in the same transaction; a replay
         records nothing, since it wrote nothing.
 
-        Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet),
+        Raises `NotFound` (no such delivery), `NotResendable` (not terminal yet), `ContentRedacted`
+        (a sensitive delivery: its content is gone, the producer must issue a new one),
         `IdempotencyConflict` (key used to resend another delivery), `StoreUnavailable`.
         """
         source = await self.sources.load_resend_source(delivery_id)
         if source is None:
             raise NotFound(f"no delivery {delivery_id}")
+        prepared = self.prepare(source, idempotency_key or generated_key())
+        action = OperatorAction(
+            "resend",
+            actor,
+            target={"delivery_id": str(delivery_id), "resend_delivery_id": str(prepared.delivery_id)},
+            counts={"resent": 1},
+        )
+        prepared = replace(prepared, operator_action=action)
+        return Resent(await self.acceptance.persist_one(prepared), delivery_id)
+
+    def prepare(self, source: ResendSource, idempotency_key: str) -> NewDelivery:
+        """The new delivery resending `source` (CPU only, nothing written). Raises `NotResendable`
+        (not terminal yet) or `ContentRedacted` (sensitive: its content is gone)."""
+        delivery_id = source.delivery_id
         if source.status not in TERMINAL_STATUSES:
             raise NotResendable(f"delivery {delivery_id} is {source.status}; only a finished delivery can be resent")
+        if source.redacted or source.subject is None or source.text is None:
+            raise ContentRedacted(f"delivery {delivery_id} was sensitive: its content was removed when it finished")
         request = SendRequest(
             recipients=source.recipients,
             reply_to=source.reply_to,
@@ -71,19 +89,11 @@ class ResendService:
             locale=source.locale,
             template_digest=source.template_digest,
         )
-        prepared = self.acceptance.build(
+        return self.acceptance.build(
             "resend",
-            idempotency_key or generated_key(),
+            idempotency_key,
             request_hash({"resend_of": str(delivery_id)}),
             request,
             content,
             resend_of=delivery_id,
         )
-        action = OperatorAction(
-            "resend",
-            actor,
-            target={"delivery_id": str(delivery_id), "resend_delivery_id": str(prepared.delivery_id)},
-            counts={"resent": 1},
-        )
-        prepared = replace(prepared, operator_action=action)
-        return Resent(await self.acceptance.persist_one(prepared), delivery_id)

@@ -3,7 +3,7 @@ HTTP acceptance — where `mail.delivery.latency` starts (SPEC §8). NULL for de
 before this revision (they are not measured).
 
 Revision ID: 0009
-Revises: 0007 (was 0005; re-chained onto main's head when main was merged in)
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

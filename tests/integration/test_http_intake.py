@@ -357,8 +357,9 @@ def _header_names(mime: bytes) -> list[str]:
 @pytest.mark.parametrize(
     ("template", "variables"),
     [
-        ("auth.login_code", {"code": "123\r\nBcc: x@evil.example", "expires_in_minutes": 10}),
-        ("auth.login_code", {"code": "123\nBcc: x@evil.example\n\nbody", "expires_in_minutes": 10}),
+        # (a login code's MIME is redacted once suppressed: the same subject line, non-sensitive)
+        ("notification.generic", {"title": "123\r\nBcc: x@evil.example", "body": "b"}),
+        ("notification.generic", {"title": "123\nBcc: x@evil.example\n\nbody", "body": "b"}),
         ("notification.generic", {"title": "Hi\r\nBcc: x@evil.example\r\nX-Evil: 1", "body": "b"}),
         ("notification.generic", {"title": "Hi\u2028Bcc: x@evil.example\x85X-Evil: 1", "body": "b"}),
     ],

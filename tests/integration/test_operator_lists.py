@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from mailsvc.adapters.templates import TemplateCatalog
-from tests.support.infra import PostgresServer, unique_name
-from tests.support.operator_api import API, REPO_TEMPLATES, collect, in_process, operator_env
+from tests.support.infra import PostgresServer, unique_name, wait_until
+from tests.support.operator_api import API, REPO_TEMPLATES, collect, in_process, operator_env, xadd_command
 
 
 async def add_malformed(dsn: str, rows: list[tuple[str, bytes, datetime]]) -> None:
@@ -42,11 +44,14 @@ async def test_malformed_commands_newest_first_filtered_by_reason(database_dsn: 
         everything = await collect(api, "/malformed-commands", limit=4)
         encoding = await collect(api, "/malformed-commands", [("reason", "invalid_encoding")], limit=3)
         nothing = await collect(api, "/malformed-commands", [("reason", "unknown_type")])
+        with_raw = await collect(api, "/malformed-commands", [("include", "raw")], limit=7)
     assert [m["stream_entry_id"] for m in everything] == [f"{n}-0" for n in reversed(range(30))]
     assert [m["stream_entry_id"] for m in encoding] == [f"{n}-0" for n in reversed(range(30)) if n % 3 == 0]
     assert nothing == []
+    assert not any("raw_fields" in m for m in everything)  # only when asked for (SPEC §13)
+    assert [m["stream_entry_id"] for m in with_raw] == [m["stream_entry_id"] for m in everything]
     first = everything[-1]
-    assert first["raw_fields"] == '{"payload": "\ufffd\ufffd broken 0"}'
+    assert with_raw[-1]["raw_fields"] == '{"payload": "\ufffd\ufffd broken 0"}'
     assert first["reason"] == "invalid_encoding"
     assert first["message"] == "why"
     assert first["idempotency_key"] is None
@@ -132,3 +137,29 @@ async def test_operator_routes_need_an_operator_token_when_tokens_are_set(databa
             assert intake.json()["error"]["code"] == "forbidden"
             operator = await api.get(API + path, headers={"Authorization": "Bearer operator-secret"})
             assert operator.status_code == 200, path
+
+
+async def test_raw_fields_only_on_request_and_never_with_the_variables(database_dsn: str, redis_addr: str) -> None:
+    code = f"{secrets.randbelow(10**9):09d}"
+    env = operator_env(database_dsn, redis_addr)
+    async with in_process(env) as api:
+        payload = {"to": ["ann@example.com"], "template": "auth.login_code", "variables": {"code": code}}
+        await xadd_command(redis_addr, env["MAIL_REDIS_COMMAND_STREAM"], payload, key="missing-one")
+        await wait_until(lambda: _listed(api), what="the command recorded as malformed (expires_in_minutes is missing)")
+        plain = await api.get(f"{API}/malformed-commands")
+        raw = await api.get(f"{API}/malformed-commands", params={"include": "raw"})
+        refused = await api.get(f"{API}/malformed-commands", params={"include": "body"})
+    assert refused.status_code == 422
+    (item,) = plain.json()["items"]
+    assert "raw_fields" not in item
+    assert item["reason"] == "missing_variables"
+    assert code not in plain.text
+    assert code not in raw.text
+    (shown,) = raw.json()["items"]
+    recorded = orjson.loads(shown["raw_fields"])
+    assert recorded["idempotency_key"] == "missing-one"
+    assert orjson.loads(recorded["payload"]) == {**payload, "variables": {"code": "***"}}
+
+
+async def _listed(api: httpx.AsyncClient) -> bool:
+    return bool((await api.get(f"{API}/malformed-commands")).json()["items"])

@@ -293,6 +293,7 @@ async def test_detail_has_recipients_attempts_dead_letter_and_optionally_the_bod
     detail = (await api.get(f"{API}/deliveries/{delivery_id}")).json()
     assert set(detail) == ITEM_FIELDS | {
         "subject", "reply_to", "headers", "recipients", "attempts", "dead_letter", "resends",
+        "sensitive", "redacted", "content_digest",
     }  # fmt: skip
     assert [(r["kind"], r["address"], r["name"], r["outcome"]) for r in detail["recipients"]] == [
         tuple(r) for r in recipients

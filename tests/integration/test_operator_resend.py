@@ -113,14 +113,10 @@ async def test_same_key_replays_and_another_original_conflicts(
     assert len(detail["resends"]) == 3
 
 
-async def test_suppressed_auth_delivery_can_be_resent(api: httpx.AsyncClient) -> None:
+async def test_suppressed_auth_delivery_can_be_resent_unless_sensitive(api: httpx.AsyncClient) -> None:
     submitted = await api.post(
         f"{API}/deliveries",
-        json={
-            "to": ["bob@example.com"],
-            "template": "auth.login_code",
-            "variables": {"code": "123456", "expires_in_minutes": 10},
-        },
+        json={"to": ["bob@example.com"], "subject": "Welcome", "text": "Glad you are here."},
         headers={"Idempotency-Key": "auth-1"},
     )
     assert submitted.status_code == 202
@@ -128,7 +124,21 @@ async def test_suppressed_auth_delivery_can_be_resent(api: httpx.AsyncClient) ->
     response = await api.post(f"{API}/deliveries/{submitted.json()['delivery_id']}/resend")
     assert response.status_code == 202
     resent = await wait_for_status(api, response.json()["delivery_id"], "sent")
-    assert resent["template"] == "auth.login_code"
+    assert resent["subject"] == "Welcome"
+
+    # a login code is sensitive: gone once suppressed, and never sent again (SPEC §13)
+    code = await api.post(
+        f"{API}/deliveries",
+        json={
+            "to": ["bob@example.com"],
+            "template": "auth.login_code",
+            "variables": {"code": "123456", "expires_in_minutes": 10},
+        },
+        headers={"Idempotency-Key": "auth-2"},
+    )
+    refused = await api.post(f"{API}/deliveries/{code.json()['delivery_id']}/resend")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "content_redacted"
 
 
 async def test_only_terminal_deliveries_can_be_resent(

@@ -114,12 +114,13 @@ async def test_thousand_commands_give_exactly_the_expected_outcomes(
         assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'suppressed'") == 0
         assert await db.fetchval("SELECT count(*) FROM delivery_payloads") == len(expected_keys)
         # rendered once, at acceptance, in the requested locale, traceable to the template version
+        # (a login code: its subject is redacted once sent, SPEC §13 — its size stays)
         row = await db.fetchrow(
-            "SELECT d.locale, d.template_digest, p.subject FROM deliveries d JOIN delivery_payloads p USING "
-            "(delivery_id) WHERE d.idempotency_key = 'key-1'"
+            "SELECT d.locale, d.template_digest, coalesce(octet_length(p.subject), p.subject_bytes) AS size "
+            "FROM deliveries d JOIN delivery_payloads p USING (delivery_id) WHERE d.idempotency_key = 'key-1'"
         )
         assert row is not None
-        assert (row["locale"], row["subject"]) == ("pt-BR", "000001 é o seu código de acesso")
+        assert (row["locale"], row["size"]) == ("pt-BR", len("000001 é o seu código de acesso".encode()))
         assert row["template_digest"]
         conflict = await db.fetchrow(
             "SELECT idempotency_key, raw_fields FROM malformed_commands WHERE reason = 'idempotency_conflict' LIMIT 1"

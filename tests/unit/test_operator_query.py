@@ -13,6 +13,7 @@ from mailsvc.domain.operator_query import (
     DEFAULT_LIMIT,
     DeliveryFilter,
     Keyset,
+    MalformedQuery,
     PageRequest,
     Params,
     decode_cursor,
@@ -63,7 +64,8 @@ def test_foreign_or_forged_cursors_are_refused(cursor: str) -> None:
 def test_no_parameters_mean_the_newest_page() -> None:
     assert parse_delivery_query({}) == (DeliveryFilter(), PageRequest(DEFAULT_LIMIT, None))
     assert parse_dead_letter_query({}) == PageRequest()
-    assert parse_malformed_query({"reason": ["invalid_json"]}) == ("invalid_json", PageRequest())
+    assert parse_malformed_query({"reason": ["invalid_json"]}) == (MalformedQuery("invalid_json"), PageRequest())
+    assert parse_malformed_query({"include": ["raw"]}) == (MalformedQuery(include_raw=True), PageRequest())
     assert parse_include({}) is False
     assert parse_include({"include": ["body"]}) is True
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.operator_actions import record_actions
+from mailsvc.adapters.postgres.redaction import redact, redact_sql
 from mailsvc.domain import transitions
 from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
 from mailsvc.domain.operator_actions import OperatorAction
@@ -119,9 +120,10 @@ _LOCK_COLLAPSE_KEYS = text(
 
 # Every queued, unclaimed delivery of a winner's (source, collapse key) — older acceptances and
 # earlier ones of this batch — is superseded by it: its queue row goes (a claim holding the row
-# wins: the row is left to finish), its final state and its event are written, in one statement.
+# wins: the row is left to finish), its final state, its event and its redaction (SPEC §13) are written,
+# in one statement.
 _SUPERSEDE = text(
-    """
+    f"""
     WITH w AS (
         SELECT * FROM unnest(
             CAST(:sources AS text[]), CAST(:keys AS text[]), CAST(:winners AS uuid[]),
@@ -140,6 +142,7 @@ _SUPERSEDE = text(
         RETURNING d.delivery_id, g.winner
     ), events AS (
         INSERT INTO delivery_events (delivery_id, type, data) SELECT delivery_id, et, CAST(ed AS jsonb) FROM gone
+    ), redacted AS ({redact_sql("SELECT delivery_id FROM ended")}
     )
     SELECT winner, count(*) AS superseded FROM ended GROUP BY winner
     """
@@ -147,9 +150,9 @@ _SUPERSEDE = text(
 
 # A cancel (SPEC §12) wins or loses against a claim by the queue row's lock: the DELETE takes only
 # an unclaimed row, and a claim's `FOR UPDATE SKIP LOCKED` skips a row being deleted — exactly one
-# of them gets it. The end state and the event are written by the same statement.
+# of them gets it. The end state, the event and the redaction (SPEC §13) are written by the same statement.
 CANCEL = text(
-    """
+    f"""
     WITH c AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:event_types AS text[]), CAST(:event_data AS text[]))
             AS c(id, et, ed)
@@ -164,6 +167,7 @@ CANCEL = text(
         RETURNING d.delivery_id
     ), events AS (
         INSERT INTO delivery_events (delivery_id, type, data) SELECT delivery_id, et, CAST(ed AS jsonb) FROM gone
+    ), redacted AS ({redact_sql("SELECT delivery_id FROM ended")}
     )
     SELECT delivery_id FROM ended
     """
@@ -180,11 +184,11 @@ _CANCEL_TARGETS = text(
 
 _INSERT_PAYLOADS = text(
     """
-    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime)
-    SELECT id, s, t, h, r, CAST(hd AS jsonb), m FROM unnest(
+    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime, sensitive)
+    SELECT id, s, t, h, r, CAST(hd AS jsonb), m, sn FROM unnest(
         CAST(:ids AS uuid[]), CAST(:subjects AS text[]), CAST(:texts AS text[]), CAST(:htmls AS text[]),
-        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]))
-        AS p(id, s, t, h, r, hd, m)
+        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]), CAST(:sensitive AS boolean[]))
+        AS p(id, s, t, h, r, hd, m, sn)
     """
 )
 
@@ -231,40 +235,66 @@ class IntakeStore:
         """
         # straight through asyncpg: SQLAlchemy's execution layer cost more CPU than the statements
         async with unavailable_as_domain_error(), driver_transaction(self.engine) as conn:
-            outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
-            positions = [i for i, o in enumerate(outcomes) if o.kind == "created"]
-            created = [deliveries[i] for i in positions]
-            if created:
-                created = await self._check_suppressions(conn, created)
-                collapsing = [d for d in created if d.status == "queued" and d.collapse_key is not None]
-                if collapsing:
-                    await self._lock_collapse_keys(conn, collapsing)
-                await self._insert_deliveries(conn, created)
-                superseded = await self._supersede(conn, collapsing) if collapsing else {}
-                for index, d in zip(positions, created, strict=True):
-                    count = superseded.get(d.delivery_id, 0)
-                    if count or d.status != outcomes[index].status:  # suppressed at the door, or collapsing
-                        outcomes[index] = replace(outcomes[index], status=d.status, superseded=count)
-                await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
-            judged = [
-                _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
+            return await self.write(
+                conn,
+                deliveries,
+                malformed,
+                stream_key=stream_key,
+                offset=offset,
+                idempotency_ttl=idempotency_ttl,
+                cancels=cancels,
+                cancel_outcomes=cancel_outcomes,
+            )
+
+    async def write(
+        self,
+        conn: DriverConnection,
+        deliveries: Sequence[NewDelivery],
+        malformed: Sequence[MalformedCommand],
+        *,
+        stream_key: str,
+        offset: OffsetAdvance | None,
+        idempotency_ttl: timedelta,
+        cancels: Sequence[CancelCommand] = (),
+        cancel_outcomes: list[CancelOutcome] | None = None,
+    ) -> list[KeyOutcome]:
+        """`accept` within the caller's transaction (a redrive marks its dead letters in the same one)."""
+        outcomes = await self._claim_keys(conn, deliveries, idempotency_ttl) if deliveries else []
+        positions = [i for i, o in enumerate(outcomes) if o.kind == "created"]
+        created = [deliveries[i] for i in positions]
+        if created:
+            created = await self._check_suppressions(conn, created)
+            collapsing = [d for d in created if d.status == "queued" and d.collapse_key is not None]
+            if collapsing:
+                await self._lock_collapse_keys(conn, collapsing)
+            await self._insert_deliveries(conn, created)
+            superseded = await self._supersede(conn, collapsing) if collapsing else {}
+            for index, d in zip(positions, created, strict=True):
+                count = superseded.get(d.delivery_id, 0)
+                if count or d.status != outcomes[index].status:  # suppressed at the door, or collapsing
+                    outcomes[index] = replace(outcomes[index], status=d.status, superseded=count)
+            await record_actions(conn, [d.operator_action for d in created if d.operator_action is not None])
+            # suppressed at the door: terminal in this transaction, so redacted in it (SPEC §13)
+            await redact(conn, [d.delivery_id for d in created if d.content.sensitive and d.status != "queued"])
+        judged = [
+            _malformed(d, o) for d, o in zip(deliveries, outcomes, strict=True) if o.kind in ("conflict", "refused")
+        ]
+        conflicts = [m for m in judged if m is not None]
+        if cancels:
+            applied = await self._cancel_commands(conn, cancels, deliveries, outcomes)
+            if cancel_outcomes is not None:
+                cancel_outcomes.extend(applied)
+            conflicts += [
+                _cancel_malformed(command, outcome)
+                for command, outcome in zip(cancels, applied, strict=True)
+                if outcome.kind != "cancelled"
             ]
-            conflicts = [m for m in judged if m is not None]
-            if cancels:
-                applied = await self._cancel_commands(conn, cancels, deliveries, outcomes)
-                if cancel_outcomes is not None:
-                    cancel_outcomes.extend(applied)
-                conflicts += [
-                    _cancel_malformed(command, outcome)
-                    for command, outcome in zip(cancels, applied, strict=True)
-                    if outcome.kind != "cancelled"
-                ]
-            if malformed or conflicts:
-                await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
-            if offset is not None:
-                await self._advance(conn, offset)
-            if any(d.status == "queued" for d in created):
-                await conn.execute(_NOTIFY)
+        if malformed or conflicts:
+            await self._insert_malformed(conn, stream_key, [*malformed, *conflicts])
+        if offset is not None:
+            await self._advance(conn, offset)
+        if any(d.status == "queued" for d in created):
+            await conn.execute(_NOTIFY)
         return outcomes
 
     async def _claim_keys(
@@ -488,6 +518,7 @@ class IntakeStore:
                     "reply_tos": [_reply_to(d) for d in chunk],
                     "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
                     "mimes": [d.mime for d in chunk],
+                    "sensitive": [d.content.sensitive for d in chunk],
                 },
             )
 

@@ -25,10 +25,11 @@ from mailsvc.domain.operator_actions import OperatorAction
 
 _INSERT_ACTIONS = text(
     """
-    INSERT INTO operator_actions (action_id, kind, actor, target, filter, counts, note)
-    SELECT id, k, a, CAST(t AS jsonb), CAST(f AS jsonb), CAST(c AS jsonb), n FROM unnest(
+    INSERT INTO operator_actions (action_id, kind, actor, target, filter, counts, note, idempotency_key, request_hash)
+    SELECT id, k, a, CAST(t AS jsonb), CAST(f AS jsonb), CAST(c AS jsonb), n, ik, rh FROM unnest(
         CAST(:ids AS uuid[]), CAST(:kinds AS text[]), CAST(:actors AS text[]), CAST(:targets AS text[]),
-        CAST(:filters AS text[]), CAST(:counts AS text[]), CAST(:notes AS text[])) AS x(id, k, a, t, f, c, n)
+        CAST(:filters AS text[]), CAST(:counts AS text[]), CAST(:notes AS text[]), CAST(:keys AS text[]),
+        CAST(:hashes AS bytea[])) AS x(id, k, a, t, f, c, n, ik, rh)
     """
 )
 
@@ -52,5 +53,7 @@ async def record_actions(conn: DriverConnection | AsyncConnection, actions: Sequ
             "filters": [_json(None if a.filter is None else dict(a.filter)) for a in actions],
             "counts": [_json(None if a.counts is None else dict(a.counts)) for a in actions],
             "notes": [a.note for a in actions],
+            "keys": [a.idempotency_key for a in actions],
+            "hashes": [a.request_hash for a in actions],
         },
     )

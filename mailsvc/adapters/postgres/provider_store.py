@@ -1,4 +1,4 @@
-"""The provider's shared state row (migration 0007) as the operator sees and resets it (SPEC §12).
+"""The provider's shared state row (migration 0008) as the operator sees and resets it (SPEC §12).
 
 The hot paths (the claim's gate and bucket, the results' pause and resume) live in `queue_store`,
 inside the statements that claim and finish; this is the rest: read it, resume it.

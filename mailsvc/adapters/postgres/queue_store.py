@@ -23,6 +23,7 @@ from mailsvc.adapters.postgres.db import (
     driver_transaction,
     unavailable_as_domain_error,
 )
+from mailsvc.adapters.postgres.redaction import redact_sql
 from mailsvc.domain import transitions
 from mailsvc.domain.model import ClaimedDelivery, StaleRecovery
 from mailsvc.domain.provider import (
@@ -38,7 +39,7 @@ from mailsvc.domain.transitions import AttemptRecord
 # A delivery that is not terminal has one row in `delivery_queue` (migration 0004): claims, retries,
 # recovery and releases touch only that narrow row; `deliveries` itself is written at the end.
 
-# The provider's state row (migration 0007) gates every claim in the same statement, so pausing
+# The provider's state row (migration 0008) gates every claim in the same statement, so pausing
 # costs the hot path no round trip: while paused, `probe` lets one claim per probe interval through
 # (the row's `UPDATE … WHERE next_probe_at <= now()` decides it, so replicas agree), and only when
 # something is due. A missing row reads as sending.
@@ -138,8 +139,9 @@ _PROVIDER_UPDATE = f"""
 # One statement per batch of results, each fenced by its claim token: a retry updates the queue row,
 # an end deletes it and writes the delivery's final state, and every result writes its attempt (and
 # dead letter, recipients' outcomes) — a late record for a re-claimed delivery writes nothing at all.
+# An end also redacts a sensitive delivery's content (SPEC §13), in the same statement.
 _FINISH = text(
-    """
+    f"""
     WITH r AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:statuses AS text[]),
@@ -168,6 +170,7 @@ _FINISH = text(
             finished_at = r.fin
         FROM ended e JOIN r ON r.id = e.delivery_id AND r.token = e.token
         WHERE d.delivery_id = e.delivery_id
+    ), redacted AS ({redact_sql("SELECT delivery_id FROM ended")}
     ), applied AS (
         SELECT delivery_id, token FROM retried UNION ALL SELECT delivery_id, token FROM ended
     ), attempt_rows AS (
@@ -208,7 +211,7 @@ _FINISH = text(
             SET reason = 'hard_bounce', delivery_id = EXCLUDED.delivery_id, note = NULL,
                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
             WHERE s.reason = 'hard_bounce' OR s.expires_at <= EXCLUDED.created_at
-    ), provider AS ({provider}
+    ), provider AS ({{provider}}
     )
     SELECT delivery_id, NULL AS state, NULL AS reason FROM applied
     UNION ALL SELECT NULL, state, reason FROM provider WHERE changed

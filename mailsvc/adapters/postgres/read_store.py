@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
 from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
 from mailsvc.domain.operator_actions import OperatorAction
-from mailsvc.domain.operator_query import DeliveryFilter, Keyset, PageRequest
+from mailsvc.domain.operator_query import DeliveryFilter, Keyset, MalformedQuery, PageRequest
+from mailsvc.domain.raw_fields import masked_raw_fields
 from mailsvc.domain.views import (
     AttemptView,
     Body,
@@ -29,6 +30,7 @@ from mailsvc.domain.views import (
     DeliverySummary,
     MalformedItem,
     RecipientView,
+    Redaction,
 )
 
 # Read from `delivery_states` (migration 0004): the delivery as the API shows it, `sending` while its
@@ -63,7 +65,8 @@ _LIST_DELIVERIES = """
 DETAIL = text(
     f"""
     SELECT {_COLUMNS},
-           p.subject, p.reply_to, p.headers,
+           p.subject, p.reply_to, p.headers, p.sensitive, p.redacted_at, p.mime_sha256, p.mime_bytes,
+           p.subject_bytes, p.text_bytes, p.html_bytes,
            CASE WHEN CAST(:body AS boolean) THEN p.text_body END AS text_body,
            CASE WHEN CAST(:body AS boolean) THEN p.html_body END AS html_body,
            dl.reason AS dead_reason, dl.last_error AS dead_error, dl.created_at AS dead_at,
@@ -94,8 +97,9 @@ _DEAD_LETTERS = """
 """
 
 _MALFORMED = """
-    SELECT m.malformed_id, m.stream_key, m.stream_entry_id, m.idempotency_key, m.reason, m.message, m.raw_fields,
-           m.received_at
+    SELECT m.malformed_id, m.stream_key, m.stream_entry_id, m.idempotency_key, m.reason, m.message,
+           CASE WHEN CAST(:raw AS boolean) THEN m.raw_fields END AS raw_fields, m.received_at, m.replayed_as,
+           m.replayed_at
     FROM malformed_commands m
     {where}
     ORDER BY m.received_at DESC, m.malformed_id DESC
@@ -110,12 +114,14 @@ _OPERATOR_ACTIONS = """
     LIMIT :limit
 """
 
-_RESEND_SOURCE = text(
-    """
-    SELECT d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
-           p.subject, p.text_body, p.html_body, p.reply_to, p.headers,
+# what a resend copies (a redrive reads the same, for many: `redrive_store.py`)
+RESEND_SOURCE_COLUMNS = """d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
+           p.subject, p.text_body, p.html_body, p.reply_to, p.headers, p.redacted_at,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name)
-                 FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients
+                 FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients"""
+_RESEND_SOURCE = text(
+    f"""
+    SELECT {RESEND_SOURCE_COLUMNS}
     FROM delivery_states d JOIN delivery_payloads p ON p.delivery_id = d.delivery_id
     WHERE d.delivery_id = :id
     """
@@ -206,6 +212,17 @@ class ReadStore:
             dead_letter=dead,
             resends=tuple(row.resends),
             body=body,
+            sensitive=bool(row.sensitive),
+            redaction=None
+            if row.redacted_at is None
+            else Redaction(
+                redacted_at=row.redacted_at,
+                mime_sha256=bytes(row.mime_sha256).hex(),
+                mime_bytes=row.mime_bytes,
+                subject_bytes=row.subject_bytes,
+                text_bytes=row.text_bytes,
+                html_bytes=row.html_bytes,
+            ),
         )
 
     async def list_attempts(self, delivery_id: UUID) -> list[AttemptView] | None:
@@ -231,11 +248,13 @@ class ReadStore:
             for row in rows
         ]
 
-    async def list_malformed(self, reason: str | None, page: PageRequest) -> list[MalformedItem]:
+    async def list_malformed(self, query: MalformedQuery, page: PageRequest) -> list[MalformedItem]:
+        """Newest first; the raw fields only with `query.include_raw`, and then masked."""
         conditions, params = _keyset("m.received_at", "m.malformed_id", "bigint", page)
-        if reason is not None:
+        params["raw"] = query.include_raw
+        if query.reason is not None:
             conditions.append("m.reason = :reason")
-            params["reason"] = reason
+            params["reason"] = query.reason
         rows = await self._rows(text(_MALFORMED.format(where=_where(conditions))), params)
         return [
             MalformedItem(
@@ -245,8 +264,10 @@ class ReadStore:
                 idempotency_key=row.idempotency_key,
                 reason=row.reason,
                 message=row.message,
-                raw_fields=bytes(row.raw_fields).decode("utf-8", "replace"),
+                raw_fields=None if row.raw_fields is None else masked_raw_fields(bytes(row.raw_fields)),
                 received_at=row.received_at,
+                replayed_as=row.replayed_as,
+                replayed_at=row.replayed_at,
             )
             for row in rows
         ]
@@ -275,24 +296,27 @@ class ReadStore:
     async def load_resend_source(self, delivery_id: UUID) -> ResendSource | None:
         """The stored rendered payload of a delivery (None when it or its payload is gone)."""
         rows = await self._rows(_RESEND_SOURCE, {"id": delivery_id})
-        if not rows:
-            return None
-        row = rows[0]
-        return ResendSource(
-            delivery_id=row.delivery_id,
-            status=row.status,
-            template=row.template,
-            locale=row.locale,
-            template_digest=row.template_digest,
-            priority=Priority(row.priority),
-            tags=_json(row.tags) or {},
-            subject=row.subject,
-            text=row.text_body,
-            html=row.html_body,
-            reply_to=_address(row.reply_to),
-            headers=_json(row.headers) or {},
-            recipients=tuple(Recipient(kind, Address(address, name)) for kind, address, name in row.recipients),
-        )
+        return resend_source_of(rows[0]) if rows else None
+
+
+def resend_source_of(row: Any) -> ResendSource:
+    """A row of `RESEND_SOURCE_COLUMNS` as the domain value."""
+    return ResendSource(
+        delivery_id=row.delivery_id,
+        status=row.status,
+        template=row.template,
+        locale=row.locale,
+        template_digest=row.template_digest,
+        priority=Priority(row.priority),
+        tags=_json(row.tags) or {},
+        subject=row.subject,
+        text=row.text_body,
+        html=row.html_body,
+        reply_to=_address(row.reply_to),
+        headers=_json(row.headers) or {},
+        recipients=tuple(Recipient(kind, Address(address, name)) for kind, address, name in row.recipients),
+        redacted=row.redacted_at is not None,
+    )
 
 
 def _keyset(at_column: str, id_column: str, id_type: str, page: PageRequest) -> tuple[list[str], dict[str, Any]]:

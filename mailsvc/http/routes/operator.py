@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +27,8 @@ from mailsvc.domain.operator_query import (
     parse_operator_action_query,
     require_no_params,
 )
+from mailsvc.domain.redrive import parse_redrive_request
+from mailsvc.http.bodies import read_body, read_json
 from mailsvc.http.errors import ApiError, JsonResponse, not_found, validation_error
 from mailsvc.http.guards import request_actor
 from mailsvc.http.openapi import openapi_document
@@ -40,6 +43,8 @@ from mailsvc.http.operator_json import (
 )
 from mailsvc.http.routes.intake import PREFIX
 from mailsvc.services.operator_read import OperatorReadService
+from mailsvc.services.redrive import RedriveService
+from mailsvc.services.replay import ReplayService
 from mailsvc.services.resend import ResendService
 
 T = TypeVar("T")
@@ -68,7 +73,43 @@ def _delivery_id(request: Request) -> UUID:
         raise not_found(f"no delivery {raw[:64]!r}") from None
 
 
-def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_timeout: float) -> list[Route]:
+def _optional_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not valid_idempotency_key(key):
+        raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
+    return key
+
+
+def _replay_body(body: bytes) -> dict[str, Any]:
+    """`{"payload"?, "idempotency_key"?}`; an empty body means the recorded payload and key."""
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise validation_error([Problem("", "body must be a JSON object")])
+    problems = [Problem(str(name), "unknown field") for name in sorted(set(parsed) - {"payload", "idempotency_key"})]
+    payload, key = parsed.get("payload"), parsed.get("idempotency_key")
+    if payload is not None and not isinstance(payload, dict):
+        problems.append(Problem("payload", "must be a send_email payload (an object)"))
+    if key is not None and not (isinstance(key, str) and valid_idempotency_key(key)):
+        problems.append(Problem("idempotency_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -"))
+    if problems:
+        raise validation_error(problems)
+    return parsed
+
+
+def operator_routes(
+    reads: OperatorReadService,
+    resends: ResendService,
+    redrives: RedriveService,
+    replays: ReplayService,
+    *,
+    read_timeout: float,
+    max_body_bytes: int = 1024 * 1024,
+) -> list[Route]:
     document = openapi_document()
 
     async def bounded(call: Awaitable[T]) -> T:
@@ -100,12 +141,9 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
 
     async def resend(request: Request) -> Response:
         delivery_id = _delivery_id(request)
-        key = request.headers.get("idempotency-key")
-        if key is not None and not valid_idempotency_key(key):
-            raise validation_error([Problem("Idempotency-Key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")])
-        resent = await resends.resend(
-            delivery_id, key, actor=request_actor(request.scope)
-        )  # domain errors: mapped in `http/errors.py`
+        key = _optional_key(request)
+        # domain errors: mapped in `http/errors.py`
+        resent = await resends.resend(delivery_id, key, actor=request_actor(request.scope))
         accepted = resent.accepted
         body = {
             "delivery_id": str(accepted.delivery_id),
@@ -120,9 +158,50 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         found = await bounded(reads.dead_letters(page))
         return JsonResponse({"items": [dead_letter_json(d) for d in found.items], "next_cursor": found.next_cursor})
 
+    async def redrive(request: Request) -> Response:
+        body = await read_json(request, max_body_bytes)
+        key = _optional_key(request)
+        try:
+            parsed = parse_redrive_request(body)
+        except ValidationFailed as error:
+            raise validation_error(error.problems) from None
+        answer = await redrives.redrive(parsed, actor=request_actor(request.scope), idempotency_key=key)
+        counts = answer.counts
+        return JsonResponse(
+            {
+                "action_id": None if answer.action_id is None else str(answer.action_id),
+                "dry_run": answer.dry_run,
+                "idempotent_replay": answer.idempotent_replay,
+                "matched": counts.matched,
+                "redriven": counts.redriven,
+                "skipped": counts.skipped,
+                "skipped_redacted": counts.skipped_redacted,
+                "skipped_already_redriven": counts.skipped_already_redriven,
+                "remaining": counts.remaining,
+            }
+        )
+
+    async def replay(request: Request) -> Response:
+        raw_id = request.path_params["malformed_id"]
+        if not raw_id.isdigit() or len(raw_id) > 18:
+            raise not_found(f"no malformed command {raw_id[:64]!r}")
+        body = await read_body(request, max_body_bytes)
+        parsed = _replay_body(body)
+        replayed = await replays.replay(
+            int(raw_id), parsed.get("payload"), parsed.get("idempotency_key"), actor=request_actor(request.scope)
+        )
+        accepted = replayed.accepted
+        answer = {
+            "delivery_id": str(accepted.delivery_id),
+            "status": accepted.status,
+            "malformed_id": replayed.malformed_id,
+            "idempotent_replay": accepted.idempotent_replay,
+        }
+        return JsonResponse(answer, status_code=200 if accepted.idempotent_replay else 202)
+
     async def list_malformed(request: Request) -> Response:
-        reason, page = _parse(parse_malformed_query, request)
-        found = await bounded(reads.malformed_commands(reason, page))
+        query, page = _parse(parse_malformed_query, request)
+        found = await bounded(reads.malformed_commands(query, page))
         return JsonResponse({"items": [malformed_json(m) for m in found.items], "next_cursor": found.next_cursor})
 
     async def list_operator_actions(request: Request) -> Response:
@@ -143,6 +222,10 @@ def operator_routes(reads: OperatorReadService, resends: ResendService, *, read_
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/attempts", list_attempts, methods=["GET"], name="list_attempts"),
         Route(f"{PREFIX}/deliveries/{{delivery_id}}/resend", resend, methods=["POST"], name="resend_delivery"),
         Route(f"{PREFIX}/dead-letters", list_dead_letters, methods=["GET"], name="list_dead_letters"),
+        Route(f"{PREFIX}/dead-letters/redrive", redrive, methods=["POST"], name="redrive_dead_letters"),
+        Route(
+            f"{PREFIX}/malformed-commands/{{malformed_id}}/replay", replay, methods=["POST"], name="replay_malformed"
+        ),
         Route(f"{PREFIX}/malformed-commands", list_malformed, methods=["GET"], name="list_malformed_commands"),
         Route(f"{PREFIX}/operator-actions", list_operator_actions, methods=["GET"], name="list_operator_actions"),
         Route(f"{PREFIX}/templates", list_templates, methods=["GET"], name="list_templates"),

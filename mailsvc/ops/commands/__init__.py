@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from mailsvc.ops.commands import dead_letters, deliveries, events, malformed, provider, suppressions, templates
+from mailsvc.ops.commands import (
+    actions,
+    dead_letters,
+    deliveries,
+    events,
+    malformed,
+    provider,
+    suppressions,
+    templates,
+)
 from mailsvc.ops.registry import Group
 
 GROUPS: tuple[Group, ...] = (
@@ -13,4 +22,5 @@ GROUPS: tuple[Group, ...] = (
     provider.GROUP,
     events.GROUP,
     templates.GROUP,
+    actions.GROUP,
 )

@@ -4,7 +4,7 @@ Written in the same transaction as the write it audits (`adapters/postgres/opera
 No foreign key to `deliveries`: the trail outlives the deliveries it names (retention deletes
 those), so targets are kept as JSON ids.
 
-Revision ID: 0008
+Revision ID: 0006
 Revises: 0005
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0008"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None

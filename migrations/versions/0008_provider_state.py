@@ -10,16 +10,16 @@ never locks it when sending without a rate limit.
 `delivery_queue.provider_faults` counts the attempts of a delivery that failed because of the
 provider (paused or pausing): they do not count toward MAIL_RETRY_MAX_ATTEMPTS.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"  # main: 0005 → 0008 (operator_actions) → 0006 (sending policy)
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -6,16 +6,16 @@ with the same `(source, collapse_key)` supersedes while it is still queued; the 
 what acceptance searches (a claimed delivery is `queued` in `deliveries` too — its queue row says
 it is sending, and the supersede statement leaves it alone).
 
-Revision ID: 0006
-Revises: 0008
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0008"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
