@@ -12,18 +12,11 @@ from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
 from tests.smtp_servers import Gate, ScriptedHandler, SinkHandler, SmtpServer
-from tests.support.deliveries import (
-    Ledger,
-    api_of,
-    condition,
-    in_process_service,
-    new_key,
-    raw_payload,
-    smtp_env,
-    xadd,
-)
+from tests.support.deliveries import Ledger, api_of, condition, in_process_service, smtp_env
 from tests.support.infra import wait_until
 from tests.support.operator_api import API
+from tests.support.payloads import raw_payload
+from tests.support.stream import new_key, xadd
 
 LATER = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 

@@ -19,10 +19,12 @@ from mailsvc.domain.model import ClaimedDelivery, RecipientResult, SendResult
 from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer, message_id_of
-from tests.support.deliveries import Ledger, condition, raw_payload, smtp_env, xadd
+from tests.support.deliveries import Ledger, condition, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
 from tests.support.process import running_service
 from tests.support.queue import Queue, open_queue, sent
+from tests.support.stream import xadd
 
 LEASE = timedelta(seconds=30)
 

@@ -12,19 +12,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer
-from tests.support.deliveries import (
-    Ledger,
-    api_of,
-    condition,
-    in_process_service,
-    new_key,
-    raw_payload,
-    smtp_env,
-    xadd,
-)
+from tests.support.deliveries import Ledger, api_of, condition, in_process_service, smtp_env
 from tests.support.infra import wait_until
 from tests.support.operator_api import API
+from tests.support.payloads import raw_payload
 from tests.support.queue import open_queue
+from tests.support.stream import new_key, xadd
 
 LATER = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 

@@ -14,18 +14,10 @@ import asyncpg
 from redis.asyncio import Redis
 
 from tests.support.infra import wait_until
-from tests.support.intake import (
-    Fields,
-    command,
-    connect,
-    login_code_payload,
-    malformed_by_entry,
-    raw_payload,
-    stored_offset,
-    wait_for_offset,
-    xadd_all,
-)
+from tests.support.intake import connect, malformed_by_entry, stored_offset, wait_for_offset
+from tests.support.payloads import login_code_payload, numbered_payload
 from tests.support.process import start_service
+from tests.support.stream import Fields, command, xadd_all
 
 BACKLOG = 20_000
 FUTURE = "2099-01-01T00:00:00Z"  # nothing becomes due: the workers stay out of the measurement
@@ -55,7 +47,7 @@ def backlog(size: int, *, with_bad: bool) -> Backlog:
             plan.malformed_at[n] = "idempotency_conflict"
             plan.entries.append(command({**created[earlier], "priority": "low"}, earlier))
         else:
-            payload = raw_payload(n, send_at=FUTURE) if n % 2 else {**login_code_payload(n), "send_at": FUTURE}
+            payload = numbered_payload(n, send_at=FUTURE) if n % 2 else {**login_code_payload(n), "send_at": FUTURE}
             created[key] = payload
             plan.entries.append(command(payload, key))
     plan.keys = set(created)

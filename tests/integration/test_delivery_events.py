@@ -15,9 +15,11 @@ from redis.asyncio import Redis
 
 from tests.conftest import event_stream_key
 from tests.smtp_servers import ScriptedHandler, SmtpServer
-from tests.support.deliveries import InProcessService, Ledger, in_process_service, new_key, raw_payload, smtp_env, xadd
+from tests.support.deliveries import InProcessService, Ledger, in_process_service, smtp_env
 from tests.support.events import stream_events
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
+from tests.support.stream import new_key, xadd
 
 API = "/api/v1/internal"
 

@@ -19,8 +19,10 @@ from mailsvc.instruments import Instruments
 from mailsvc.producer import command_fields
 from mailsvc.settings import load_settings
 from tests.smtp_servers import SmtpServer
-from tests.support.deliveries import Ledger, new_key, raw_payload, smtp_env
+from tests.support.deliveries import Ledger, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
+from tests.support.stream import new_key
 
 
 def points(reader: InMemoryMetricReader, name: str) -> list[Any]:

@@ -14,9 +14,9 @@ import asyncpg
 from redis.asyncio import Redis
 
 from tests.conftest import event_stream_key
-from tests.support.deliveries import raw_payload
 from tests.support.events import assert_duplicates_are_identical, per_delivery, wait_published
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
 from tests.support.process import ServiceProcess, running_service, start_service
 
 DELIVERIES = 500

@@ -18,19 +18,11 @@ import httpx
 from redis.asyncio import Redis
 
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer, message_id_of
-from tests.support.deliveries import (
-    FROM_EMAIL,
-    FROM_NAME,
-    Ledger,
-    condition,
-    in_process_service,
-    new_key,
-    raw_payload,
-    smtp_env,
-    xadd,
-)
+from tests.support.deliveries import FROM_EMAIL, FROM_NAME, Ledger, condition, in_process_service, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
 from tests.support.process import running_service
+from tests.support.stream import new_key, xadd
 
 
 def parse(content: bytes) -> EmailMessage:

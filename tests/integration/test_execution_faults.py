@@ -14,8 +14,10 @@ from redis.asyncio import Redis
 
 from mailsvc.settings import HostPort
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port, message_id_of
-from tests.support.deliveries import Ledger, in_process_service, raw_payload, smtp_env, xadd
+from tests.support.deliveries import Ledger, in_process_service, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
+from tests.support.stream import xadd
 
 Deliver = Callable[..., Awaitable[Record]]
 

@@ -18,8 +18,10 @@ from redis.asyncio import Redis
 
 from devtools.embedded import free_port
 from tests.support.infra import redis_host_port, wait_until
-from tests.support.intake import command, connect, raw_payload, wait_for_offset
+from tests.support.intake import connect, wait_for_offset
+from tests.support.payloads import numbered_payload
 from tests.support.process import ServiceProcess, running_service, service_environment
+from tests.support.stream import command
 
 PATH = "/api/v1/internal/deliveries"
 MIB = 1024 * 1024
@@ -162,7 +164,7 @@ async def test_the_same_key_on_the_stream_is_a_different_scope(intake: Intake, k
     host, port = redis_host_port(redis_addr)
     redis = Redis(host=host, port=port)
     try:
-        entry_id = await redis.xadd(intake.stream_key, command(raw_payload(1), key))  # type: ignore[arg-type]
+        entry_id = await redis.xadd(intake.stream_key, command(numbered_payload(1), key))  # type: ignore[arg-type]
         async with connect(intake.dsn) as db:
             await wait_for_offset(db, intake.stream_key, entry_id.decode())
     finally:

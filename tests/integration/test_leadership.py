@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 
 from mailsvc.domain.stream import parse_id
 from tests.support.infra import wait_until
-from tests.support.intake import command, connect, delivery_keys, raw_payload, xadd_all
+from tests.support.intake import connect, delivery_keys
+from tests.support.payloads import numbered_payload
 from tests.support.process import running_service
+from tests.support.stream import command, xadd_all
 from tests.support.tcp_proxy import TcpProxy, postgres_user_timeout
 
 pytestmark = pytest.mark.slow
@@ -62,7 +64,7 @@ class Producer:
     async def run(self) -> None:
         while not self._stop.is_set():
             key = f"c{len(self.keys):05d}"
-            await xadd_all(self.redis, self.stream_key, [command(raw_payload(len(self.keys)), key)])
+            await xadd_all(self.redis, self.stream_key, [command(numbered_payload(len(self.keys)), key)])
             self.keys.append(key)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.02):

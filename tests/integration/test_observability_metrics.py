@@ -17,12 +17,14 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.smtp_servers import ScriptedHandler, SmtpServer
-from tests.support.deliveries import Ledger, condition, new_key, raw_payload, smtp_env, xadd
+from tests.support.deliveries import Ledger, condition, smtp_env
 from tests.support.infra import wait_until
 from tests.support.otlp_receiver import OtlpReceiver, otlp_env
+from tests.support.payloads import raw_payload
 from tests.support.process import running_service
 from tests.support.prometheus_names import MetricKind, prometheus_label, prometheus_name, prometheus_series
 from tests.support.promql_names import Query, dashboard_queries, rule_queries
+from tests.support.stream import new_key, xadd
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"

@@ -26,8 +26,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.support.infra import wait_until
-from tests.support.operator_api import API, operator_env, wait_for_delivery, xadd_command
+from tests.support.operator_api import API, operator_env, wait_for_delivery
 from tests.support.process import running_service
+from tests.support.stream import xadd_command
 
 CHECKS = [
     not_a_server_error,

@@ -12,7 +12,8 @@ import pytest
 
 from tests.integration.test_operator_resend import sent_notification
 from tests.support.db_search import columns_holding
-from tests.support.operator_api import API, collect, in_process, operator_env, wait_for_delivery, xadd_command
+from tests.support.operator_api import API, collect, in_process, operator_env, wait_for_delivery
+from tests.support.stream import xadd_command
 
 OPERATOR_TOKEN = f"op-token-{uuid.uuid4().hex}"
 FINGERPRINT = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()[:12]

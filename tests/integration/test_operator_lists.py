@@ -14,7 +14,8 @@ import pytest
 
 from mailsvc.adapters.templates import TemplateCatalog
 from tests.support.infra import PostgresServer, unique_name, wait_until
-from tests.support.operator_api import API, REPO_TEMPLATES, collect, in_process, operator_env, xadd_command
+from tests.support.operator_api import API, REPO_TEMPLATES, collect, in_process, operator_env
+from tests.support.stream import xadd_command
 
 
 async def add_malformed(dsn: str, rows: list[tuple[str, bytes, datetime]]) -> None:

@@ -19,14 +19,8 @@ from mailsvc.errors import NotFound
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.resend import ResendService
 from tests.conftest import REPO
-from tests.support.operator_api import (
-    API,
-    in_process,
-    operator_env,
-    wait_for_delivery,
-    wait_for_status,
-    xadd_command,
-)
+from tests.support.operator_api import API, in_process, operator_env, wait_for_delivery, wait_for_status
+from tests.support.stream import xadd_command
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ from mailsvc.cli import build_parser
 from mailsvc.ops.cli import ops_command
 from mailsvc.ops.tables import LINE_WIDTH, cells
 from tests.support.infra import wait_until
-from tests.support.operator_api import API, collect, operator_env, wait_for_delivery, xadd_command
+from tests.support.operator_api import API, collect, operator_env, wait_for_delivery
 from tests.support.process import ServiceProcess, running_service
+from tests.support.stream import xadd_command
 
 TOKEN = "ops-cli-operator-token-0b6f4c1e"
 

@@ -14,24 +14,16 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from mailsvc.producer import command_fields
 from mailsvc.settings import HostPort
 from tests.smtp_servers import HOST, ScriptedHandler, SmtpServer, free_port
-from tests.support.deliveries import Ledger, in_process_service, new_key, raw_payload, smtp_env, xadd
+from tests.support.deliveries import Ledger, in_process_service, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
+from tests.support.stream import xadd, xadd_many
 
 API = "/api/v1/internal"
 QUEUED = 200  # deliveries waiting while the provider is paused
 PROBE_INTERVAL = 0.5  # seconds (MAIL_PROVIDER_PROBE_INTERVAL)
-
-
-async def xadd_many(redis: Redis, stream_key: str, count: int, to: str = "ann@example.org") -> list[str]:
-    keys = [new_key() for _ in range(count)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.xadd(stream_key, command_fields(raw_payload(to), key, None))  # type: ignore[arg-type]
-        await pipe.execute()
-    return keys
 
 
 async def provider_row(db: Ledger) -> asyncpg.Record:
@@ -122,7 +114,7 @@ async def test_auth_refused_pauses_then_one_probe_per_interval_until_it_is_accep
     with SmtpServer(handler) as server:
         env = env_for(service_env, server.host_port, MAIL_SMTP_USERNAME="mailsvc", MAIL_SMTP_PASSWORD="wrong")
         async with in_process_service(env) as service:
-            await xadd_many(redis_client, stream_key, QUEUED)
+            await xadd_many(redis_client, stream_key, [raw_payload("ann@example.org")] * QUEUED)
             paused = await wait_paused(db)
             assert paused["reason"] == "auth_failed 535"
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as client:
@@ -148,7 +140,7 @@ async def test_530_to_mail_from_pauses_until_the_server_accepts(
     handler = ScriptedHandler(mail_reply="530 5.7.0 Authentication required")
     with SmtpServer(handler) as server:
         async with in_process_service(env_for(service_env, server.host_port)):
-            await xadd_many(redis_client, stream_key, QUEUED)
+            await xadd_many(redis_client, stream_key, [raw_payload("ann@example.org")] * QUEUED)
             assert (await wait_paused(db))["reason"] == "sender_refused 530"
 
             def accept() -> None:
@@ -168,7 +160,7 @@ async def test_a_server_that_is_down_pauses_after_consecutive_connect_failures(
     env = env_for(service_env, HostPort(HOST, port), MAIL_PROVIDER_PAUSE_AFTER="5")
     try:
         async with in_process_service(env):
-            await xadd_many(redis_client, stream_key, QUEUED)
+            await xadd_many(redis_client, stream_key, [raw_payload("ann@example.org")] * QUEUED)
             paused = await wait_paused(db)
             assert paused["reason"] == "connect_failed"
             assert paused["connect_failures"] >= 5
@@ -189,7 +181,7 @@ async def test_550_to_rcpt_never_pauses(
     with SmtpServer(handler) as server:
         env = env_for(service_env, server.host_port, MAIL_PROVIDER_PAUSE_AFTER="1")
         async with in_process_service(env):
-            await xadd_many(redis_client, stream_key, 30, to="gone@example.org")
+            await xadd_many(redis_client, stream_key, [raw_payload("gone@example.org")] * 30)
             await wait_all(db, "dead_lettered", 30)
             key = await xadd(redis_client, stream_key, raw_payload("ann@example.org"))
             assert (await db.wait_status(key))["status"] == "sent"
@@ -214,7 +206,7 @@ async def test_resume_through_the_api_sends_before_any_probe_is_due(
             in_process_service(env) as service,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as client,
         ):
-            await xadd_many(redis_client, stream_key, QUEUED)
+            await xadd_many(redis_client, stream_key, [raw_payload("ann@example.org")] * QUEUED)
 
             def accept() -> None:
                 handler.accept_logins = True
@@ -251,7 +243,7 @@ async def test_a_probe_that_meets_another_fault_keeps_it_paused_with_the_newer_r
     )
     try:
         async with in_process_service(env):
-            await xadd_many(redis_client, stream_key, QUEUED)
+            await xadd_many(redis_client, stream_key, [raw_payload("ann@example.org")] * QUEUED)
             paused = await wait_paused(db)
             assert paused["reason"] == "connect_failed"
             server.start()  # up again, but refusing our credentials

@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
 from tests.smtp_servers import SinkHandler, SmtpServer
-from tests.support.deliveries import Ledger, raw_payload, smtp_env
+from tests.support.deliveries import Ledger, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
 from tests.support.process import ServiceProcess, running_service
 
 pytestmark = pytest.mark.slow

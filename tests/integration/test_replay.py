@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.support.infra import wait_until
-from tests.support.operator_api import API, in_process, operator_env, wait_for_status, xadd_command
+from tests.support.operator_api import API, in_process, operator_env, wait_for_status
+from tests.support.stream import xadd_command
 
 
 @pytest.fixture

@@ -9,29 +9,25 @@ import signal
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.queue_store import QueueStore
-from mailsvc.producer import command_fields
 from tests.smtp_servers import SinkHandler, SmtpServer
-from tests.support.deliveries import Ledger, condition, raw_payload, smtp_env
+from tests.support.deliveries import Ledger, condition, smtp_env
 from tests.support.infra import wait_until
+from tests.support.payloads import raw_payload
 from tests.support.process import ServiceProcess, running_service
+from tests.support.stream import xadd_many
 
 pytestmark = pytest.mark.slow
 
 
-async def xadd_many(redis: Redis, stream_key: str, keys: list[str]) -> None:
-    """One command per key, pipelined in chunks."""
-    for start in range(0, len(keys), 500):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys[start : start + 500]:
-                fields = command_fields(raw_payload(f"{key}@example.org", subject=key), key, None)
-                pipe.xadd(stream_key, fields)  # type: ignore[arg-type]
-            await pipe.execute()
+def payloads(keys: list[str]) -> list[dict[str, Any]]:
+    return [raw_payload(f"{key}@example.org", subject=key) for key in keys]
 
 
 def small_pool(env: Mapping[str, str]) -> dict[str, str]:
@@ -55,13 +51,13 @@ async def test_three_replicas_share_the_work_and_survive_the_consumer_being_kill
                 return [r for r in replicas if r.process.returncode is None and r.events("lock_acquired")]
 
             [holder] = await wait_until(consumer, what="one replica holding the consumer lock")
-            await xadd_many(redis_client, stream_key, keys[:1500])
+            await xadd_many(redis_client, stream_key, payloads(keys[:1500]), keys[:1500])
             await wait_until(condition(lambda: sink.total >= 500), timeout=60, what="a third of the work sent")
 
             holder.process.kill()
             await holder.wait_exit()
             killed_at = await db.conn.fetchval("SELECT now()")
-            await xadd_many(redis_client, stream_key, keys[1500:])
+            await xadd_many(redis_client, stream_key, payloads(keys[1500:]), keys[1500:])
             [successor] = await wait_until(consumer, timeout=15, what="another replica taking the stream over")
             assert successor is not holder
 
@@ -131,7 +127,7 @@ async def test_end_to_end_rate_from_a_backlog(
     """Not a pass/fail figure: prints deliveries/s for the issue note (default concurrency)."""
     count = 5000
     keys = [f"b{i:05d}" for i in range(count)]
-    await xadd_many(redis_client, stream_key, keys)
+    await xadd_many(redis_client, stream_key, payloads(keys), keys)
     sink = SinkHandler()
     with SmtpServer(sink) as server:
         env = smtp_env(service_env, server.host_port)

@@ -19,9 +19,10 @@ from redis.asyncio import Redis
 from mailsvc.producer import command_fields
 from tests.integration.test_telemetry import eventually
 from tests.smtp_servers import ScriptedHandler, SmtpServer
-from tests.support.deliveries import Ledger, new_key, smtp_env
+from tests.support.deliveries import Ledger, smtp_env
 from tests.support.otlp_receiver import OtlpReceiver, otlp_env
 from tests.support.process import running_service
+from tests.support.stream import new_key
 
 PATH = "/api/v1/internal/deliveries"
 

@@ -16,7 +16,8 @@ import httpx
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer
 from tests.support.db_search import columns_holding
 from tests.support.infra import wait_until
-from tests.support.operator_api import API, in_process, operator_env, wait_for_status, xadd_command
+from tests.support.operator_api import API, in_process, operator_env, wait_for_status
+from tests.support.stream import xadd_command
 
 CONTENT_COLUMNS = [
     "delivery_payloads.html_body",

@@ -14,18 +14,10 @@ from redis.asyncio import Redis
 
 from devtools.embedded import EmbeddedRedis, free_port
 from tests.support.infra import wait_until
-from tests.support.intake import (
-    Fields,
-    command,
-    connect,
-    delivery_keys,
-    login_code_payload,
-    malformed_by_entry,
-    raw_payload,
-    wait_for_offset,
-    xadd_all,
-)
+from tests.support.intake import connect, delivery_keys, malformed_by_entry, wait_for_offset
+from tests.support.payloads import login_code_payload, numbered_payload
 from tests.support.process import ServiceProcess, running_service
+from tests.support.stream import Fields, command, xadd_all
 
 # -- 1,000 commands: deliveries, duplicates and malformed rows, exactly -----------------------
 
@@ -33,7 +25,7 @@ from tests.support.process import ServiceProcess, running_service
 def _malformed_kinds(n: int, conflict_key: str, conflict_payload: dict[str, Any]) -> list[tuple[str, Fields]]:
     """Fifteen ways for entry `n` to be malformed, each with its expected reason code."""
     key = f"bad-{n}"
-    good = raw_payload(n)
+    good = numbered_payload(n)
     return [
         ("invalid_encoding", command(orjson.dumps(good).replace(b"Hello", b"H\xffllo"), key)),
         ("invalid_encoding", command(orjson.dumps(good).replace(b"Hello", b"H\x00llo"), key)),
@@ -41,12 +33,12 @@ def _malformed_kinds(n: int, conflict_key: str, conflict_payload: dict[str, Any]
         ("unknown_type", {**command(good, key), b"type": b"send_sms"}),
         ("missing_field", {b"type": b"send_email", b"idempotency_key": key.encode()}),
         ("invalid_json", command(b'{"to": ["x@example.com"], "subject": ', key)),
-        ("payload_too_large", command(raw_payload(n, text="x" * 300_000), key)),
+        ("payload_too_large", command(numbered_payload(n, text="x" * 300_000), key)),
         ("invalid_idempotency_key", command(good, f"spaces are not allowed {n}")),
-        ("validation_failed", command(raw_payload(n, to=["not-an-address"]), key)),
-        ("validation_failed", command(raw_payload(n, to=[f"r{i}@example.com" for i in range(51)]), key)),
+        ("validation_failed", command(numbered_payload(n, to=["not-an-address"]), key)),
+        ("validation_failed", command(numbered_payload(n, to=[f"r{i}@example.com" for i in range(51)]), key)),
         ("validation_failed", command({**login_code_payload(n), "subject": "both"}, key)),
-        ("validation_failed", command(raw_payload(n, text="nul \u0000 escaped in JSON"), key)),
+        ("validation_failed", command(numbered_payload(n, text="nul \u0000 escaped in JSON"), key)),
         ("unknown_template", command({**login_code_payload(n), "template": "auth.no_such_template"}, key)),
         ("missing_variables", command({**login_code_payload(n), "variables": {"expires_in_minutes": 5}}, key)),
         ("idempotency_conflict", command({**conflict_payload, "subject": f"changed {n}"}, conflict_key)),
@@ -82,9 +74,9 @@ def plan_thousand() -> Plan:
             reordered = dict(reversed(list(payload.items())))
             plan.add(command(orjson.dumps(reordered, option=orjson.OPT_INDENT_2), key), "duplicate", key)
         elif n % 3 == 0:
-            plan.add(command(raw_payload(n)), "delivery", None)  # key = the entry id
+            plan.add(command(numbered_payload(n)), "delivery", None)  # key = the entry id
         else:
-            payload = login_code_payload(n) if n % 3 == 1 else raw_payload(n)
+            payload = login_code_payload(n) if n % 3 == 1 else numbered_payload(n)
             key = f"key-{n}"
             plan.add(command(payload, key), "delivery", key)
             (spare if n % 9 == 5 else keyed).append((key, payload))
@@ -143,8 +135,8 @@ async def test_thousand_commands_give_exactly_the_expected_outcomes(
 async def test_repeated_key_in_one_batch_is_judged_against_the_stored_request(
     service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
 ) -> None:
-    original = raw_payload(1)
-    changed = raw_payload(1, subject="changed")
+    original = numbered_payload(1)
+    changed = numbered_payload(1, subject="changed")
     async with connect(database_dsn) as db, running_service(service_env):
         (first,) = await xadd_all(redis_client, stream_key, [command(original, "shared")])
         await wait_for_offset(db, stream_key, first)
@@ -166,7 +158,7 @@ async def test_a_replay_after_expires_at_passed_is_a_duplicate_not_a_malformed_r
 ) -> None:
     async with connect(database_dsn) as db, running_service(service_env):
         expires_at = datetime.now(UTC) + timedelta(seconds=2)
-        original = raw_payload(0, expires_at=expires_at.isoformat())
+        original = numbered_payload(0, expires_at=expires_at.isoformat())
         (first,) = await xadd_all(redis_client, stream_key, [command(original, "replayed")])
         await wait_for_offset(db, stream_key, first)
 
@@ -179,7 +171,7 @@ async def test_a_replay_after_expires_at_passed_is_a_duplicate_not_a_malformed_r
             stream_key,
             [
                 command(orjson.dumps(original, option=orjson.OPT_INDENT_2), "replayed"),  # the same request
-                command(raw_payload(1, expires_at=expires_at.isoformat()), "replayed"),  # another one
+                command(numbered_payload(1, expires_at=expires_at.isoformat()), "replayed"),  # another one
                 command(original, "never-seen"),  # nothing to replay: the usual validation error
             ],
         )
@@ -201,16 +193,16 @@ def _generic(**variables: str) -> dict[str, Any]:
 
 
 def _bad_commands() -> list[tuple[str, Fields]]:
-    good = orjson.dumps(raw_payload(0))
+    good = orjson.dumps(numbered_payload(0))
     return [
         ("invalid_encoding", command(good.replace(b"Hello", b"\xc3\x28\xa0\xa1"), "utf8")),
         ("invalid_encoding", command(good.replace(b"Hello", b"\x00\x00"), "nul-value")),
         ("invalid_encoding", {**command(good, "nul-name"), b"extra\x00field": b"x"}),
         ("payload_too_large", command(b'{"text": "' + b"x" * 10_000_000 + b'"}', "ten-mb")),
-        ("validation_failed", command(raw_payload(0, to=[f"r{i}@example.com" for i in range(1000)]), "1000-rcpt")),
-        ("validation_failed", command(raw_payload(0, text="\u0000", tags={"k": "\u0000"}), "nul-escaped")),
-        ("validation_failed", command(raw_payload(0, expires_at="2020-01-01T00:00:00Z"), "already-expired")),
-        ("validation_failed", command(raw_payload(0, send_at="0001-01-01T00:00:00+01:00"), "year-zero")),
+        ("validation_failed", command(numbered_payload(0, to=[f"r{i}@example.com" for i in range(1000)]), "1000-rcpt")),
+        ("validation_failed", command(numbered_payload(0, text="\u0000", tags={"k": "\u0000"}), "nul-escaped")),
+        ("validation_failed", command(numbered_payload(0, expires_at="2020-01-01T00:00:00Z"), "already-expired")),
+        ("validation_failed", command(numbered_payload(0, send_at="0001-01-01T00:00:00+01:00"), "year-zero")),
         ("invalid_json", command(b'{"text": "\\ud800"}', "lone-surrogate")),
         ("invalid_json", command(b'{"text": 1e999}', "infinity")),
         ("validation_failed", command(_generic(action_url="javascript:alert(1)"), "javascript-link")),
@@ -230,7 +222,9 @@ async def test_bad_bytes_are_recorded_and_the_consumer_keeps_going(
         good_keys = []
         for index, (reason, fields) in enumerate(bad):
             good_key = f"after-{index}"
-            bad_id, last_id = await xadd_all(redis_client, stream_key, [fields, command(raw_payload(index), good_key)])
+            bad_id, last_id = await xadd_all(
+                redis_client, stream_key, [fields, command(numbered_payload(index), good_key)]
+            )
             expected[bad_id] = reason
             good_keys.append(good_key)
             await wait_for_offset(db, stream_key, last_id, timeout=30)  # moved past the bad one
@@ -253,11 +247,11 @@ async def test_renders_past_their_bounds_are_malformed_and_the_rest_is_accepted(
     too_large = [
         command(_generic(body="a\n\n" * 2000), "amplified"),  # a 6 KB variable, ~80 KB of HTML paragraphs
         command(_generic(title="x" * 999), "long-subject"),
-        command(raw_payload(0, text="é" * (limit // 2 + 1)), "raw-text"),  # bytes count, not characters
-        command(raw_payload(0, html="x" * (limit + 1)), "raw-html"),
+        command(numbered_payload(0, text="é" * (limit // 2 + 1)), "raw-text"),  # bytes count, not characters
+        command(numbered_payload(0, html="x" * (limit + 1)), "raw-html"),
     ]
     fitting = [
-        command(raw_payload(1, text="é" * (limit // 2)), "raw-at-limit"),
+        command(numbered_payload(1, text="é" * (limit // 2)), "raw-at-limit"),
         command(_generic(title="x" * 998, body="a\n\n" * 100), "generic-within"),
     ]
     async with connect(database_dsn) as db, running_service(env):
@@ -297,13 +291,13 @@ async def test_recreated_stream_is_a_reset_and_its_new_entries_are_read(
     service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
 ) -> None:
     async with connect(database_dsn) as db, running_service(service_env) as service:
-        (before,) = await xadd_all(redis_client, stream_key, [command(raw_payload(0), "before")])
+        (before,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(0), "before")])
         await wait_for_offset(db, stream_key, before)
         # Redis lost the stream (FLUSHALL / restart without persistence); producers recreate it,
         # here with ids far below our stored offset
         await redis_client.delete(stream_key)
-        await redis_client.xadd(stream_key, command(raw_payload(1), "new-1"), id="1-1")  # type: ignore[arg-type]
-        await redis_client.xadd(stream_key, command(raw_payload(2), "new-2"), id="1-2")  # type: ignore[arg-type]
+        await redis_client.xadd(stream_key, command(numbered_payload(1), "new-1"), id="1-1")  # type: ignore[arg-type]
+        await redis_client.xadd(stream_key, command(numbered_payload(2), "new-2"), id="1-2")  # type: ignore[arg-type]
         await wait_for_offset(db, stream_key, "1-2")
         assert sorted(await delivery_keys(db)) == ["before", "new-1", "new-2"]
         events = await _events(db, stream_key)
@@ -314,7 +308,7 @@ async def test_recreated_stream_is_a_reset_and_its_new_entries_are_read(
 
 async def _consume_one_then_stop(env: dict[str, str], redis: Redis, db: Any, stream_key: str, key: str) -> str:
     async with running_service(env) as service:
-        (entry_id,) = await xadd_all(redis, stream_key, [command(raw_payload(0), key)])
+        (entry_id,) = await xadd_all(redis, stream_key, [command(numbered_payload(0), key)])
         await wait_for_offset(db, stream_key, entry_id)
         service.send_signal(signal.SIGTERM)
         assert await service.wait_exit() == 0
@@ -326,9 +320,9 @@ async def test_stream_trimmed_past_the_offset_is_a_recorded_gap(
 ) -> None:
     async with connect(database_dsn) as db:
         read = await _consume_one_then_stop(service_env, redis_client, db, stream_key, "read")
-        lost = await xadd_all(redis_client, stream_key, [command(raw_payload(i), f"lost-{i}") for i in range(5)])
+        lost = await xadd_all(redis_client, stream_key, [command(numbered_payload(i), f"lost-{i}") for i in range(5)])
         await redis_client.xtrim(stream_key, maxlen=0, approximate=False)
-        (after,) = await xadd_all(redis_client, stream_key, [command(raw_payload(9), "after-gap")])
+        (after,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(9), "after-gap")])
         async with running_service(service_env):
             await wait_for_offset(db, stream_key, after)
             assert sorted(await delivery_keys(db)) == ["after-gap", "read"]
@@ -341,13 +335,13 @@ async def test_unread_entries_trimmed_while_running_are_a_gap_counted_exactly(
     service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
 ) -> None:
     async with connect(database_dsn) as db, running_service(service_env):
-        (read,) = await xadd_all(redis_client, stream_key, [command(raw_payload(0), "read")])
+        (read,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(0), "read")])
         await wait_for_offset(db, stream_key, read)
         pipe = redis_client.pipeline(transaction=True)  # atomic: the consumer cannot read them first
         for i in range(3):
-            pipe.xadd(stream_key, command(raw_payload(i), f"lost-{i}"))  # type: ignore[arg-type]
+            pipe.xadd(stream_key, command(numbered_payload(i), f"lost-{i}"))  # type: ignore[arg-type]
         pipe.xtrim(stream_key, maxlen=0, approximate=False)
-        pipe.xadd(stream_key, command(raw_payload(9), "after-gap"))  # type: ignore[arg-type]
+        pipe.xadd(stream_key, command(numbered_payload(9), "after-gap"))  # type: ignore[arg-type]
         after = (await pipe.execute())[-1].decode()
         await wait_for_offset(db, stream_key, after)
         assert sorted(await delivery_keys(db)) == ["after-gap", "read"]
@@ -366,7 +360,7 @@ async def test_trimming_only_entries_already_read_is_not_a_gap(
 ) -> None:
     async with connect(database_dsn) as db, running_service(service_env):
         for i in range(5):
-            fields: Any = command(raw_payload(i), f"k-{i}")
+            fields: Any = command(numbered_payload(i), f"k-{i}")
             entry_id = await redis_client.xadd(stream_key, fields, maxlen=1, approximate=False)
             await wait_for_offset(db, stream_key, bytes(entry_id).decode())
         assert len(await delivery_keys(db)) == 5
@@ -379,7 +373,7 @@ async def test_stream_recreated_with_higher_ids_while_stopped_is_a_reset(
     async with connect(database_dsn) as db:
         read = await _consume_one_then_stop(service_env, redis_client, db, stream_key, "read")
         await redis_client.delete(stream_key)
-        new = await xadd_all(redis_client, stream_key, [command(raw_payload(i), f"new-{i}") for i in range(3)])
+        new = await xadd_all(redis_client, stream_key, [command(numbered_payload(i), f"new-{i}") for i in range(3)])
         assert _id(new[0]) > _id(read)
         async with running_service(service_env):
             await wait_for_offset(db, stream_key, new[-1])
@@ -392,9 +386,9 @@ async def test_unread_entries_deleted_behind_a_kept_one_are_a_recorded_gap(
 ) -> None:
     async with connect(database_dsn) as db:
         read = await _consume_one_then_stop(service_env, redis_client, db, stream_key, "read")
-        lost = await xadd_all(redis_client, stream_key, [command(raw_payload(i), f"lost-{i}") for i in range(3)])
+        lost = await xadd_all(redis_client, stream_key, [command(numbered_payload(i), f"lost-{i}") for i in range(3)])
         await redis_client.xdel(stream_key, *lost)  # the entry we read stays: first-entry <= offset
-        (after,) = await xadd_all(redis_client, stream_key, [command(raw_payload(9), "after-gap")])
+        (after,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(9), "after-gap")])
         async with running_service(service_env):
             await wait_for_offset(db, stream_key, after)
             assert sorted(await delivery_keys(db)) == ["after-gap", "read"]
@@ -423,7 +417,7 @@ async def test_redis_outage_is_survived_and_consumption_resumes(
     env = {**service_env, "MAIL_REDIS_MASTER_ADDR": f"127.0.0.1:{port}", "MAIL_REDIS_OPERATION_TIMEOUT": "1s"}
     try:
         async with connect(database_dsn) as db, running_service(env) as service:
-            (before,) = await xadd_all(client, stream_key, [command(raw_payload(0), "before-outage")])
+            (before,) = await xadd_all(client, stream_key, [command(numbered_payload(0), "before-outage")])
             await wait_for_offset(db, stream_key, before)
 
             redis_server.process.kill()
@@ -435,7 +429,7 @@ async def test_redis_outage_is_survived_and_consumption_resumes(
             await _wait_events(service, "stream_reset_detected", 1)
             await client.aclose()
             client = Redis(host="127.0.0.1", port=port)
-            (after,) = await xadd_all(client, stream_key, [command(raw_payload(1), "after-outage")])
+            (after,) = await xadd_all(client, stream_key, [command(numbered_payload(1), "after-outage")])
             await wait_for_offset(db, stream_key, after)
             assert sorted(await delivery_keys(db)) == ["after-outage", "before-outage"]
             events = await db.fetch("SELECT kind, from_offset, to_offset, detail FROM stream_events")

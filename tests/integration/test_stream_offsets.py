@@ -14,8 +14,10 @@ from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.domain.intake import OffsetAdvance
 from mailsvc.errors import OffsetMoved
 from tests.support.infra import wait_until
-from tests.support.intake import command, connect, raw_payload, stored_offset, wait_for_offset, xadd_all
+from tests.support.intake import connect, stored_offset, wait_for_offset
+from tests.support.payloads import numbered_payload
 from tests.support.process import running_service
+from tests.support.stream import command, xadd_all
 
 KEY = "mail:commands"
 
@@ -56,7 +58,7 @@ async def test_a_consumer_whose_offset_was_moved_under_it_records_no_reset_from_
     service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
 ) -> None:
     async with connect(database_dsn) as db, running_service(service_env) as service:
-        (read,) = await xadd_all(redis_client, stream_key, [command(raw_payload(0), "read")])
+        (read,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(0), "read")])
         await wait_for_offset(db, stream_key, read)
         # as if another consumer had taken over and moved on; then the stream vanishes
         moved_on = f"{int(read.split('-')[0]) + 1000}-0"

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from tests.support.infra import unique_name, wait_until
-from tests.support.intake import command, connect, delivery_keys, raw_payload, stored_offset, wait_for_offset, xadd_all
+from tests.support.intake import connect, delivery_keys, stored_offset, wait_for_offset
+from tests.support.payloads import numbered_payload
 from tests.support.process import ServiceProcess, running_service
+from tests.support.stream import command, xadd_all
 
 
 @contextlib.asynccontextmanager
@@ -44,12 +46,12 @@ async def test_xinfo_refused_by_acl_is_retried_with_backoff_and_never_a_reset(
         connect(database_dsn) as db,
         running_service({**service_env, "MAIL_REDIS_USERNAME": user}) as service,
     ):
-        (before,) = await xadd_all(redis_client, stream_key, [command(raw_payload(0), "before")])
+        (before,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(0), "before")])
         await wait_for_offset(db, stream_key, before)
 
         await redis_client.execute_command("ACL", "SETUSER", user, "-xinfo")
         await refusals(service, 1)  # the XREAD in flight when XINFO was taken away has returned
-        (during,) = await xadd_all(redis_client, stream_key, [command(raw_payload(1), "during")])
+        (during,) = await xadd_all(redis_client, stream_key, [command(numbered_payload(1), "during")])
         logged = await refusals(service, 4)
         assert logged[0]["error_class"] == "NoPermissionError"
         assert "xinfo" in str(logged[0]["reply"])

@@ -12,18 +12,11 @@ import httpx
 from redis.asyncio import Redis
 
 from tests.smtp_servers import SmtpServer
-from tests.support.deliveries import (
-    Ledger,
-    api_of,
-    condition,
-    in_process_service,
-    new_key,
-    raw_payload,
-    smtp_env,
-    xadd,
-)
+from tests.support.deliveries import Ledger, api_of, condition, in_process_service, smtp_env
 from tests.support.infra import wait_until
 from tests.support.operator_api import API
+from tests.support.payloads import raw_payload
+from tests.support.stream import new_key, xadd
 
 IDN_UNICODE = "Ann@Bücher.example.org"
 IDN_WIRE = "ann@xn--bcher-kva.example.org"

@@ -18,9 +18,11 @@ from redis.asyncio import Redis
 
 from mailsvc.producer import command_fields
 from tests.smtp_servers import ScriptedHandler, SmtpServer
-from tests.support.deliveries import Ledger, new_key, raw_payload, smtp_env
+from tests.support.deliveries import Ledger, smtp_env
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedPoint, ReceivedSpan, otlp_env
+from tests.support.payloads import raw_payload
 from tests.support.process import running_service
+from tests.support.stream import new_key
 
 PATH = "/api/v1/internal/deliveries"
 SERVER, CLIENT, CONSUMER = 2, 3, 5  # OTLP span kinds

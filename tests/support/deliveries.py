@@ -1,4 +1,4 @@
-"""Execution tests' tools: the service in-process, commands on the stream, rows in PostgreSQL."""
+"""Execution tests' tools: the service in-process and the rows it wrote in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from redis.asyncio import Redis
 
 from mailsvc.bootstrap import build_runtime
-from mailsvc.producer import command_fields
 from mailsvc.runtime import Runtime
 from mailsvc.settings import HostPort, load_settings
 from tests.support.infra import wait_until
@@ -48,21 +46,6 @@ def smtp_env(service_env: Mapping[str, str], addr: HostPort, **overrides: str) -
         "MAIL_PROVIDER_PROBE_INTERVAL": "200ms",
         **overrides,
     }
-
-
-def raw_payload(*to: str, subject: str = "Hello", **fields: Any) -> dict[str, Any]:
-    return {"to": list(to), "subject": subject, "text": "Hello there.\n", **fields}
-
-
-def new_key(prefix: str = "k") -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-async def xadd(redis: Redis, stream_key: str, payload: Mapping[str, Any], key: str | None = None) -> str:
-    """XADD one `send_email` command; return its idempotency key (generated when not given)."""
-    key = key or new_key()
-    await redis.xadd(stream_key, command_fields(dict(payload), key, None))  # type: ignore[arg-type]
-    return key
 
 
 @dataclass

@@ -1,61 +1,13 @@
-"""Helpers for intake tests: stream commands as Redis sees them, and what PostgreSQL recorded."""
+"""Helpers for intake tests: what PostgreSQL recorded (stream offsets, malformed commands, deliveries)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg
-import orjson
-from redis.asyncio import Redis
 
 from tests.support.infra import wait_until
-
-Fields = dict[bytes, bytes]
-
-
-def command(payload: Any, key: str | None = None, **extra: bytes) -> Fields:
-    """The fields of a `send_email` stream entry (`payload` as given when it is already bytes)."""
-    fields: Fields = {
-        b"type": b"send_email",
-        b"payload": payload if isinstance(payload, bytes) else orjson.dumps(payload),
-    }
-    if key is not None:
-        fields[b"idempotency_key"] = key.encode()
-    fields.update({name.encode(): value for name, value in extra.items()})
-    return fields
-
-
-def raw_payload(n: int, **overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "to": [{"email": f"user{n}@example.com", "name": f"User {n}"}],
-        "subject": f"Message {n}",
-        "text": f"Hello number {n}",
-        "tags": {"n": str(n)},
-    }
-    payload.update(overrides)
-    return payload
-
-
-def login_code_payload(n: int, locale: str = "pt-BR") -> dict[str, Any]:
-    return {
-        "to": [f"auth{n}@example.com"],
-        "template": "auth.login_code",
-        "locale": locale,
-        "variables": {"code": f"{n:06d}", "expires_in_minutes": 10},
-    }
-
-
-async def xadd_all(redis: Redis, stream_key: str, entries: Sequence[Fields], chunk: int = 1000) -> list[str]:
-    """XADD every entry in order (pipelined); the new entry ids."""
-    ids: list[str] = []
-    for start in range(0, len(entries), chunk):
-        pipe = redis.pipeline(transaction=False)
-        for fields in entries[start : start + chunk]:
-            pipe.xadd(stream_key, fields)  # type: ignore[arg-type]
-        ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in await pipe.execute())
-    return ids
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""Operator API tests' tools: a service environment, the service in-process, paging, stream commands."""
+"""Operator API tests' tools: a service environment, the service in-process, paging."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-import orjson
-from redis.asyncio import Redis
 
 from mailsvc.bootstrap import build_runtime
 from mailsvc.settings import load_settings
-from tests.support.infra import redis_host_port, unique_name, wait_until
+from tests.support.infra import unique_name, wait_until
 
 API = "/api/v1/internal"
 REPO_TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "..", "templates")
@@ -69,21 +67,6 @@ async def collect(
         cursor = body["next_cursor"]
         if cursor is None:
             return items
-
-
-async def xadd_command(redis_addr: str, stream_key: str, payload: Any, key: str | None = None) -> None:
-    host, port = redis_host_port(redis_addr)
-    client = Redis(host=host, port=port)
-    try:
-        fields: dict[str, bytes] = {
-            "type": b"send_email",
-            "payload": payload if isinstance(payload, bytes) else orjson.dumps(payload),
-        }
-        if key is not None:
-            fields["idempotency_key"] = key.encode()
-        await client.xadd(stream_key, fields)  # type: ignore[arg-type]
-    finally:
-        await client.aclose()
 
 
 async def wait_for_delivery(

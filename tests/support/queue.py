@@ -18,7 +18,9 @@ from mailsvc.domain.retry import RetryPolicy
 from mailsvc.domain.transitions import AttemptRecord, after_attempt
 from mailsvc.services.acceptance import AcceptanceService
 from tests.conftest import REPO
-from tests.support.deliveries import FROM_EMAIL, Ledger, new_key, raw_payload
+from tests.support.deliveries import FROM_EMAIL, Ledger
+from tests.support.payloads import raw_payload
+from tests.support.stream import new_key
 
 
 @dataclass
