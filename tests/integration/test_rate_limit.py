@@ -65,6 +65,11 @@ async def test_three_replicas_share_one_bucket_and_all_mail_arrives(
                 return sink.total >= COUNT
 
             await wait_until(all_arrived, timeout=90, interval=0.1, what="every delivery at the sink")
+
+            async def all_recorded() -> bool:  # the sink's 250 comes before the result is written
+                return await db.conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'") >= COUNT
+
+            await wait_until(all_recorded, timeout=30, what="every result written")
             sent = await db.conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'")
             senders = [r for r in replicas if r.events("service_started")]
     assert len(senders) == 3
