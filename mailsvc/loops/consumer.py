@@ -20,6 +20,7 @@ from mailsvc.domain.stream import START, StreamEntries, StreamInfo, StreamRead, 
 from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand, StreamCommand, decode_entry
 from mailsvc.errors import OffsetMoved, StoreUnavailable, StreamUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
+from mailsvc.loops.leadership import LeaderLock, lead_or_stand_by
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.acceptance_types import BatchResult, PreparedBatch
 from mailsvc.waiting import first_done, wait_any
@@ -51,17 +52,6 @@ class OffsetStore(Protocol):
     ) -> None: ...
 
 
-class ConsumerLock(Protocol):
-    @property
-    def held(self) -> bool: ...
-
-    async def try_acquire(self) -> bool: ...
-
-    async def release(self) -> None: ...
-
-    async def wait_lost(self) -> None: ...
-
-
 class StreamConsumer:
     name = "consumer"
 
@@ -72,7 +62,7 @@ class StreamConsumer:
         stream_key: str,
         offsets: OffsetStore,
         acceptance: AcceptanceService,
-        lock: ConsumerLock,
+        lock: LeaderLock,
         block_ms: int,
         standby_interval: float = 1.0,
         max_backoff: float = 5.0,
@@ -105,19 +95,13 @@ class StreamConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    acquired = await self.lock.try_acquire()
-                except Exception as exc:  # the database may be down: stay a standby, keep trying
-                    log.warning("consumer_lock_unavailable", extra={"error_class": type(exc).__name__})
-                    acquired = False
-                if not acquired:
-                    await wait_any(self._stopping, timeout=self.standby_interval)
-                    continue
-                await self._consume()
-        finally:
-            await self.lock.release()
+        await lead_or_stand_by(
+            self.lock,
+            self._stopping,
+            self._consume,
+            standby_interval=self.standby_interval,
+            unavailable_event="consumer_lock_unavailable",
+        )
 
     async def _consume(self) -> None:
         """Consume while the lock is proven held; return when stopping, on lock loss or offset race."""

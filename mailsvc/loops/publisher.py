@@ -21,7 +21,7 @@ from typing import Protocol
 from mailsvc.domain.events import FEED_START, EventPosition, StoredEvent
 from mailsvc.errors import OffsetMoved, StoreUnavailable, StreamUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
-from mailsvc.loops.consumer import ConsumerLock
+from mailsvc.loops.leadership import LeaderLock, lead_or_stand_by
 from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.publisher")
@@ -54,7 +54,7 @@ class EventPublisher:
         source: EventSource,
         sink: EventSink,
         stream_key: str,
-        lock: ConsumerLock,
+        lock: LeaderLock,
         batch_size: int = 500,
         poll_interval: float = 0.25,
         linger: float = 0.02,
@@ -90,19 +90,15 @@ class EventPublisher:
 
     async def run(self) -> None:
         try:
-            while not self._stopping.is_set():
-                try:
-                    acquired = await self.lock.try_acquire()
-                except Exception as exc:  # the database may be down: stay a standby, keep trying
-                    log.warning("publisher_lock_unavailable", extra={"error_class": type(exc).__name__})
-                    acquired = False
-                if not acquired:
-                    await wait_any(self._stopping, timeout=self.standby_interval)
-                    continue
-                await self._publish_while_leading()
+            await lead_or_stand_by(
+                self.lock,
+                self._stopping,
+                self._publish_while_leading,
+                standby_interval=self.standby_interval,
+                unavailable_event="publisher_lock_unavailable",
+            )
         finally:
             self.oldest_unpublished_age = None
-            await self.lock.release()
 
     async def _publish_while_leading(self) -> None:
         try:

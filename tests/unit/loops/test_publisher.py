@@ -1,4 +1,4 @@
-"""EventPublisher through its Protocols (EventSource, EventSink, ConsumerLock): in-memory fakes, no I/O."""
+"""EventPublisher through its Protocols (EventSource, EventSink, LeaderLock): in-memory fakes, no I/O."""
 
 from __future__ import annotations
 
