@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -23,7 +22,7 @@ from tests.support.intake import connect, delivery_keys
 from tests.support.payloads import numbered_payload
 from tests.support.process import running_service
 from tests.support.stream import command, xadd_all
-from tests.support.tcp_proxy import TcpProxy, postgres_user_timeout
+from tests.support.tcp_proxy import dsn_through, postgres_user_timeout, proxy_to
 
 pytestmark = pytest.mark.slow
 
@@ -143,9 +142,8 @@ async def test_holder_whose_lock_session_is_terminated_stops_within_5s(
 async def test_holder_cut_off_from_postgresql_is_replaced_within_30s(
     service_env: dict[str, str], redis_client: Redis, stream_key: str, database_dsn: str
 ) -> None:
-    target = urlsplit(database_dsn)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    through_proxy = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{await proxy.start()}"))
+    proxy = proxy_to(database_dsn)
+    through_proxy = dsn_through(database_dsn, await proxy.start())
     try:
         async with connect(database_dsn) as db, contextlib.AsyncExitStack() as stack:
             await db.execute(_LOG_OFFSET_WRITES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -11,7 +10,7 @@ import httpx
 from tests.support.infra import wait_until
 from tests.support.operator_api import API, in_process, operator_env
 from tests.support.process import running_service
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import dsn_through, proxy_to
 
 PAYLOAD = {"to": ["ann@example.com"], "subject": "Hello", "text": "Hi"}
 
@@ -48,18 +47,11 @@ async def test_reads_blocked_past_the_operator_timeout_get_504(database_dsn: str
             assert response.json()["delivery_id"] == delivery_id
 
 
-def _through(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    userinfo = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"))
-
-
 async def test_database_unreachable_is_503_with_retry_after_and_the_service_recovers(
     database_dsn: str, redis_addr: str
 ) -> None:
-    target = urlsplit(database_dsn)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    env = operator_env(_through(database_dsn, await proxy.start()), redis_addr)
+    proxy = proxy_to(database_dsn)
+    env = operator_env(dsn_through(database_dsn, await proxy.start()), redis_addr)
     try:
         async with (
             running_service(env) as service,

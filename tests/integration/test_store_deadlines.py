@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -15,24 +14,17 @@ from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.errors import StoreUnavailable
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, dsn_through, proxy_to
 
 TIMEOUT = 1.0
 
 
 @pytest.fixture
 async def proxy(database_dsn: str) -> AsyncIterator[TcpProxy]:
-    target = urlsplit(database_dsn)
-    running = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    running = proxy_to(database_dsn)
     await running.start()
     yield running
     await running.stop()
-
-
-def _through(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    userinfo = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"))
 
 
 async def test_a_half_open_connection_fails_within_the_operation_timeout_and_is_not_reused(
@@ -42,7 +34,7 @@ async def test_a_half_open_connection_fails_within_the_operation_timeout_and_is_
     server's `statement_timeout` cannot help when the server never got the statement. One
     half-open moment wedged the consumer's commit, the scheduler's claim, the result writer and
     every HTTP request of that replica until it was killed (a SIGTERM ran past its deadline)."""
-    engine = create_engine(_through(database_dsn, proxy.port), operation_timeout_s=TIMEOUT)
+    engine = create_engine(dsn_through(database_dsn, proxy.port), operation_timeout_s=TIMEOUT)
     queue, intake = QueueStore(engine), IntakeStore(engine)
     try:
         assert await queue.claim(10, timedelta(seconds=30)) == []  # the pooled connections are open

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -14,22 +13,15 @@ import pytest
 from mailsvc.adapters.postgres.intake_store import WORK_CHANNEL
 from mailsvc.adapters.postgres.notifications import WorkListener
 from tests.support.infra import wait_until
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, dsn_through, proxy_to
 
 
 @pytest.fixture
 async def proxy(database_dsn: str) -> AsyncIterator[TcpProxy]:
-    target = urlsplit(database_dsn)
-    running = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    running = proxy_to(database_dsn)
     await running.start()
     yield running
     await running.stop()
-
-
-def _through(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    userinfo = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"))
 
 
 async def test_a_connection_lost_while_it_starts_listening_is_retried_not_a_crash(
@@ -39,7 +31,7 @@ async def test_a_connection_lost_while_it_starts_listening_is_retried_not_a_cras
     escaped the loop ("loop_crashed work-listener") and only the supervisor's restart, after a
     growing backoff, brought the wakeups back."""
     woken: list[int] = []
-    listener = WorkListener(_through(database_dsn, proxy.port), lambda: woken.append(1), max_backoff=0.2)
+    listener = WorkListener(dsn_through(database_dsn, proxy.port), lambda: woken.append(1), max_backoff=0.2)
     proxy.cut_on = b"LISTEN"  # the network breaks with the LISTEN in flight, every time
     task = asyncio.create_task(listener.run())
     try:

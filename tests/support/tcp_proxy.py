@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 _SSL_REQUEST, _GSSENC_REQUEST, _PROTOCOL_3 = 80877103, 80877104, 196608
 
@@ -148,3 +149,16 @@ def postgres_user_timeout(first_bytes: bytes) -> float | None:
         milliseconds = int(parameters.get("tcp_user_timeout", "0"))
         return milliseconds / 1000 if milliseconds else None
     return None
+
+
+def proxy_to(dsn: str) -> TcpProxy:
+    """A proxy (not yet started) in front of the server a DSN names."""
+    target = urlsplit(dsn)
+    return TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+
+
+def dsn_through(dsn: str, port: int) -> str:
+    """The same DSN, pointed at a proxy listening on 127.0.0.1:`port`."""
+    parts = urlsplit(dsn)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"))
