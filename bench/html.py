@@ -78,7 +78,7 @@ def _legend(names: list[str]) -> str:
 
 def _e2e_runs(scenarios: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(label, e2e-like details) of every run that delivered a backlog."""
-    parts = {"scaleout": ("one", "two"), "events": ("on", "off")}
+    parts = {"scaleout": ("one", "two")}
     for name, summary in scenarios.items():
         for index, run in enumerate(summary.get("runs", [])):
             details = run.get("details", {})
@@ -87,6 +87,10 @@ def _e2e_runs(scenarios: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
             for part in parts.get(name, ()):
                 if "sink_timeline" in details.get(part, {}):
                     yield f"{name} {part} run {index + 1}", details[part]
+            # events: its runs in the order they ran (off, on, on, off)
+            for label, each in zip(details.get("order", ()), details.get("runs", ()), strict=False):
+                if "sink_timeline" in each:
+                    yield f"{name} {label} run {index + 1}", each
 
 
 def _rates(timeline: list[list[float]], step: float = 0.1) -> list[tuple[float, float]]:

@@ -60,6 +60,9 @@ async def _e2e_once(
             raw = await raw_ceiling(sink, raw_count, bench.service.concurrency * replicas, bench.sizes.payload)
         await sink.reset()
         await xadd_backlog(bench.env.redis, stream, count, fields_for(run_token(), bench.sizes.payload))
+        # every run starts with no dirty buffers to write (the new database's among them), so a
+        # checkpoint falls in a run only when the run itself calls for one: comparable runs
+        await bench.env.admin("CHECKPOINT")
         window = bench.cpu_window(dsn)
         async with bench.services(sink, dsn, stream, replicas, events=events, window=window) as running:
             last = await wait_for_count(sink, count, timeline=timeline)
@@ -134,16 +137,32 @@ def _cpu_figures(figures: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 async def events(bench: Bench) -> RunResult:
-    """The e2e backlog with delivery events published (SPEC §11), then with publishing off
-    (`MAIL_REDIS_EVENT_STREAM` empty); SPEC §10 wants on ≥ 90 % of off."""
-    on = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=True, lag=True)
-    off = await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=False)
-    on_rate, off_rate = on["figures"]["deliveries_per_s"], off["figures"]["deliveries_per_s"]
+    """The e2e backlog with delivery events published (SPEC §11) and with publishing off
+    (`MAIL_REDIS_EVENT_STREAM` empty); SPEC §10 wants on ≥ 90 % of off.
+
+    Four runs in the order off, on, on, off (ABBA): whatever drifts through the invocation — the
+    shared server's caches, a checkpoint, the other work on the machine — weighs on both sides
+    alike. Rates and CPU are the pairs' means; the lag is that of the on runs' events."""
+    runs = []
+    for published in (False, True, True, False):
+        runs.append(
+            await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=published, lag=published)
+        )
+    on, off = [r["figures"] for r in runs[1:3]], [r["figures"] for r in (runs[0], runs[3])]
+    on_rate, off_rate = _mean(on, "deliveries_per_s"), _mean(off, "deliveries_per_s")
     figures = {"events_on_per_s": on_rate, "events_off_per_s": off_rate, "ratio": on_rate / off_rate}
-    figures.update(_cpu_figures(on["figures"], "events_on_"))
-    figures.update(_cpu_figures(off["figures"], "events_off_"))
-    figures.update({k: v for k, v in on["figures"].items() if k.startswith("publish_lag")})
-    return {"figures": figures, "details": {"on": on["details"], "off": off["details"]}}
+    for name in on[0]:
+        if name.endswith("_per_delivery"):
+            figures["events_on_" + name], figures["events_off_" + name] = _mean(on, name), _mean(off, name)
+    for name in ("publish_lag_p50_ms", "publish_lag_p99_ms"):
+        if all(name in f for f in on):
+            figures[name] = max(f[name] for f in on)  # the worse of the two on runs
+    order = ["off", "on", "on", "off"]
+    return {"figures": figures, "details": {"order": order, "runs": [r["details"] for r in runs]}}
+
+
+def _mean(figures: list[dict[str, float]], name: str) -> float:
+    return sum(f[name] for f in figures) / len(figures)
 
 
 async def max_rate(bench: Bench) -> tuple[float, str]:

@@ -127,6 +127,15 @@ def test_e2e_reports_cpu_by_process_and_wal(python_sink_run: dict[str, Any]) -> 
     assert [n for _, n in timeline] == sorted(n for _, n in timeline)
 
 
+def test_events_runs_off_on_on_off(python_sink_run: dict[str, Any]) -> None:
+    """ABBA: drift through the invocation weighs on both sides alike; each run delivered the backlog."""
+    (run,) = python_sink_run["scenarios"]["events"]["runs"]
+    assert run["details"]["order"] == ["off", "on", "on", "off"]
+    assert [each["rows"]["sent"] for each in run["details"]["runs"]] == [200] * 4
+    figures = run["figures"]
+    assert figures["ratio"] == pytest.approx(figures["events_on_per_s"] / figures["events_off_per_s"])
+
+
 def test_events_off_empties_the_event_stream_for_the_service() -> None:
     where = {"dsn": "postgresql://x/y", "redis_addr": "r:1", "redis_password": "", "stream": "s", "sink_port": 1,
              "http_port": 2}  # fmt: skip
