@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,11 @@ def build_payload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_fields(payload: dict[str, Any], idempotency_key: str | None, traceparent: str | None) -> dict[str, str]:
+    """The command's fields. Without a caller's key it gets a fresh one: the Redis client retries
+    a command whose reply it lost (a timeout, a dropped connection), so one `send` can XADD twice —
+    with a key the second is a duplicate of the first (SPEC §4), without one it would be a second mail."""
     fields = {"type": "send_email", "payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False)}
-    if idempotency_key:
-        fields["idempotency_key"] = idempotency_key
+    fields["idempotency_key"] = idempotency_key or f"send-{uuid.uuid4()}"
     if traceparent:
         fields["traceparent"] = traceparent
     return fields
@@ -84,10 +87,13 @@ def send_command(args: argparse.Namespace) -> int:
         print(f"mailsvc send: {exc}", file=sys.stderr)
         return 1
     try:
-        entry_id = asyncio.run(_xadd(command_fields(payload, args.idempotency_key, args.traceparent)))
+        fields = command_fields(payload, args.idempotency_key, args.traceparent)
+        entry_id = asyncio.run(_xadd(fields))
     except SettingsError as error:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
     print(entry_id)
+    if not args.idempotency_key:
+        print(f"idempotency key: {fields['idempotency_key']}", file=sys.stderr)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -134,7 +135,10 @@ async def test_send_builds_a_template_command_from_a_file_and_flags(
     )
     assert code == 0, err
     ((_, fields),) = await redis_client.xrange(stream_key)
-    assert b"idempotency_key" not in fields  # the consumer then uses the entry id
+    # no --idempotency-key: a fresh one, so the client's retry of a lost reply cannot send it twice
+    key = fields[b"idempotency_key"].decode()
+    assert re.fullmatch(r"send-[0-9a-f-]{36}", key)
+    assert f"idempotency key: {key}" in err
     assert fields[b"traceparent"] == traceparent.encode()
     assert orjson.loads(fields[b"payload"]) == {
         "to": ["a@example.com", "b@example.com"],
