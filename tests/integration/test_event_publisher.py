@@ -3,16 +3,20 @@ the outbox trap, Redis outages, one publisher at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from mailsvc.adapters.redis_events import RedisEventWriter
+from mailsvc.domain.events import EventPosition, StoredEvent
 from mailsvc.domain.model import SendResult
+from mailsvc.errors import StreamUnavailable
 from tests.support.events import (
     assert_duplicates_are_identical,
     per_delivery,
@@ -20,7 +24,7 @@ from tests.support.events import (
     stream_events,
     wait_published,
 )
-from tests.support.infra import redis_host_port, unique_name, wait_until
+from tests.support.infra import closed_port, redis_host_port, unique_name, wait_until
 from tests.support.queue import Queue, attempted, open_queue, sent
 from tests.support.tcp_proxy import TcpProxy
 
@@ -194,3 +198,63 @@ async def _held(running: object) -> bool:
 
 async def _counted(running: object, at_least: int) -> bool:
     return running.publisher.published >= at_least  # type: ignore[attr-defined,no-any-return]
+
+
+def _event(n: int) -> StoredEvent:
+    return StoredEvent(
+        position=EventPosition(1, n),
+        event_id=uuid.uuid4(),
+        delivery_id=uuid.uuid4(),
+        type="delivery.sent",
+        data_json=f'{{"n": {n}}}',
+        time=datetime.now(UTC),
+        source="notification",
+        idempotency_key=f"key-{n}",
+        tags_json="{}",
+        traceparent=None,
+    )
+
+
+async def test_an_error_reply_is_a_refusal_and_leaves_the_connection_in_step(redis: Redis, events_key: str) -> None:
+    """Every XADD of a batch goes out in one write: an error reply for them (here WRONGTYPE) is
+    `refused`, every reply is still read, so the same connection carries the next batch in step."""
+    writer = RedisEventWriter(redis, events_key, maxlen=1000)
+    await redis.set(events_key, "not a stream")
+    with pytest.raises(StreamUnavailable) as refused:
+        await writer.publish([_event(1), _event(2), _event(3)])
+    assert refused.value.refused
+    assert "WRONGTYPE" in str(refused.value)
+    await redis.delete(events_key)
+    batch = [_event(4), _event(5)]
+    await writer.publish(batch)
+    assert [e["id"] for e in await stream_events(redis, events_key)] == [str(e.event_id) for e in batch]
+    assert await redis.ping()  # a reply left unread would answer this PING instead
+
+
+async def test_an_unreachable_redis_is_unavailable_not_refused() -> None:
+    gone = Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
+    try:
+        with pytest.raises(StreamUnavailable) as unavailable:
+            await RedisEventWriter(gone, "nowhere", maxlen=10).publish([_event(1)])
+        assert not unavailable.value.refused
+    finally:
+        await gone.aclose()
+
+
+async def test_a_redis_that_stops_answering_is_unavailable_within_the_socket_timeout(
+    redis_addr: str, events_key: str
+) -> None:
+    """The batch's replies share one deadline (the client's socket timeout): a server that goes
+    silent on an open connection fails the publish, it never hangs the publisher."""
+    proxy = TcpProxy(*redis_host_port(redis_addr))
+    through = Redis(host="127.0.0.1", port=await proxy.start(), socket_timeout=0.5)
+    writer = RedisEventWriter(through, events_key, maxlen=10)
+    try:
+        await writer.publish([_event(1)])  # the pooled connection is open and in use
+        proxy.blackhole()
+        with pytest.raises(StreamUnavailable) as unavailable:
+            await asyncio.wait_for(writer.publish([_event(2), _event(3)]), 10)
+        assert not unavailable.value.refused
+    finally:
+        await through.aclose()
+        await proxy.stop()

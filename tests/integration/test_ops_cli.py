@@ -31,7 +31,7 @@ import pytest
 from mailsvc.cli import build_parser
 from mailsvc.ops.cli import ops_command
 from mailsvc.ops.tables import LINE_WIDTH, cells
-from tests.support.infra import wait_until
+from tests.support.infra import closed_port, wait_until
 from tests.support.operator_api import API, collect, operator_env, wait_for_delivery
 from tests.support.process import ServiceProcess, running_service
 from tests.support.stream import xadd_command
@@ -513,12 +513,6 @@ def silent_listener() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         yield listener.getsockname()[1]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
