@@ -323,6 +323,7 @@ async def build_runtime(
             wake_scheduler=work_committed,
             instruments=instruments,
             dev_outbox=_dev_outbox(settings),
+            request_hash_key=settings.retention.idempotency_hash_key.reveal().encode(),
         )
         consumer = StreamConsumer(
             reader=RedisStreamReader(

@@ -22,6 +22,7 @@ from mailsvc.domain.commands import (
     Problem,
     SendRequest,
     ValidationFailed,
+    keyed_digest,
     parse_send_request,
     request_hash,
     utf8_size,
@@ -65,6 +66,7 @@ class AcceptanceService:
         instruments: Instruments = NO_INSTRUMENTS,
         loop_share: LoopShare | None = None,
         dev_outbox: Callable[[UUID, bytes], Awaitable[None]] | None = None,
+        request_hash_key: bytes = b"",
     ) -> None:
         self.store = store
         self.renderer = renderer
@@ -82,6 +84,7 @@ class AcceptanceService:
         # stub mode with an outbox (SPEC §4): an auth delivery suppressed at the door is written
         # there too, so a developer sees the login code; it stays `suppressed`
         self.dev_outbox = dev_outbox
+        self.request_hash_key = request_hash_key  # `keyed_digest`: what is stored of each request
 
     # -- preparing (pure CPU) -------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class AcceptanceService:
             source=source,
             status=status,
             idempotency_key=idempotency_key,
-            request_hash=digest,
+            request_hash=keyed_digest(digest, self.request_hash_key),
             request=request,
             content=content,
             message_id=message_id,

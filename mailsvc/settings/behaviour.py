@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES
 from mailsvc.settings.declare import setting, settings_group
-from mailsvc.settings.values import byte_size_in, int_in, non_negative_number, one_of, positive_duration
+from mailsvc.settings.values import Secret, byte_size_in, int_in, non_negative_number, one_of, positive_duration
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
@@ -135,6 +135,15 @@ class RetentionSettings:
         positive_duration,
         default=timedelta(hours=24),
         doc="How long an idempotency key maps to its delivery (at most MAIL_DELIVERY_RETENTION).",
+    )
+    idempotency_hash_key: Secret = setting(
+        "MAIL_IDEMPOTENCY_HASH_KEY",
+        Secret,
+        default=Secret(""),
+        doc="Key of the HMAC over each request's digest kept with its idempotency key (SPEC §13: with a"
+        " plain digest, whoever reads the database can test guesses of a login code against it until the"
+        " key expires). The same on every replica; changing it turns a retry within MAIL_IDEMPOTENCY_TTL"
+        " into a conflict. Empty: the plain SHA-256.",
     )
     delivery_retention: timedelta = setting(
         "MAIL_DELIVERY_RETENTION",

@@ -5,6 +5,7 @@ is the SHA-256 of exactly what the SMTP server received."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,9 +14,11 @@ from typing import Any
 
 import httpx
 
+from mailsvc.domain.commands import request_hash
 from tests.smtp_servers import Gate, ScriptedHandler, SmtpServer
 from tests.support.db_search import columns_holding
 from tests.support.infra import wait_until
+from tests.support.intake import connect
 from tests.support.operator_api import API, in_process, operator_env, wait_for_status
 from tests.support.stream import xadd_command
 
@@ -222,3 +225,28 @@ async def test_cancelled_and_superseded_sensitive_deliveries_are_redacted(databa
 async def _listed(api: httpx.AsyncClient, marker: str) -> dict[str, Any] | None:
     items = (await api.get(f"{API}/deliveries", params={"tag": f"m:{marker}"})).json()["items"]
     return dict(items[0]) if items else None
+
+
+async def test_the_kept_request_digest_cannot_be_checked_against_guesses_without_the_key(
+    database_dsn: str, redis_addr: str
+) -> None:
+    """The idempotency key outlives the redaction (MAIL_IDEMPOTENCY_TTL); what it keeps of the
+    request is an HMAC under MAIL_IDEMPOTENCY_HASH_KEY, not a SHA-256 anyone could recompute for
+    each of a million codes. Retries still match it; a changed request still conflicts."""
+    key = secrets.token_hex(16)
+    code = a_code()
+    payload = {"to": ["ann@example.com"], "template": "auth.login_code", "variables": {"code": code, "expires_in_minutes": 10}}
+    headers = {"Idempotency-Key": "login-hmac"}
+    async with in_process(operator_env(database_dsn, redis_addr, MAIL_IDEMPOTENCY_HASH_KEY=key)) as api:
+        first = await api.post(f"{API}/deliveries", json=payload, headers=headers)
+        assert first.status_code == 202, first.text
+        retry = await api.post(f"{API}/deliveries", json=payload, headers=headers)
+        assert retry.json()["delivery_id"] == first.json()["delivery_id"], retry.text
+        other = {**payload, "variables": {"code": a_code(), "expires_in_minutes": 10}}
+        conflict = await api.post(f"{API}/deliveries", json=other, headers=headers)
+        assert conflict.status_code == 409, conflict.text
+    async with connect(database_dsn) as db:
+        stored = bytes(await db.fetchval("SELECT request_hash FROM idempotency_keys WHERE key = 'login-hmac'"))
+    plain = request_hash(payload)
+    assert stored != plain
+    assert stored == hmac.digest(key.encode(), plain, "sha256")

@@ -707,6 +707,7 @@ def test_secrets_live_in_the_secret_and_only_as_placeholders() -> None:
         "MAIL_SMTP_PASSWORD",
         "MAIL_INTERNAL_HTTP_INTAKE_TOKENS",
         "MAIL_INTERNAL_HTTP_OPERATOR_TOKENS",
+        "MAIL_IDEMPOTENCY_HASH_KEY",
     }
     secret = the("Secret")
     assert "data" not in secret, "a template: readable stringData only"
@@ -714,7 +715,7 @@ def test_secrets_live_in_the_secret_and_only_as_placeholders() -> None:
     for name, value in secret["stringData"].items():
         assert "CHANGE-ME" in value, f"{name} must be an obvious placeholder"
     config = the("ConfigMap")["data"]
-    leaked = sorted(n for n in config if re.search(r"PASSWORD|TOKENS|DSN", n))
+    leaked = sorted(n for n in config if re.search(r"PASSWORD|TOKENS|DSN|KEY", n))
     assert not leaked, f"secrets in the ConfigMap: {leaked}"
 
 
