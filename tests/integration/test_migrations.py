@@ -208,9 +208,7 @@ async def test_0011_keeps_what_the_dropped_indexes_found(empty_database_dsn: str
         await upgrade(empty_database_dsn)
         conn = await asyncpg.connect(empty_database_dsn)
         ends = await conn.fetch("SELECT delivery_id, status, created_at FROM delivery_ends")
-        assert [(r["delivery_id"], r["status"], r["created_at"]) for r in ends] == [
-            (dead, "dead_lettered", at)
-        ]
+        assert [(r["delivery_id"], r["status"], r["created_at"]) for r in ends] == [(dead, "dead_lettered", at)]
         queue = {
             r["delivery_id"]: (r["created_at"], r["collapse_source"], r["collapse_key"])
             for r in await conn.fetch("SELECT * FROM delivery_queue")
@@ -225,7 +223,8 @@ async def test_0011_keeps_what_the_dropped_indexes_found(empty_database_dsn: str
         await conn.close()
         await downgrade(empty_database_dsn, "0010")
         conn = await asyncpg.connect(empty_database_dsn)
-        names = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")}
+        indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")
+        names = {r["indexname"] for r in indexes}
         assert {"deliveries_status_created_idx", "deliveries_finished_idx", "deliveries_collapse_idx"} <= names
     finally:
         await conn.close()
