@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ TABLES = {
     "stream_events",
     "idempotency_keys",
     "delivery_queue",
+    "delivery_ends",
     "delivery_events",
     "event_cursors",
     "suppressions",
@@ -85,8 +87,8 @@ async def test_database_enforces_statuses_and_state_rules(database_dsn: str) -> 
             await _insert_delivery(conn, status="sent")
         queued = await _insert_delivery(conn)
         insert_queue_row = (
-            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline) "
-            "VALUES ($1, 1, now(), $2, $3)"
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline, "
+            "created_at) VALUES ($1, 1, now(), $2, $3, now())"
         )
         with pytest.raises(asyncpg.CheckViolationError):  # a claim has a deadline
             await conn.execute(insert_queue_row, queued, uuid.uuid4(), None)
@@ -129,7 +131,9 @@ async def test_one_idempotency_key_per_scope_and_cascades(database_dsn: str) -> 
         )
         await conn.execute("DELETE FROM deliveries WHERE delivery_id = $1", first)
         await conn.execute(
-            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at) VALUES ($1, 1, now())", second
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, created_at)"
+            " VALUES ($1, 1, now(), now())",
+            second,
         )
         await conn.execute("DELETE FROM deliveries WHERE delivery_id = $1", second)
         assert await conn.fetchval("SELECT count(*) FROM delivery_queue") == 0
@@ -182,3 +186,45 @@ async def test_every_foreign_key_leads_an_index(database_dsn: str) -> None:
         if not any(_serves(index, fk["child"], fk["columns"]) for index in indexes)
     ]
     assert unindexed == [], "foreign keys without an index: " + "; ".join(unindexed)
+
+
+async def test_0011_keeps_what_the_dropped_indexes_found(empty_database_dsn: str) -> None:
+    """Rows written before 0011: the rare ends get their `delivery_ends` row, a live delivery's queue
+    row its `created_at` and collapse key, and a downgrade gives the indexes back."""
+    await upgrade(empty_database_dsn, "0010")
+    conn = await asyncpg.connect(empty_database_dsn)
+    try:
+        at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        collapsing = await _insert_delivery(conn, collapse_key="digest", created_at=at)
+        plain = await _insert_delivery(conn, source="auth", created_at=at)
+        for delivery_id in (collapsing, plain):
+            await conn.execute(
+                "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at) VALUES ($1, 1, now())",
+                delivery_id,
+            )
+        dead = await _insert_delivery(conn, status="dead_lettered", finished_at="now()", created_at=at)
+        await _insert_delivery(conn, status="sent", finished_at="now()")
+        await conn.close()
+        await upgrade(empty_database_dsn)
+        conn = await asyncpg.connect(empty_database_dsn)
+        ends = await conn.fetch("SELECT delivery_id, status, created_at FROM delivery_ends")
+        assert [(r["delivery_id"], r["status"], r["created_at"]) for r in ends] == [(dead, "dead_lettered", at)]
+        queue = {
+            r["delivery_id"]: (r["created_at"], r["collapse_source"], r["collapse_key"])
+            for r in await conn.fetch("SELECT * FROM delivery_queue")
+        }
+        assert queue == {collapsing: (at, "notification", "digest"), plain: (at, None, None)}
+        # a new rare end, by any path, is recorded by the database itself
+        await conn.execute("DELETE FROM delivery_queue WHERE delivery_id = $1", plain)
+        await conn.execute(
+            "UPDATE deliveries SET status = 'cancelled', finished_at = now() WHERE delivery_id = $1", plain
+        )
+        assert await conn.fetchval("SELECT status FROM delivery_ends WHERE delivery_id = $1", plain) == "cancelled"
+        await conn.close()
+        await downgrade(empty_database_dsn, "0010")
+        conn = await asyncpg.connect(empty_database_dsn)
+        indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")
+        names = {r["indexname"] for r in indexes}
+        assert {"deliveries_status_created_idx", "deliveries_finished_idx", "deliveries_collapse_idx"} <= names
+    finally:
+        await conn.close()

@@ -63,8 +63,9 @@ async def delivery(
     )  # fmt: skip
     if not terminal:  # queued, or sending: a claimed queue row
         await conn.execute(
-            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline) VALUES"
-            " ($1, 1, $2::timestamptz, CASE WHEN $3 THEN gen_random_uuid() END, CASE WHEN $3 THEN $2::timestamptz END)",
+            "INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, claim_token, claim_deadline,"
+            " created_at) VALUES ($1, 1, $2::timestamptz, CASE WHEN $3 THEN gen_random_uuid() END,"
+            " CASE WHEN $3 THEN $2::timestamptz END, $2::timestamptz)",
             delivery_id, at, status == "sending",
         )  # fmt: skip
     await conn.execute(

@@ -41,11 +41,13 @@ LATERAL (SELECT $2::timestamptz - (g / 2) * interval '17 seconds' AS created) c
 """
 
 _QUEUE = """
-INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, attempt_count, claim_token, claim_deadline)
+INSERT INTO delivery_queue (
+    delivery_id, priority, next_attempt_at, attempt_count, claim_token, claim_deadline, created_at)
 SELECT CAST(md5('seed:' || g) AS uuid), g % 3, timestamptz '2100-01-01',
        CASE WHEN (g * 7) % 10 = 8 THEN 1 ELSE g % 2 END,
        CASE WHEN (g * 7) % 10 = 8 THEN gen_random_uuid() END,
-       CASE WHEN (g * 7) % 10 = 8 THEN timestamptz '2100-01-01' END
+       CASE WHEN (g * 7) % 10 = 8 THEN timestamptz '2100-01-01' END,
+       $2::timestamptz - (g / 2) * interval '17 seconds'
 FROM generate_series(1, $1::int) g WHERE (g * 7) % 10 IN (7, 8)
 """
 
@@ -103,7 +105,7 @@ async def seed_deliveries(dsn: str, count: int) -> None:
         newest = await conn.fetchval("SELECT now() - interval '1 hour'")
         async with conn.transaction():
             await conn.execute(_DELIVERIES, count, newest)
-            await conn.execute(_QUEUE, count)
+            await conn.execute(_QUEUE, count, newest)
             await conn.execute(_RECIPIENTS, count)
             await conn.execute(_PAYLOADS)
             await conn.execute(_ATTEMPTS)

@@ -81,8 +81,8 @@ _INSERT_DELIVERIES = text(
                CASE WHEN st <> 'queued' THEN ca END, tp, ck, sub
         FROM t
     )
-    INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at)
-    SELECT id, pri, sa FROM t WHERE st = 'queued'
+    INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, created_at, collapse_source, collapse_key)
+    SELECT id, pri, sa, ca, CASE WHEN ck IS NOT NULL THEN src END, ck FROM t WHERE st = 'queued'
     """
 )
 
@@ -121,7 +121,8 @@ _LOCK_COLLAPSE_KEYS = text(
 # Every queued, unclaimed delivery of a winner's (source, collapse key) — older acceptances and
 # earlier ones of this batch — is superseded by it: its queue row goes (a claim holding the row
 # wins: the row is left to finish), its final state, its event and its redaction (SPEC §13) are written,
-# in one statement.
+# in one statement. The queue row carries the collapse key (migration 0011): only live deliveries
+# have one, so no status is consulted.
 _SUPERSEDE = text(
     f"""
     WITH w AS (
@@ -130,9 +131,9 @@ _SUPERSEDE = text(
             CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:at AS timestamptz[]))
             AS w(src, ck, winner, et, ed, at)
     ), gone AS (
-        DELETE FROM delivery_queue q USING deliveries d, w
-        WHERE d.source = w.src AND d.collapse_key = w.ck AND d.status = 'queued' AND d.delivery_id <> w.winner
-          AND q.delivery_id = d.delivery_id AND q.claim_token IS NULL
+        DELETE FROM delivery_queue q USING w
+        WHERE q.collapse_source = w.src AND q.collapse_key = w.ck AND q.delivery_id <> w.winner
+          AND q.claim_token IS NULL
         RETURNING q.delivery_id, q.attempt_count, w.winner, w.et, w.ed, w.at
     ), ended AS (
         UPDATE deliveries d
