@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -13,6 +13,7 @@ from mailsvc.domain.events import Event
 from mailsvc.domain.model import RenderedContent, Source, Status
 from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.stream import parse_id
+from mailsvc.domain.stream_entries import raw_fields_blob
 from mailsvc.domain.suppression import key_of
 from mailsvc.domain.transitions import acceptance_event, after_suppression_check, suppressed_reason
 
@@ -33,7 +34,9 @@ class NewDelivery:
     accepted_at: datetime
     resend_of: UUID | None = None
     stream_entry_id: str | None = None
-    raw_fields: bytes | None = None  # for a stream command that turns out to conflict
+    # a stream command's fields as Redis gave them, for the malformed row should it turn out to
+    # conflict (`raw_fields`, computed only then)
+    stream_fields: Mapping[bytes, bytes] | None = None
     traceparent: str | None = None  # of the span that accepted it: each attempt's span continues it
     # set when the request fails validation only because time passed (its `expires_at`): it may
     # still answer a replay of the stored original, but it never creates anything (see `KeyOutcome`)
@@ -54,6 +57,10 @@ class NewDelivery:
             return self.accepted_at
         ms, _ = parse_id(self.stream_entry_id)
         return datetime.fromtimestamp(ms / 1000, UTC)
+
+    @property
+    def raw_fields(self) -> bytes | None:
+        return None if self.stream_fields is None else raw_fields_blob(self.stream_fields)
 
     @property
     def collapse_key(self) -> str | None:

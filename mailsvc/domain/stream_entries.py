@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,13 @@ class StreamCommand:
     payload: Any
     request_hash: bytes
     traceparent: str | None
-    raw_fields: bytes  # kept in case the command turns out malformed later (e.g. a key conflict)
+    # the fields as Redis gave them: the malformed row's `raw_fields` if the command turns out
+    # malformed later (e.g. a key conflict) — computed only then, most commands never need it
+    fields: Mapping[bytes, bytes]
+
+    @property
+    def raw_fields(self) -> bytes:
+        return raw_fields_blob(self.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +40,12 @@ class CancelCommand:
     entry_id: str
     target_key: str
     traceparent: str | None
-    raw_fields: bytes  # for the malformed row when it cannot apply (unknown_target, not_cancellable)
+    fields: Mapping[bytes, bytes]  # for the malformed row when it cannot apply (unknown_target, not_cancellable)
     idempotency_key: str | None = None
+
+    @property
+    def raw_fields(self) -> bytes:
+        return raw_fields_blob(self.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +57,7 @@ class MalformedCommand:
     idempotency_key: str | None = None
 
 
-def raw_fields_blob(fields: dict[bytes, bytes]) -> bytes:
+def raw_fields_blob(fields: Mapping[bytes, bytes]) -> bytes:
     """The fields as Redis gave them, readable and unambiguous, at most 64 KiB.
 
     JSON with undecodable bytes backslash-escaped: nothing is lost, and NUL stays an escape
@@ -132,7 +143,7 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | C
         return _cancel(entry_id, key, payload, traceparent, fields) or malformed(
             "validation_failed", 'payload must be {"idempotency_key": "<key of the send_email to cancel>"}', key
         )
-    return StreamCommand(entry_id, key, payload, digest, traceparent, raw_fields_blob(fields))
+    return StreamCommand(entry_id, key, payload, digest, traceparent, fields)
 
 
 def _cancel(
@@ -143,4 +154,4 @@ def _cancel(
     target = payload["idempotency_key"]
     if not isinstance(target, str) or not valid_idempotency_key(target):
         return None
-    return CancelCommand(entry_id, target, traceparent, raw_fields_blob(fields), key)
+    return CancelCommand(entry_id, target, traceparent, fields, key)

@@ -8,7 +8,7 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -141,6 +141,8 @@ class AcceptanceService:
         content: RenderedContent,
         *,
         resend_of: UUID | None = None,
+        stream_entry_id: str | None = None,
+        stream_fields: Mapping[bytes, bytes] | None = None,
     ) -> NewDelivery:
         now = self.clock()
         replay_only = None
@@ -174,6 +176,8 @@ class AcceptanceService:
             mime=mime,
             accepted_at=now,
             resend_of=resend_of,
+            stream_entry_id=stream_entry_id,
+            stream_fields=stream_fields,
             replay_only=replay_only,
         )
 
@@ -286,7 +290,15 @@ class AcceptanceService:
             try:
                 request, content = self.validate_and_render(entry.payload)
                 await slices.checkpoint()
-                delivery = self.build("notification", entry.idempotency_key, entry.request_hash, request, content)
+                delivery = self.build(
+                    "notification",
+                    entry.idempotency_key,
+                    entry.request_hash,
+                    request,
+                    content,
+                    stream_entry_id=entry.entry_id,
+                    stream_fields=entry.fields,
+                )
             except ValidationFailed as error:
                 spans.malformed(span, error.reason)
                 malformed.append(
@@ -303,14 +315,8 @@ class AcceptanceService:
                     )
                 )
                 continue
-            prepared.append(
-                replace(
-                    delivery,
-                    stream_entry_id=entry.entry_id,
-                    raw_fields=entry.raw_fields,
-                    traceparent=spans.prepared(span),
-                )
-            )
+            traceparent = spans.prepared(span)  # None unless tracing: no copy of the delivery then
+            prepared.append(delivery if traceparent is None else replace(delivery, traceparent=traceparent))
         return batch
 
     async def commit_stream_batch(self, batch: PreparedBatch, offset: OffsetAdvance) -> BatchResult:

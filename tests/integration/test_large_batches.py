@@ -52,7 +52,7 @@ def large_deliveries(count: int) -> list[NewDelivery]:
         prepared = builder.prepare(
             source="notification", idempotency_key=f"k{n}", payload=payload, digest=request_hash(payload)
         )
-        out.append(replace(prepared, stream_entry_id=f"1-{n}", raw_fields=b"{}"))
+        out.append(replace(prepared, stream_entry_id=f"1-{n}", stream_fields={}))
     return out
 
 

@@ -69,7 +69,7 @@ def prepare(acceptance: AcceptanceService, key: str, payload: dict[str, Any], en
     prepared = acceptance.prepare(
         source="notification", idempotency_key=key, payload=payload, digest=request_hash(payload)
     )
-    return replace(prepared, stream_entry_id=entry, raw_fields=b"{}")
+    return replace(prepared, stream_entry_id=entry, stream_fields={})
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
@@ -139,7 +139,7 @@ async def test_within_one_stream_batch_each_replay_is_judged_in_order(engine: As
 async def test_a_stream_batch_counts_a_refused_replay_as_malformed(engine: AsyncEngine) -> None:
     late = service(engine, LATER)
     payload = login_code()
-    entry = StreamCommand("3-0", "gone", payload, request_hash(payload), None, b"{}")
+    entry = StreamCommand("3-0", "gone", payload, request_hash(payload), None, {})
     result = await late.commit_stream_batch(
         await late.prepare_stream_batch([entry]), OffsetAdvance(STREAM, None, "3-0")
     )

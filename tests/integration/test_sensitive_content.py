@@ -235,7 +235,8 @@ async def test_the_kept_request_digest_cannot_be_checked_against_guesses_without
     each of a million codes. Retries still match it; a changed request still conflicts."""
     key = secrets.token_hex(16)
     code = a_code()
-    payload = {"to": ["ann@example.com"], "template": "auth.login_code", "variables": {"code": code, "expires_in_minutes": 10}}
+    variables = {"code": code, "expires_in_minutes": 10}
+    payload = {"to": ["ann@example.com"], "template": "auth.login_code", "variables": variables}
     headers = {"Idempotency-Key": "login-hmac"}
     async with in_process(operator_env(database_dsn, redis_addr, MAIL_IDEMPOTENCY_HASH_KEY=key)) as api:
         first = await api.post(f"{API}/deliveries", json=payload, headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.header import decode_header, make_header
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mailsvc.domain.mime import ascii_address, build_mime, make_message_id
+from mailsvc.domain.mime import _lines_within, ascii_address, build_mime, make_message_id
 from mailsvc.domain.model import Address
 
 DATE = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
@@ -302,3 +303,14 @@ def test_make_message_id() -> None:
 def test_naive_and_utc_dates() -> None:
     utc = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse(build(date=utc))["Date"].datetime == utc
+
+
+def test_the_line_length_check_agrees_with_splitting_into_lines() -> None:
+    rng = random.Random(7)
+    cases = ["", "\n", "x" * 998, "x" * 999, "\n" * 5, "x" * 998 + "\n" + "y" * 999, "\n" + "x" * 998 + "\n"]
+    for _ in range(500):
+        lines = [rng.choice("ab") * rng.choice([0, 1, 10, 500, 997, 998, 999, 1000, 3000]) for _ in range(6)]
+        cases.append("\n".join(lines[: rng.randint(1, 6)]))
+    for content in cases:
+        for limit in (998, 10):
+            assert _lines_within(content, limit) == (max(map(len, content.split("\n"))) <= limit), (content, limit)

@@ -192,3 +192,16 @@ def test_raw_fields_of_a_huge_entry_show_the_same_prefix_as_untruncated_ones() -
     fields = {b"type": b"send_email", b"traceparent": "é".encode() * 100_000, b"payload": b"{}"}
     everything = orjson.dumps({k.decode(): v.decode() for k, v in fields.items()})[:MAX_RAW_BYTES]
     assert raw_fields_blob(fields) == everything
+
+
+def test_a_valid_command_computes_its_raw_fields_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsvc.domain import stream_entries
+
+    calls: list[int] = []
+    real = stream_entries.raw_fields_blob
+    monkeypatch.setattr(stream_entries, "raw_fields_blob", lambda fields: calls.append(1) or real(fields))
+    fields = entry(idempotency_key=b"k1")
+    decoded = decode_entry(ENTRY, fields)
+    assert isinstance(decoded, StreamCommand)
+    assert calls == []  # most commands are never judged malformed: the blob is not built for them
+    assert decoded.raw_fields == real(fields)

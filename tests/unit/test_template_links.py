@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsvc.adapters import template_filters
 from mailsvc.adapters.template_filters import UnsafeUrl, safe_url
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.templates import CatalogError, RejectedVariable
@@ -122,3 +123,32 @@ def test_the_catalog_accepts_a_link_through_safe_url_or_a_fixed_scheme(tmp_path:
     content = TemplateCatalog.load(tmp_path).render("t.link", "en", {"url": "https://a.example/"})
     assert content.html is not None
     assert 'href="https://a.example/"' in content.html
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        *HOSTILE,
+        "https://example.com",
+        "https://example.com:",
+        "https://example.com:8443",
+        "http://a.b-c.d/x?y=[1]&z=%20#top",
+        "https://.",
+        "https://-",
+        "hTTp://example.com/",
+        "https://example.com/a\\b",
+        "https://example.com/ü",
+        "https://ex\u00e4mple.com/",
+        "https://user:pw@example.com/",
+        "https://[::1]/",
+        "https://example.com:99999999999999999999/",
+        "https://example.com/\x7f",
+        "ftp://example.com/",
+        "httpss://example.com/",
+    ],
+)
+def test_a_link_taken_without_the_full_check_would_pass_it(url: str) -> None:
+    """The fast path (`_PLAIN_URL`) accepts only links the full check accepts too."""
+    if template_filters._PLAIN_URL.fullmatch(url):
+        template_filters._check_url(url)  # does not raise
+        assert safe_url(url) == url

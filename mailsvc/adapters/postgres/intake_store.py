@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailsvc.adapters.postgres.batch_rows import BatchRows, Column
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.operator_actions import record_actions
 from mailsvc.adapters.postgres.redaction import redact, redact_sql
@@ -32,20 +33,28 @@ WORK_CHANNEL = "mailsvc_work"
 # bytes of content per statement: the driver encodes a statement's parameters in one go on the
 # event loop, so a batch of 500 large commands (hundreds of MB) is sent as several statements
 STATEMENT_BYTES = 4 * 1024 * 1024
+_MICROSECOND = timedelta(microseconds=1)
 
 
-_CLAIM_KEYS = text(
+# the key expires `ttl` after its creation: microseconds (an interval without days, so no time
+# zone's daylight saving time can lengthen or shorten it), as Python's datetime + timedelta adds
+_CLAIM_KEYS = BatchRows(
     """
     INSERT INTO idempotency_keys (source, key, request_hash, delivery_id, created_at, expires_at)
-    SELECT * FROM unnest(
-        CAST(:sources AS text[]), CAST(:keys AS text[]), CAST(:hashes AS bytea[]),
-        CAST(:ids AS uuid[]), CAST(:created AS timestamptz[]), CAST(:expires AS timestamptz[]))
+    SELECT src, k, h, id, ca, ca + CAST(:ttl_us AS bigint) * INTERVAL '1 microsecond' FROM ({rows}) AS r
     ON CONFLICT (source, key) DO UPDATE
         SET request_hash = EXCLUDED.request_hash, delivery_id = EXCLUDED.delivery_id,
             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at
     RETURNING source, key
-    """
+    """,
+    [
+        Column("sources", "src", "text", shared=True),
+        Column("keys", "k", "text"),
+        Column("hashes", "h", "bytea"),
+        Column("ids", "id", "uuid"),
+        Column("created", "ca", "timestamptz"),
+    ],
 )
 
 _EXISTING_KEYS = text(
@@ -57,19 +66,10 @@ _EXISTING_KEYS = text(
 )
 
 # a queued delivery gets its queue row (migration 0004), and every one its first event (the outbox,
-# SPEC §11), in the same statement
-_INSERT_DELIVERIES = text(
+# SPEC §11), in the same statement; `send_at` is the requested one (mostly none: acceptance, `ca`)
+_INSERT_DELIVERIES = BatchRows(
     """
-    WITH t AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:sources AS text[]), CAST(:statuses AS text[]),
-            CAST(:templates AS text[]), CAST(:locales AS text[]), CAST(:digests AS text[]),
-            CAST(:priorities AS smallint[]), CAST(:send_at AS timestamptz[]), CAST(:expires_at AS timestamptz[]),
-            CAST(:keys AS text[]), CAST(:message_ids AS text[]), CAST(:tags AS text[]),
-            CAST(:resend_of AS uuid[]), CAST(:created AS timestamptz[]), CAST(:traceparents AS text[]),
-            CAST(:event_types AS text[]), CAST(:event_data AS text[]), CAST(:collapse_keys AS text[]),
-            CAST(:submitted AS timestamptz[]))
-            AS t(id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, tg, ro, ca, tp, et, ed, ck, sub)
+    WITH t AS ({rows}
     ), events AS (
         INSERT INTO delivery_events (delivery_id, type, data) SELECT id, et, CAST(ed AS jsonb) FROM t
     ), rows AS (
@@ -77,22 +77,49 @@ _INSERT_DELIVERIES = text(
             delivery_id, source, status, template, locale, template_digest, priority, send_at, expires_at,
             idempotency_key, message_id, tags, resend_of, created_at, updated_at, finished_at, traceparent,
             collapse_key, submitted_at)
-        SELECT id, src, st, tpl, loc, dig, pri, sa, ea, k, mid, CAST(tg AS jsonb), ro, ca, ca,
+        SELECT id, src, st, tpl, loc, dig, pri, COALESCE(sa, ca), ea, k, mid, CAST(tg AS jsonb), ro, ca, ca,
                CASE WHEN st <> 'queued' THEN ca END, tp, ck, sub
         FROM t
     )
     INSERT INTO delivery_queue (delivery_id, priority, next_attempt_at, created_at, collapse_source, collapse_key)
-    SELECT id, pri, sa, ca, CASE WHEN ck IS NOT NULL THEN src END, ck FROM t WHERE st = 'queued'
-    """
+    SELECT id, pri, COALESCE(sa, ca), ca, CASE WHEN ck IS NOT NULL THEN src END, ck FROM t WHERE st = 'queued'
+    """,
+    [
+        Column("ids", "id", "uuid"),
+        Column("sources", "src", "text", shared=True),
+        Column("statuses", "st", "text", shared=True),
+        Column("templates", "tpl", "text", shared=True),
+        Column("locales", "loc", "text", shared=True),
+        Column("digests", "dig", "text", shared=True),
+        Column("priorities", "pri", "smallint", shared=True),
+        Column("send_at", "sa", "timestamptz", shared=True),
+        Column("expires_at", "ea", "timestamptz", shared=True),
+        Column("keys", "k", "text"),
+        Column("message_ids", "mid", "text"),
+        Column("tags", "tg", "text", shared=True),
+        Column("resend_of", "ro", "uuid", shared=True),
+        Column("created", "ca", "timestamptz"),
+        Column("traceparents", "tp", "text", shared=True),
+        Column("event_types", "et", "text", shared=True),
+        Column("event_data", "ed", "text", shared=True),
+        Column("collapse_keys", "ck", "text", shared=True),
+        Column("submitted", "sub", "timestamptz"),
+    ],
 )
 
-_INSERT_RECIPIENTS = text(
+_INSERT_RECIPIENTS = BatchRows(
     """
     INSERT INTO delivery_recipients (delivery_id, position, kind, address, display_name, outcome)
-    SELECT * FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:positions AS smallint[]), CAST(:kinds AS text[]),
-        CAST(:addresses AS text[]), CAST(:names AS text[]), CAST(:outcomes AS text[]))
-    """
+    SELECT id, pos, kind, addr, dn, outcome FROM ({rows}) AS r
+    """,
+    [
+        Column("ids", "id", "uuid"),
+        Column("positions", "pos", "smallint", shared=True),
+        Column("kinds", "kind", "text", shared=True),
+        Column("addresses", "addr", "text"),
+        Column("names", "dn", "text", shared=True),
+        Column("outcomes", "outcome", "text", shared=True),
+    ],
 )
 
 # the suppression list at acceptance (SPEC §12): one statement for every recipient of a batch
@@ -183,14 +210,21 @@ _CANCEL_TARGETS = text(
     """
 )
 
-_INSERT_PAYLOADS = text(
+_INSERT_PAYLOADS = BatchRows(
     """
     INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime, sensitive)
-    SELECT id, s, t, h, r, CAST(hd AS jsonb), m, sn FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:subjects AS text[]), CAST(:texts AS text[]), CAST(:htmls AS text[]),
-        CAST(:reply_tos AS text[]), CAST(:headers AS text[]), CAST(:mimes AS bytea[]), CAST(:sensitive AS boolean[]))
-        AS p(id, s, t, h, r, hd, m, sn)
-    """
+    SELECT id, s, t, h, r, CAST(hd AS jsonb), m, sn FROM ({rows}) AS p
+    """,
+    [
+        Column("ids", "id", "uuid"),
+        Column("subjects", "s", "text", shared=True),
+        Column("texts", "t", "text", shared=True),
+        Column("htmls", "h", "text", shared=True),
+        Column("reply_tos", "r", "text", shared=True),
+        Column("headers", "hd", "text", shared=True),
+        Column("mimes", "m", "bytea"),
+        Column("sensitive", "sn", "boolean", shared=True),
+    ],
 )
 
 _INSERT_MALFORMED = text(
@@ -315,17 +349,16 @@ class IntakeStore:
         claiming = [d for _, d in firsts.values()]
         won: set[tuple[str, str]] = set()
         if claiming:
-            claimed = await conn.execute(
-                _CLAIM_KEYS,
+            statement, params = _CLAIM_KEYS.bind(
                 {
                     "sources": [d.source for d in claiming],
                     "keys": [d.idempotency_key for d in claiming],
                     "hashes": [d.request_hash for d in claiming],
                     "ids": [d.delivery_id for d in claiming],
                     "created": [d.accepted_at for d in claiming],
-                    "expires": [d.accepted_at + ttl for d in claiming],
-                },
+                }
             )
+            claimed = await conn.execute(statement, {**params, "ttl_us": ttl // _MICROSECOND})
             won = {(row[0], row[1]) for row in claimed}
         # the stored requests to judge against: keys a claim lost, and the keys replays point at
         looked_up = [d for d in deliveries if (d.source, d.idempotency_key) not in won]
@@ -457,31 +490,31 @@ class IntakeStore:
 
     async def _insert_deliveries(self, conn: DriverConnection, created: Sequence[NewDelivery]) -> None:
         events = [d.event for d in created]
+        statement, params = _INSERT_DELIVERIES.bind(
+            {
+                "ids": [d.delivery_id for d in created],
+                "sources": [d.source for d in created],
+                "statuses": [d.status for d in created],
+                "templates": [d.request.template for d in created],
+                "locales": [d.content.locale for d in created],
+                "digests": [d.content.template_digest for d in created],
+                "priorities": [int(d.request.priority) for d in created],
+                "send_at": [d.request.send_at for d in created],  # none: at acceptance (`created`)
+                "expires_at": [d.request.expires_at for d in created],
+                "keys": [d.idempotency_key for d in created],
+                "message_ids": [d.message_id for d in created],
+                "tags": [orjson.dumps(d.request.tags).decode() for d in created],
+                "resend_of": [d.resend_of for d in created],
+                "collapse_keys": [d.collapse_key for d in created],
+                "created": [d.accepted_at for d in created],
+                "traceparents": [d.traceparent for d in created],
+                "submitted": [d.submitted_at for d in created],
+                "event_types": [event.type for event in events],
+                "event_data": [orjson.dumps(event.data).decode() for event in events],
+            }
+        )
         try:
-            await conn.execute(
-                _INSERT_DELIVERIES,
-                {
-                    "ids": [d.delivery_id for d in created],
-                    "sources": [d.source for d in created],
-                    "statuses": [d.status for d in created],
-                    "templates": [d.request.template for d in created],
-                    "locales": [d.content.locale for d in created],
-                    "digests": [d.content.template_digest for d in created],
-                    "priorities": [int(d.request.priority) for d in created],
-                    "send_at": [d.send_at for d in created],
-                    "expires_at": [d.request.expires_at for d in created],
-                    "keys": [d.idempotency_key for d in created],
-                    "message_ids": [d.message_id for d in created],
-                    "tags": [orjson.dumps(d.request.tags).decode() for d in created],
-                    "resend_of": [d.resend_of for d in created],
-                    "collapse_keys": [d.collapse_key for d in created],
-                    "created": [d.accepted_at for d in created],
-                    "traceparents": [d.traceparent for d in created],
-                    "submitted": [d.submitted_at for d in created],
-                    "event_types": [event.type for event in events],
-                    "event_data": [orjson.dumps(event.data).decode() for event in events],
-                },
-            )
+            await conn.execute(statement, params)
         except asyncpg.ForeignKeyViolationError as exc:
             if exc.constraint_name != "deliveries_resend_of_fkey":
                 raise
@@ -498,29 +531,31 @@ class IntakeStore:
                 names.append(recipient.address.name)
                 outcomes.append("suppressed" if position in d.suppressed else None)
         await conn.execute(
-            _INSERT_RECIPIENTS,
-            {
-                "ids": ids,
-                "positions": positions,
-                "kinds": kinds,
-                "addresses": addresses,
-                "names": names,
-                "outcomes": outcomes,
-            },
+            *_INSERT_RECIPIENTS.bind(
+                {
+                    "ids": ids,
+                    "positions": positions,
+                    "kinds": kinds,
+                    "addresses": addresses,
+                    "names": names,
+                    "outcomes": outcomes,
+                }
+            )
         )
         for chunk in _within(created, _content_bytes):
             await conn.execute(
-                _INSERT_PAYLOADS,
-                {
-                    "ids": [d.delivery_id for d in chunk],
-                    "subjects": [d.content.subject for d in chunk],
-                    "texts": [d.content.text for d in chunk],
-                    "htmls": [d.content.html for d in chunk],
-                    "reply_tos": [_reply_to(d) for d in chunk],
-                    "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
-                    "mimes": [d.mime for d in chunk],
-                    "sensitive": [d.content.sensitive for d in chunk],
-                },
+                *_INSERT_PAYLOADS.bind(
+                    {
+                        "ids": [d.delivery_id for d in chunk],
+                        "subjects": [d.content.subject for d in chunk],
+                        "texts": [d.content.text for d in chunk],
+                        "htmls": [d.content.html for d in chunk],
+                        "reply_tos": [_reply_to(d) for d in chunk],
+                        "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
+                        "mimes": [d.mime for d in chunk],
+                        "sensitive": [d.content.sensitive for d in chunk],
+                    }
+                )
             )
 
     async def _insert_malformed(
