@@ -21,8 +21,12 @@ def _everything_logged(exc: BaseException) -> str:
 
 
 async def test_sql_errors_never_echo_their_parameters(database_dsn: str) -> None:
-    engine = create_engine(database_dsn, operation_timeout_s=0.2)
+    # 1 s, and a connection opened first: on a loaded machine a shorter bound could expire while
+    # connecting, before any statement exists to leak
+    engine = create_engine(database_dsn, operation_timeout_s=1.0)
     try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
         # a statement past the statement timeout: the error the stores turn into StoreUnavailable
         with pytest.raises(StoreUnavailable) as timed_out:
             async with unavailable_as_domain_error(), engine.connect() as conn:
