@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.migrations import upgrade
 from tests.support.deliveries import Ledger
 from tests.support.infra import PostgresServer, postgres_server, redis_host_port, redis_server, unique_name
@@ -107,6 +109,16 @@ async def db(database_dsn: str) -> AsyncIterator[Ledger]:
     """The test database, read and seeded through plain SQL (`tests.support.deliveries.Ledger`)."""
     async with Ledger.open(database_dsn) as ledger:
         yield ledger
+
+
+@pytest.fixture
+async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
+    """The service's engine on the test database, for driving a store directly."""
+    engine = create_engine(database_dsn)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

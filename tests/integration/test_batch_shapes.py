@@ -5,7 +5,7 @@ a suppressed recipient…) on one delivery only, on every one, and on none."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,14 +16,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.batch_rows import SHARED_FROM_ROWS
-from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
-from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import NewDelivery
-from mailsvc.domain.model import Address
 from mailsvc.services.acceptance import AcceptanceService
-from tests.conftest import REPO
+from tests.support.acceptance import acceptance_service
 
 TTL = timedelta(hours=24, microseconds=7)
 STREAM = "batch-shapes"
@@ -51,29 +48,12 @@ DELIVERY_COLUMNS = [
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture
-async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_dsn)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
 def builder(tick: list[int]) -> AcceptanceService:
     def clock() -> datetime:  # every delivery accepted at its own instant
         tick[0] += 1
         return T0 + timedelta(milliseconds=tick[0], microseconds=tick[0])
 
-    return AcceptanceService(
-        store=None,  # type: ignore[arg-type]
-        renderer=TemplateCatalog.load(REPO / "templates"),
-        from_address=Address("mailer@example.com"),
-        suppress_auth=False,
-        idempotency_ttl=TTL,
-        stream_key=STREAM,
-        clock=clock,
-    )
+    return acceptance_service(idempotency_ttl=TTL, stream_key=STREAM, clock=clock)
 
 
 def plain(n: int) -> dict[str, Any]:

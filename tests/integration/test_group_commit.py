@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -19,14 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
-from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import KeyOutcome, NewDelivery, OffsetAdvance
-from mailsvc.domain.model import Address
 from mailsvc.errors import DataRefused, NotFound, StoreUnavailable
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.group_commit import GroupCommitStore
-from tests.conftest import REPO
+from tests.support.acceptance import acceptance_service
 
 TTL = timedelta(hours=24)
 STREAM = "unused"
@@ -48,25 +46,9 @@ class GatedIntakeStore(IntakeStore):
 
 
 @pytest.fixture
-async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_dsn)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
 def builder() -> AcceptanceService:
     """Only `prepare` is used: it builds the NewDelivery rows the doors would persist."""
-    return AcceptanceService(
-        store=None,  # type: ignore[arg-type]
-        renderer=TemplateCatalog.load(REPO / "templates"),
-        from_address=Address("mailer@example.com"),
-        suppress_auth=False,
-        idempotency_ttl=TTL,
-        stream_key=STREAM,
-    )
+    return acceptance_service(idempotency_ttl=TTL, stream_key=STREAM)
 
 
 def delivery(

@@ -3,7 +3,6 @@ encodes each statement's parameters in one go on the event loop), yet in one tra
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from uuid import uuid4
@@ -13,39 +12,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres import intake_store
-from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
-from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import NewDelivery, OffsetAdvance
-from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import MalformedCommand
 from mailsvc.errors import OffsetMoved
-from mailsvc.services.acceptance import AcceptanceService
-from tests.conftest import REPO
+from tests.support.acceptance import acceptance_service
 
 TTL = timedelta(hours=24)
 STREAM = "large-batches"
 
 
-@pytest.fixture
-async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_dsn)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
 def large_deliveries(count: int) -> list[NewDelivery]:
-    builder = AcceptanceService(
-        store=None,  # type: ignore[arg-type]
-        renderer=TemplateCatalog.load(REPO / "templates"),
-        from_address=Address("mailer@example.com"),
-        suppress_auth=False,
-        idempotency_ttl=TTL,
-        stream_key=STREAM,
-    )
+    builder = acceptance_service(idempotency_ttl=TTL, stream_key=STREAM)
     out = []
     for n in range(count):
         payload = {"to": [f"r{n}@example.com"], "subject": f"S{n}", "text": f"{n} " * 20_000, "html": f"<p>{n}</p>"}

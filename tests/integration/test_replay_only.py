@@ -7,7 +7,6 @@ test_http_intake.py and test_stream_intake.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,16 +15,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.intake_store import IntakeStore
-from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.commands import ValidationFailed, request_hash
 from mailsvc.domain.intake import NewDelivery, OffsetAdvance
-from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import StreamCommand
 from mailsvc.errors import IdempotencyConflict
 from mailsvc.services.acceptance import AcceptanceService
-from tests.conftest import REPO
+from tests.support.acceptance import acceptance_service
 
 TTL = timedelta(hours=24)
 STREAM = "replay-only"
@@ -34,25 +30,8 @@ EXPIRES = T0 + timedelta(minutes=15)
 LATER = T0 + timedelta(hours=1)  # expires_at has passed
 
 
-@pytest.fixture
-async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_dsn)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
 def service(engine: AsyncEngine, at: datetime) -> AcceptanceService:
-    return AcceptanceService(
-        store=IntakeStore(engine),
-        renderer=TemplateCatalog.load(REPO / "templates"),
-        from_address=Address("mailer@example.com"),
-        suppress_auth=False,
-        idempotency_ttl=TTL,
-        stream_key=STREAM,
-        clock=lambda: at,
-    )
+    return acceptance_service(store=IntakeStore(engine), idempotency_ttl=TTL, stream_key=STREAM, clock=lambda: at)
 
 
 def login_code(code: str = "481516") -> dict[str, Any]:

@@ -31,13 +31,6 @@ async def conn(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-@pytest.fixture
-async def engine(database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    created = create_engine(database_dsn)
-    yield created
-    await created.dispose()
-
-
 async def delivery(
     conn: asyncpg.Connection,
     status: str,

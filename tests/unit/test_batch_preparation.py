@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import orjson
 import pytest
 
-from mailsvc.adapters.templates import TemplateCatalog
-from mailsvc.domain.model import Address
 from mailsvc.domain.stream_entries import MalformedCommand, StreamCommand, decode_entry
 from mailsvc.services.acceptance import AcceptanceService
 from mailsvc.services.loop_share import LoopShare
-from tests.unit.test_templates import SHIPPED
+from tests.support.acceptance import acceptance_service
 
 ENTRIES = 30
 
@@ -24,14 +21,7 @@ ENTRIES = 30
 @pytest.fixture(scope="module")
 def acceptance() -> AcceptanceService:
     """Only `prepare_stream_batch` is used: it never touches the store."""
-    return AcceptanceService(
-        store=None,  # type: ignore[arg-type]
-        renderer=TemplateCatalog.load(SHIPPED),
-        from_address=Address("mailer@example.com"),
-        suppress_auth=False,
-        idempotency_ttl=timedelta(hours=24),
-        stream_key="unused",
-    )
+    return acceptance_service()
 
 
 def large_command(n: int) -> dict[bytes, bytes]:
@@ -90,15 +80,7 @@ async def test_preparing_a_batch_of_large_commands_lets_other_tasks_run(acceptan
 
 
 def sharing(acceptance: AcceptanceService, share: LoopShare) -> AcceptanceService:
-    return AcceptanceService(
-        store=None,  # type: ignore[arg-type]
-        renderer=acceptance.renderer,
-        from_address=acceptance.from_address,
-        suppress_auth=False,
-        idempotency_ttl=timedelta(hours=24),
-        stream_key="unused",
-        loop_share=share,
-    )
+    return acceptance_service(renderer=acceptance.renderer, loop_share=share)
 
 
 async def test_with_no_time_slice_the_loop_runs_between_every_two_entries(acceptance: AcceptanceService) -> None:
