@@ -143,26 +143,30 @@ async def events(bench: Bench) -> RunResult:
     Four runs in the order off, on, on, off (ABBA): whatever drifts through the invocation — the
     shared server's caches, a checkpoint, the other work on the machine — weighs on both sides
     alike. Rates and CPU are the pairs' means; the lag is that of the on runs' events."""
-    runs = []
-    for published in (False, True, True, False):
-        runs.append(
-            await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=published, lag=published)
-        )
-    on, off = [r["figures"] for r in runs[1:3]], [r["figures"] for r in (runs[0], runs[3])]
-    on_rate, off_rate = _mean(on, "deliveries_per_s"), _mean(off, "deliveries_per_s")
-    figures = {"events_on_per_s": on_rate, "events_off_per_s": off_rate, "ratio": on_rate / off_rate}
-    for name in on[0]:
-        if name.endswith("_per_delivery"):
-            figures["events_on_" + name], figures["events_off_" + name] = _mean(on, name), _mean(off, name)
+    runs = [
+        await _e2e_once(bench, bench.sizes.count, bench.service.replicas, None, events=on, lag=on)
+        for on in (label == "on" for label in _ABBA)
+    ]
+    on_runs = [r["figures"] for r, label in zip(runs, _ABBA, strict=True) if label == "on"]
+    on = _means(on_runs)
+    off = _means([r["figures"] for r, label in zip(runs, _ABBA, strict=True) if label == "off"])
+    rates = {"events_on_per_s": on["deliveries_per_s"], "events_off_per_s": off["deliveries_per_s"]}
+    figures = rates | {"ratio": on["deliveries_per_s"] / off["deliveries_per_s"]}
+    figures.update(_cpu_figures(on, "events_on_"))
+    figures.update(_cpu_figures(off, "events_off_"))
     for name in ("publish_lag_p50_ms", "publish_lag_p99_ms"):
-        if all(name in f for f in on):
-            figures[name] = max(f[name] for f in on)  # the worse of the two on runs
-    order = ["off", "on", "on", "off"]
-    return {"figures": figures, "details": {"order": order, "runs": [r["details"] for r in runs]}}
+        if all(name in f for f in on_runs):
+            figures[name] = max(f[name] for f in on_runs)  # the worse of the two on runs
+    return {"figures": figures, "details": {"order": list(_ABBA), "runs": [r["details"] for r in runs]}}
 
 
-def _mean(figures: list[dict[str, float]], name: str) -> float:
-    return sum(f[name] for f in figures) / len(figures)
+_ABBA = ("off", "on", "on", "off")
+
+
+def _means(figures: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure every run reported, averaged over the runs."""
+    names = set(figures[0]).intersection(*figures[1:])
+    return {name: sum(f[name] for f in figures) / len(figures) for name in names}
 
 
 async def max_rate(bench: Bench) -> tuple[float, str]:
