@@ -67,9 +67,17 @@ class FakePool:
         return True
 
 
-def scheduler(store: FakeStore, pool: FakePool, wakeup: Wakeup | None = None, max_claim: int = 500) -> Scheduler:
+def scheduler(
+    store: FakeStore, pool: FakePool, wakeup: Wakeup | None = None, max_claim: int = 500, claim_batch: int = 1
+) -> Scheduler:
     return Scheduler(
-        store=store, pool=pool, wakeup=wakeup or Wakeup(), lease=LEASE, max_attempts=5, max_claim=max_claim
+        store=store,
+        pool=pool,
+        wakeup=wakeup or Wakeup(),
+        lease=LEASE,
+        max_attempts=5,
+        max_claim=max_claim,
+        claim_batch=claim_batch,
     )
 
 
@@ -114,6 +122,26 @@ async def test_a_freed_slot_wakes_the_scheduler_only_while_a_backlog_is_likely()
     assert not drained.backlog_likely
     drained.slot_freed()
     assert not await wakeup.wait(0)
+
+
+async def test_during_a_backlog_freed_slots_wake_the_scheduler_once_a_claim_batch_of_them_is_free() -> None:
+    wakeup = Wakeup()
+    pool = FakePool(free=4)
+    busy = scheduler(FakeStore(due=10), pool, wakeup, claim_batch=3)
+    await busy.claim_once()
+    assert busy.backlog_likely
+    pool.free = 2  # two attempts finished: a claim now would pay its fixed cost for two
+    busy.slot_freed()
+    assert not await wakeup.wait(0)
+    pool.free = 3
+    busy.slot_freed()
+    assert await wakeup.wait(0)
+
+
+async def test_the_poll_still_claims_fewer_free_slots_than_a_claim_batch() -> None:
+    store = FakeStore(due=10)
+    assert await scheduler(store, FakePool(free=1), claim_batch=4).claim_once() == 1
+    assert store.claims == [(1, LEASE)]
 
 
 async def test_recovery_passes_max_attempts_and_reports_what_it_recovered() -> None:
