@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.routing import Route
 
 from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
-from mailsvc.adapters.postgres.engine import engines_from_settings
+from mailsvc.adapters.postgres.engine import engines_from_settings, queue_engine_from_settings
 from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.adapters.postgres.migrations import SchemaNotAtHead, downgrade, require_head, upgrade
@@ -81,10 +81,11 @@ class Resources:
     redis_commands: Redis
     redis_stream: Redis
     primary: AsyncEngine
+    queue: AsyncEngine  # the primary again, in the scheduler's and result writer's own pool
     replicas: list[AsyncEngine] = field(default_factory=list)
 
     async def close(self) -> None:
-        for engine in [*self.replicas, self.primary]:
+        for engine in [*self.replicas, self.queue, self.primary]:
             await engine.dispose()
         await self.redis_stream.aclose()
         await self.redis_commands.aclose()
@@ -136,7 +137,9 @@ async def open_resources(settings: Settings) -> Resources:
     redis_commands = commands_client(settings.redis)
     redis_stream = stream_client(settings.redis, settings.stream.block_timeout.total_seconds())
     primary, replicas = engines_from_settings(settings.postgres)
-    resources = Resources(redis_commands, redis_stream, primary, replicas)
+    resources = Resources(
+        redis_commands, redis_stream, primary, queue_engine_from_settings(settings.postgres), replicas
+    )
     try:
         await _ping_redis(redis_commands, "commands", settings)
         await _ping_redis(redis_stream, "stream", settings)
@@ -193,7 +196,7 @@ def build_execution(
     provider = build_provider(settings)
     smtp_timeout = settings.smtp.timeout
     states = provider_service or build_provider_service(settings, resources, instruments)
-    queue = QueueStore(resources.primary, provider=provider_policy(settings), on_provider_change=states.changed)
+    queue = QueueStore(resources.queue, provider=provider_policy(settings), on_provider_change=states.changed)
     execution = ExecutionService(
         provider=provider,
         policy=RetryPolicy(settings.retry.base_delay, settings.retry.max_delay, settings.retry.max_attempts),
@@ -216,6 +219,8 @@ def build_execution(
         wakeup=wakeup,
         lease=lease,
         max_attempts=settings.retry.max_attempts,
+        # a quarter of the slots: claims and result writes of ~4 (16 slots) instead of ~1 each
+        claim_batch=settings.workers.concurrency // 4,
         instruments=instruments,
         samplers=[states.sample],
     )

@@ -1,0 +1,79 @@
+"""The scheduler's and result writer's statements never scan `delivery_queue` whole.
+
+PostgreSQL caches the generic plan of a prepared statement after five runs. Made while the queue
+holds a few rows, a plan that scans it is the cheapest; kept while a backlog of millions builds up,
+every claim and result write reads the whole queue. The queue engine plans without sequential
+scans; the default engine shows the trap is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mailsvc.adapters.postgres.db import driver_connection
+from mailsvc.adapters.postgres.engine import create_engine, create_queue_engine
+from mailsvc.adapters.postgres.queue_store import QueueStore
+from tests.support.queue import open_queue, sent
+
+CYCLES = 8  # more than the five custom plans PostgreSQL makes before it caches a generic one
+LEASE = timedelta(seconds=30)
+
+
+async def queue_stats(dsn: str) -> tuple[int, int]:
+    """(sequential scans, rows deleted) of `delivery_queue`, as the statistics show them now."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT seq_scan, n_tup_del FROM pg_stat_user_tables WHERE relname = 'delivery_queue'"
+        )
+        return int(row["seq_scan"]), int(row["n_tup_del"])
+    finally:
+        await conn.close()
+
+
+async def scans_while_working(database_dsn: str, make_engine: Callable[[str], AsyncEngine]) -> int:
+    """Claim and finish one delivery at a time, CYCLES times; the sequential scans of the queue."""
+    engine = make_engine(database_dsn)
+    try:
+        async with open_queue(database_dsn) as queue:
+            store = QueueStore(engine)
+            before, _ = await queue_stats(database_dsn)
+            for _ in range(CYCLES):
+                await queue.accept()
+                [claim] = await store.claim(4, LEASE)
+                assert await store.finish([sent(claim)]) == {claim.delivery_id}
+            async with driver_connection(engine) as conn:  # the connection that ran them
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+            deadline = time.monotonic() + 30
+            while (stats := await queue_stats(database_dsn))[1] < CYCLES:
+                assert time.monotonic() < deadline, f"the statistics never showed the deletes: {stats}"
+                await asyncio.sleep(0.1)
+            return stats[0] - before
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def quiet_queue(database_dsn: str) -> str:
+    """No autovacuum ANALYZE may replan in the middle (it would hide the trap)."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await conn.execute("ALTER TABLE delivery_queue SET (autovacuum_enabled = false)")
+    finally:
+        await conn.close()
+    return database_dsn
+
+
+async def test_the_queue_engine_never_scans_the_queue_whole(quiet_queue: str) -> None:
+    assert await scans_while_working(quiet_queue, create_queue_engine) == 0
+
+
+async def test_a_default_engine_caches_plans_that_scan_it(quiet_queue: str) -> None:
+    assert await scans_while_working(quiet_queue, create_engine) > 0
