@@ -95,16 +95,20 @@ _CLAIM_BODY = """
     )
     SELECT c.delivery_id, c.claim_token, c.attempt_count, c.provider_faults, d.message_id, d.expires_at, p.mime,
            d.traceparent, d.source, d.submitted_at,
-           ARRAY(SELECT r.address FROM delivery_recipients r
-                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS recipients,
-           ARRAY(SELECT r.kind FROM delivery_recipients r
-                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS kinds,
-           -- suppressed at acceptance (SPEC §12): never sent to
-           ARRAY(SELECT r.outcome = 'suppressed' FROM delivery_recipients r
-                 WHERE r.delivery_id = c.delivery_id ORDER BY r.position) AS suppressed
+           rc.recipients, rc.kinds, rc.suppressed
     FROM claimed c
     JOIN deliveries d ON d.delivery_id = c.delivery_id
     JOIN delivery_payloads p ON p.delivery_id = c.delivery_id
+    -- one pass over the delivery's recipients for all three lists (three ARRAY subqueries were three
+    -- index scans and sorts per claimed delivery)
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(array_agg(r.address ORDER BY r.position), CAST(ARRAY[] AS text[])) AS recipients,
+               COALESCE(array_agg(r.kind ORDER BY r.position), CAST(ARRAY[] AS text[])) AS kinds,
+               -- suppressed at acceptance (SPEC §12): never sent to
+               COALESCE(array_agg(r.outcome = 'suppressed' ORDER BY r.position), CAST(ARRAY[] AS boolean[]))
+                   AS suppressed
+        FROM delivery_recipients r WHERE r.delivery_id = c.delivery_id
+    ) rc
     ORDER BY c.priority
     """
 _CLAIM = text("WITH" + _GATE + _CLAIM_BODY.format(limit="(SELECT n FROM gate)"))
