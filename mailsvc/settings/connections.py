@@ -167,7 +167,10 @@ class PostgresSettings:
         "MAIL_POSTGRES_MAX_OPEN_CONNS",
         int_in(2, 10_000),
         default=25,
-        doc="Most connections per engine (kept pool plus overflow).",
+        doc=(
+            "Most connections per engine (kept pool plus overflow); the scheduler and result writer"
+            " have 4 more of their own."
+        ),
     )
     max_idle_conns: int = setting(
         "MAIL_POSTGRES_MAX_IDLE_CONNS",
