@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from email.utils import format_datetime
@@ -76,10 +77,13 @@ def ascii_address(email: str) -> str:
 
 
 def make_message_id(domain: str) -> str:
-    """A fresh, globally unique `<hex@domain>` Message-ID: 128 random bits, as 32 hex digits."""
-    # random bytes + hex, not uuid4().hex: the same 32 hex digits without building a UUID object
-    # (a third of the cost); the domain, always the configured one, is checked once
-    return f"<{random_bytes(16).hex()}@{_message_id_domain(domain)}>"
+    """A fresh, globally unique `<hex@domain>` Message-ID: the millisecond it was made (48 bits) and
+    80 random bits, as 32 hex digits."""
+    # time first, like the delivery ids (UUIDv7): `deliveries.message_id` has a unique index, and
+    # random keys would put every insert on a random leaf of an index that only grows (a page
+    # read, dirtied and written in full after each checkpoint); random bytes + hex, not a UUID
+    # object; the domain, always the configured one, is checked once
+    return f"<{time.time_ns() // 1_000_000:012x}{random_bytes(10).hex()}@{_message_id_domain(domain)}>"
 
 
 @lru_cache(maxsize=64)

@@ -6,6 +6,7 @@ import email
 import email.policy
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -298,6 +299,17 @@ def test_make_message_id() -> None:
     assert make_message_id("bücher.example").endswith("@xn--bcher-kva.example>")
     with pytest.raises(ValueError):
         make_message_id("example.com>\r\nX: y")
+
+
+def test_a_message_id_starts_with_the_millisecond_it_was_made() -> None:
+    # so the unique index on deliveries.message_id grows at its end, not on a random leaf
+    before = time.time_ns() // 1_000_000
+    made = [make_message_id("mail.example.com") for _ in range(100)]
+    after = time.time_ns() // 1_000_000
+    stamps = [int(message_id[1:13], 16) for message_id in made]
+    assert all(before <= stamp <= after for stamp in stamps)
+    assert stamps == sorted(stamps)
+    assert len(set(made)) == len(made)
 
 
 def test_naive_and_utc_dates() -> None:
