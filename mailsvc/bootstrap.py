@@ -332,7 +332,10 @@ async def build_runtime(
         )
         consumer = StreamConsumer(
             reader=RedisStreamReader(
-                resources.redis_stream, settings.redis.command_stream, count=settings.stream.batch_size
+                resources.redis_stream,
+                settings.redis.command_stream,
+                count=settings.stream.batch_size,
+                batch_bytes=settings.stream.batch_bytes,
             ),
             stream_key=settings.redis.command_stream,
             offsets=intake_store,

@@ -22,17 +22,27 @@ def stream_missing(error: Exception) -> bool:
 
 
 class RedisStreamReader:
-    """The stream consumer's view of Redis: what is in the stream after an offset."""
+    """The stream consumer's view of Redis: what is in the stream after an offset.
 
-    def __init__(self, redis: Redis, stream_key: str, *, count: int) -> None:
+    A read asks for up to `max_count` entries, or fewer when the last read's entries were large:
+    as many as `batch_bytes` holds at their average size. 500 commands of 256 KiB were one reply of
+    128 MB from Redis and one transaction of three times that, and HTTP requests queued behind them
+    (SPEC §2: a backlog of large commands delays them by a few tens of milliseconds at most).
+    """
+
+    def __init__(self, redis: Redis, stream_key: str, *, count: int, batch_bytes: int = 4 * 1024 * 1024) -> None:
         self.redis = redis
         self.stream_key = stream_key
-        self.count = count
+        self.max_count = count
+        self.batch_bytes = batch_bytes
+        self.count = count  # asked for by the latest read: a read that returns as many means a backlog
+        self._next_count = count
 
     async def read(self, after: str, block_ms: int | None) -> StreamRead:
         """The stream's shape and up to `count` entries after `after`, waiting up to `block_ms` for
         one (None: do not wait). Raises `StreamUnavailable` — `refused` when Redis answered with an
         error reply — and never leaves the connection mid-pipeline when cancelled."""
+        self.count = self._next_count
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: after}, count=self.count, block=block_ms)
@@ -45,7 +55,14 @@ class RedisStreamReader:
         for answer in (info, reply):
             if isinstance(answer, Exception) and not (answer is info and stream_missing(answer)):
                 raise StreamUnavailable(answer, refused=isinstance(answer, ResponseError))
-        return StreamRead(None if isinstance(info, Exception) else _info(info), _entries(reply))
+        entries = _entries(reply)
+        if entries:
+            self._next_count = self._count_for(entries)
+        return StreamRead(None if isinstance(info, Exception) else _info(info), entries)
+
+    def _count_for(self, entries: StreamEntries) -> int:
+        size = sum(sum(map(len, fields.values())) for _, fields in entries)
+        return max(1, min(self.max_count, self.batch_bytes * len(entries) // max(1, size)))
 
 
 def _info(raw: dict[Any, Any]) -> StreamInfo:

@@ -64,6 +64,17 @@ class StreamSettings:
         default=500,
         doc="XREAD COUNT: commands read and committed per batch.",
     )
+    batch_bytes: int = setting(
+        "MAIL_STREAM_BATCH_BYTES",
+        byte_size_in(64 * 1024, 1024 * 1024 * 1024),
+        default=4 * 1024 * 1024,
+        example="4MiB",
+        doc=(
+            "Stream bytes a batch aims at: after a read of large commands the next reads ask for fewer"
+            " (at least 1, at most MAIL_STREAM_BATCH_SIZE), so a backlog of them never holds the loop,"
+            " Redis or one transaction for long."
+        ),
+    )
 
 
 @settings_group
