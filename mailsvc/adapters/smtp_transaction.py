@@ -33,7 +33,6 @@ from mailsvc.domain.server_text import server_text
 __all__ = ["Attempt", "Envelope", "transact", "wire_payload"]
 
 _LINE_ENDINGS = re.compile(rb"\r\n?|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _RCPT_ACCEPTED = (SMTPStatus.completed, SMTPStatus.will_forward)
 _AUTH_REQUIRED = 530
 
@@ -156,8 +155,10 @@ def wire_payload(mime: bytes) -> bytes:
     data = mime if crlf_only else _LINE_ENDINGS.sub(b"\r\n", mime)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
+    if b"\n." in data:  # bytes.replace, not a multiline regex: ~14x faster on a large message
+        data = data.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     return data + b".\r\n"
 
 
