@@ -329,7 +329,7 @@ class AcceptanceService:
         for index, entry in enumerate(commands):
             await slices.checkpoint()
             try:
-                requests.append((index, parse_send_request(entry.payload)))
+                requests.append((index, parse_send_request(entry.payload, may_hold_nul=entry.may_hold_nul)))
             except (ValidationFailed, ValueError) as error:
                 outcomes[index] = _refused(entry, error)
         rendered: list[tuple[int, SendRequest, RenderedContent]] = []
