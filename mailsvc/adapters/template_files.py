@@ -67,7 +67,7 @@ class CompiledLocale:
     digest: str
     # a file of this locale has a loop or a macro, so its output can grow far past its inputs: its
     # parts are rendered piece by piece and stopped at the limit. Otherwise each part is a fixed
-    # number of pieces, rendered in one go and measured once (a third of the cost of a render).
+    # number of pieces, rendered in one go and measured once (no Python-level step per piece).
     repeats: bool
 
 

@@ -133,7 +133,8 @@ def _whole(template: jinja2.Template, context: Mapping[str, object], part: str, 
 
     Such a template yields a fixed number of pieces, so stopping between two of them (`_streamed`)
     could only save the pieces after the one that passed the limit: rendered whole, it skips a
-    Python-level step per piece (27 of them for a notification) and measures the result once."""
+    Python-level step per piece (27 for the three parts of a notification) and measures the result
+    once."""
     output = template.render(context)
     if utf8_size(output) > limit:
         raise _TooLarge(part)
