@@ -36,6 +36,9 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MANIFEST_KEYS = frozenset({"description", "default_locale", "variables", "sensitive"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default"})
+# the nodes that can yield output any number of times: loops and macros (a `call` block needs one),
+# and, never left after splicing, anything that would pull in another file
+_REPEATING = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,10 @@ class CompiledLocale:
     text: jinja2.Template
     html: jinja2.Template | None
     digest: str
+    # a file of this locale has a loop or a macro, so its output can grow far past its inputs: its
+    # parts are rendered piece by piece and stopped at the limit. Otherwise each part is a fixed
+    # number of pieces, rendered in one go and measured once (no Python-level step per piece).
+    repeats: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +273,7 @@ class _TemplateLoader:
         digest = hashlib.sha256()
         digest.update(manifest_bytes)
         compiled: dict[str, jinja2.Template] = {}
+        repeats = False
         for name in LOCALE_FILES:
             where = f"{folder.name}/{name}"
             path = folder / name
@@ -278,7 +286,8 @@ class _TemplateLoader:
             digest.update(raw)
             result = self._compile(where, raw, declared)
             if result is not None:
-                compiled[name], uses = result
+                compiled[name], uses, repeating = result
+                repeats = repeats or repeating
                 for used in uses:  # the layout is one of "the exact template files used" (SPEC §1)
                     shared_raw = self._shared[used].raw
                     digest.update(f"\0{used}\0{len(shared_raw)}\0".encode())
@@ -293,12 +302,14 @@ class _TemplateLoader:
             text=compiled[BODY_TEXT],
             html=compiled.get(BODY_HTML),
             digest=digest.hexdigest()[:DIGEST_LENGTH],
+            repeats=repeats,
         )
 
     def _compile(
         self, where: str, raw: bytes, declared: frozenset[str] | None
-    ) -> tuple[jinja2.Template, tuple[str, ...]] | None:
-        """The compiled file and the shared files spliced into it, or `None` after a problem."""
+    ) -> tuple[jinja2.Template, tuple[str, ...], bool] | None:
+        """The compiled file, the shared files spliced into it and whether it has a loop or a
+        macro (`CompiledLocale.repeats`), or `None` after a problem."""
         try:
             source = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -333,7 +344,8 @@ class _TemplateLoader:
                 ast.set_environment(env)
             self._check_names(where, ast, env, declared)
             if not self._failed:
-                return env.template_class.from_code(env, env.compile(ast, name), env.make_globals(None)), uses
+                template = env.template_class.from_code(env, env.compile(ast, name), env.make_globals(None))
+                return template, uses, any(ast.find_all(_REPEATING))
         except jinja2.TemplateSyntaxError as exc:
             self._problem(f"{where}:{exc.lineno}", exc.message or "syntax error")
         finally:

@@ -104,15 +104,24 @@ class SendRequest:
     collapse_key: str | None = None  # a newer delivery with the same (source, key) supersedes this one (SPEC §12)
 
 
-def request_hash(payload: Any) -> bytes:
-    """Canonical JSON digest: key order and whitespace do not make two requests different.
+def canonical_json(payload: Any) -> bytes:
+    """The payload as canonical JSON: key order and whitespace do not make two requests different.
 
     Raises `ValidationFailed` for a payload nested too deeply to serialize again.
     """
     try:
-        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
         raise ValidationFailed([Problem("", "payload is nested too deeply")]) from None
+
+
+def request_hash(payload: Any) -> bytes:
+    """The digest of the payload's `canonical_json`; raises like it."""
+    return canonical_digest(canonical_json(payload))
+
+
+def canonical_digest(canonical: bytes) -> bytes:
+    """`request_hash` of a payload whose `canonical_json` is `canonical`."""
     return hashlib.sha256(canonical).digest()
 
 
@@ -123,11 +132,15 @@ def keyed_digest(digest: bytes, key: bytes) -> bytes:
     return hmac.digest(key, digest, "sha256") if key else digest
 
 
+def json_may_hold_nul(json_text: bytes) -> bool:
+    """A quick screen before `_nul_paths`, on the payload's JSON: JSON escapes NUL as `\\u0000` (a
+    literal backslash followed by `u0000` also matches, which only costs the walk)."""
+    return b"\\u0000" in json_text
+
+
 def _may_hold_nul(payload: Any) -> bool:
-    """A quick screen before `_nul_paths`: JSON escapes NUL as `\\u0000` (a literal backslash
-    followed by `u0000` also matches, which only costs the walk)."""
     try:
-        return b"\\u0000" in orjson.dumps(payload)
+        return json_may_hold_nul(orjson.dumps(payload))
     except orjson.JSONEncodeError:
         return True
 
@@ -334,13 +347,19 @@ class _Checker:
         return tags
 
 
-def parse_send_request(payload: Any) -> SendRequest:
-    """Validate a decoded `send_email` payload; raise `ValidationFailed` listing every problem."""
+def parse_send_request(payload: Any, *, may_hold_nul: bool | None = None) -> SendRequest:
+    """Validate a decoded `send_email` payload; raise `ValidationFailed` listing every problem.
+
+    `may_hold_nul`: what `json_may_hold_nul` said of the JSON the caller already made of this
+    payload (the stream door's `canonical_json`), so it is not serialised a second time for the
+    screen; None when the caller has none.
+    """
     if not isinstance(payload, Mapping):
         raise ValidationFailed([Problem("", "payload must be a JSON object")])
     check = _Checker()
-    for key in sorted(set(payload) - _KNOWN_FIELDS, key=str):
-        check.fail(str(key), "unknown field")
+    if not _KNOWN_FIELDS.issuperset(payload):  # nearly always: no set to build and sort
+        for key in sorted(set(payload) - _KNOWN_FIELDS, key=str):
+            check.fail(str(key), "unknown field")
     recipients = check.recipients(payload)
     reply_to = None
     if payload.get("reply_to") is not None:
@@ -395,10 +414,11 @@ def parse_send_request(payload: Any) -> SendRequest:
     collapse_key = check.string(payload, "collapse_key", limit=200)
     if collapse_key is not None and not valid_idempotency_key(collapse_key):
         check.fail("collapse_key", "must be 1-200 characters of A-Z a-z 0-9 . _ : -")
-    reported = {p.field for p in check.problems}
-    for path in _nul_paths(payload) if _may_hold_nul(payload) else ():
-        if path not in reported:
-            check.fail(path, "must not contain NUL characters")
+    if _may_hold_nul(payload) if may_hold_nul is None else may_hold_nul:
+        reported = {p.field for p in check.problems}
+        for path in _nul_paths(payload):
+            if path not in reported:
+                check.fail(path, "must not contain NUL characters")
     if check.problems:
         raise ValidationFailed(check.problems)
     return SendRequest(

@@ -8,7 +8,13 @@ from typing import Any
 
 import orjson
 
-from mailsvc.domain.commands import ValidationFailed, request_hash, valid_idempotency_key
+from mailsvc.domain.commands import (
+    ValidationFailed,
+    canonical_digest,
+    canonical_json,
+    json_may_hold_nul,
+    valid_idempotency_key,
+)
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ENTRY_BYTES = 16 * 1024  # every field but `payload`, names and values together
@@ -27,6 +33,8 @@ class StreamCommand:
     # the fields as Redis gave them: the malformed row's `raw_fields` if the command turns out
     # malformed later (e.g. a key conflict) — computed only then, most commands never need it
     fields: Mapping[bytes, bytes]
+    # `json_may_hold_nul` of the canonical JSON the digest was made of: validation's NUL screen
+    may_hold_nul: bool = True
 
     @property
     def raw_fields(self) -> bytes:
@@ -135,7 +143,7 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | C
     except orjson.JSONDecodeError as exc:
         return malformed("invalid_json", f"payload is not valid JSON: {exc}", key)
     try:
-        digest = request_hash(payload)
+        canonical = canonical_json(payload)
     except ValidationFailed as error:
         return malformed(error.reason, str(error), key)
     traceparent = text.get("traceparent")
@@ -143,7 +151,9 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> StreamCommand | C
         return _cancel(entry_id, key, payload, traceparent, fields) or malformed(
             "validation_failed", 'payload must be {"idempotency_key": "<key of the send_email to cancel>"}', key
         )
-    return StreamCommand(entry_id, key, payload, digest, traceparent, fields)
+    # the digest and validation's NUL screen, from the one serialisation
+    digest, may_hold_nul = canonical_digest(canonical), json_may_hold_nul(canonical)
+    return StreamCommand(entry_id, key, payload, digest, traceparent, fields, may_hold_nul)
 
 
 def _cancel(

@@ -7,6 +7,7 @@ the new offset and the malformed records of the same batch. Then wakes the sched
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from mailsvc.domain import transitions
 from mailsvc.domain.clock import Clock, utc_now
@@ -37,9 +39,21 @@ from mailsvc.errors import IdempotencyConflict
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments, current_traceparent
 from mailsvc.services.acceptance_types import AcceptanceStore, Accepted, BatchResult, PreparedBatch, Renderer
 from mailsvc.services.command_spans import NO_COMMAND_SPANS, CommandSpans
-from mailsvc.services.loop_share import LoopShare
+from mailsvc.services.loop_share import LoopShare, Slices
 
 log = logging.getLogger("mailsvc.acceptance")
+# stream commands prepared together, step by step (`prepare_stream_batch`): a few dozen keep each
+# step's code in the caches; 8 already gives most of the gain, 128 no more than 32
+_CHUNK = 32
+
+
+def _refused(entry: StreamCommand, error: ValidationFailed | ValueError) -> MalformedCommand:
+    """The malformed record of a stream command that failed validation or the MIME builder."""
+    if isinstance(error, ValidationFailed):
+        return MalformedCommand(
+            entry.entry_id, error.reason, str(error)[:2000], entry.raw_fields, entry.idempotency_key
+        )
+    return MalformedCommand(entry.entry_id, "validation_failed", str(error), entry.raw_fields, entry.idempotency_key)
 
 
 def _template_problem(error: TemplateError) -> ValidationFailed:
@@ -127,8 +141,12 @@ class AcceptanceService:
     def validate_and_render(self, payload: Any) -> tuple[SendRequest, RenderedContent]:
         """Raise `ValidationFailed` (with a reason code) for any payload or template problem."""
         request = parse_send_request(payload)
+        return request, self._render_validated(request)
+
+    def _render_validated(self, request: SendRequest) -> RenderedContent:
+        """`render`, with a template problem raised as `ValidationFailed` like any other."""
         try:
-            return request, self.render(request)
+            return self.render(request)
         except TemplateError as error:
             raise _template_problem(error) from None
 
@@ -265,32 +283,67 @@ class AcceptanceService:
         """Validate, render and build a batch (CPU only, nothing persisted).
 
         The work is cut into slices of about a millisecond (`LoopShare`): between two steps of an
-        entry (decode, validate and render, build) the event loop runs once a slice is over, and
+        entry (decode, validate, render, build) the event loop runs once a slice is over, and
         waits a little for HTTP acceptances in flight — so a backlog of large commands never holds
         HTTP requests, SMTP attempts or the transaction in flight for long. A batch of small
         commands pays a few clock reads per entry. `entries` may be lazy (a generator decoding
         stream entries): the decoding then happens in the slices too.
+
+        The entries go through in chunks of `_CHUNK`, each step for the whole chunk before the next
+        step: the code of one step (JSON and validation, Jinja, the MIME builder) then stays in the
+        CPU's caches across the chunk, where taking one command at a time through all of them
+        evicted it every time — a quarter of the CPU per command. Results keep the entries' order.
         """
         tracing = self.instruments.tracing
         spans = CommandSpans(self.instruments.tracer, self.stream_key) if tracing else NO_COMMAND_SPANS
         batch = PreparedBatch(spans=spans)
-        malformed, prepared = batch.malformed, batch.deliveries
         slices = self.loop_share.slices()
-        for entry in entries:
-            await slices.checkpoint()
-            span = spans.start(entry)
-            if isinstance(entry, MalformedCommand):
-                spans.malformed(span, entry.reason)
-                malformed.append(entry)
-                continue
-            if isinstance(entry, CancelCommand):
-                spans.cancel(span)
-                batch.cancels.append(entry)
-                continue
-            try:
-                request, content = self.validate_and_render(entry.payload)
+        pending = iter(entries)
+        while True:
+            chunk: list[tuple[StreamCommand | CancelCommand | MalformedCommand, Span | None]] = []
+            for entry in itertools.islice(pending, _CHUNK):
                 await slices.checkpoint()
-                delivery = self.build(
+                chunk.append((entry, spans.start(entry)))
+            if not chunk:
+                return batch
+            built = iter(await self._build_commands([e for e, _ in chunk if isinstance(e, StreamCommand)], slices))
+            for entry, span in chunk:
+                result = next(built) if isinstance(entry, StreamCommand) else entry
+                if isinstance(result, MalformedCommand):
+                    spans.malformed(span, result.reason)
+                    batch.malformed.append(result)
+                elif isinstance(result, CancelCommand):
+                    spans.cancel(span)
+                    batch.cancels.append(result)
+                else:
+                    traceparent = spans.prepared(span)  # None unless tracing: no copy of the delivery then
+                    batch.deliveries.append(result if traceparent is None else replace(result, traceparent=traceparent))
+
+    async def _build_commands(
+        self, commands: list[StreamCommand], slices: Slices
+    ) -> list[NewDelivery | MalformedCommand]:
+        """Each command's delivery or malformed record, in order: validated, rendered and built one
+        step at a time for all of them."""
+        outcomes: dict[int, NewDelivery | MalformedCommand] = {}  # by position: each fails a step or is built
+        requests: list[tuple[int, SendRequest]] = []
+        for index, entry in enumerate(commands):
+            await slices.checkpoint()
+            try:
+                requests.append((index, parse_send_request(entry.payload, may_hold_nul=entry.may_hold_nul)))
+            except (ValidationFailed, ValueError) as error:
+                outcomes[index] = _refused(entry, error)
+        rendered: list[tuple[int, SendRequest, RenderedContent]] = []
+        for index, request in requests:
+            await slices.checkpoint()
+            try:
+                rendered.append((index, request, self._render_validated(request)))
+            except (ValidationFailed, ValueError) as error:
+                outcomes[index] = _refused(commands[index], error)
+        for index, request, content in rendered:
+            await slices.checkpoint()
+            entry = commands[index]
+            try:
+                outcomes[index] = self.build(
                     "notification",
                     entry.idempotency_key,
                     entry.request_hash,
@@ -299,25 +352,9 @@ class AcceptanceService:
                     stream_entry_id=entry.entry_id,
                     stream_fields=entry.fields,
                 )
-            except ValidationFailed as error:
-                spans.malformed(span, error.reason)
-                malformed.append(
-                    MalformedCommand(
-                        entry.entry_id, error.reason, str(error)[:2000], entry.raw_fields, entry.idempotency_key
-                    )
-                )
-                continue
-            except ValueError as error:  # the MIME builder refused something validation let through
-                spans.malformed(span, "validation_failed")
-                malformed.append(
-                    MalformedCommand(
-                        entry.entry_id, "validation_failed", str(error), entry.raw_fields, entry.idempotency_key
-                    )
-                )
-                continue
-            traceparent = spans.prepared(span)  # None unless tracing: no copy of the delivery then
-            prepared.append(delivery if traceparent is None else replace(delivery, traceparent=traceparent))
-        return batch
+            except (ValidationFailed, ValueError) as error:  # e.g. the MIME builder refused what validation let through
+                outcomes[index] = _refused(entry, error)
+        return [outcomes[index] for index in range(len(commands))]
 
     async def commit_stream_batch(self, batch: PreparedBatch, offset: OffsetAdvance) -> BatchResult:
         """Persist a prepared batch with its offset in one transaction (a key may repeat: the

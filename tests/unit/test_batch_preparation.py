@@ -133,3 +133,37 @@ async def test_a_request_in_flight_only_delays_the_batch_for_a_bounded_time(acce
     with share.waited_for():  # a request that never finishes: the batch still gets prepared
         batch = await service.prepare_stream_batch(Ticker().decoded(small))
     assert len(batch.deliveries) == 5
+
+
+async def test_a_mixed_batch_keeps_the_order_of_its_entries(acceptance: AcceptanceService) -> None:
+    """Entries are prepared a chunk at a time, one step for the whole chunk after another: what each
+    list of the batch holds still comes in the order of the entries, across chunks."""
+
+    def entry(n: int) -> dict[bytes, bytes]:
+        key = f"k{n}".encode()
+        if n % 5 == 1:  # refused while decoding
+            return {b"type": b"send_email", b"payload": b"{not json", b"idempotency_key": key}
+        if n % 5 == 2:  # refused by validation
+            return {b"type": b"send_email", b"payload": orjson.dumps({"to": ["nobody"], "subject": "s", "text": "t"})}
+        if n % 5 == 3:  # refused by the renderer
+            payload = {"to": ["a@example.com"], "template": "notification.generic", "variables": {"title": "T"}}
+            return {b"type": b"send_email", b"payload": orjson.dumps(payload), b"idempotency_key": key}
+        if n % 5 == 4:
+            return {b"type": b"cancel_email", b"payload": orjson.dumps({"idempotency_key": f"k{n - 4}"})}
+        return {
+            b"type": b"send_email",
+            b"payload": orjson.dumps({"to": [f"r{n}@example.com"], "subject": f"s{n}", "text": "t"}),
+        }
+
+    count = 100  # a few chunks, the last one partial
+    batch = await acceptance.prepare_stream_batch(decode_entry(f"1-{n}", entry(n)) for n in range(count))
+    assert [d.stream_entry_id for d in batch.deliveries] == [f"1-{n}" for n in range(count) if n % 5 == 0]
+    assert [d.request.recipients[0].address.email for d in batch.deliveries] == [
+        f"r{n}@example.com" for n in range(count) if n % 5 == 0
+    ]
+    assert [c.entry_id for c in batch.cancels] == [f"1-{n}" for n in range(count) if n % 5 == 4]
+    assert [(m.entry_id, m.reason) for m in batch.malformed] == [
+        (f"1-{n}", {1: "invalid_json", 2: "validation_failed", 3: "missing_variables"}[n % 5])
+        for n in range(count)
+        if n % 5 in (1, 2, 3)
+    ]

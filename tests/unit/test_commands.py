@@ -14,6 +14,9 @@ from mailsvc.domain.commands import (
     Problem,
     SendRequest,
     ValidationFailed,
+    canonical_digest,
+    canonical_json,
+    json_may_hold_nul,
     parse_send_request,
     request_hash,
     valid_idempotency_key,
@@ -367,6 +370,21 @@ def test_nul_anywhere_in_the_payload_is_refused() -> None:
     found = fields(payload)
     assert {"text", "html"} <= found
     assert any(f.startswith("tags") for f in found)
+
+
+def test_the_nul_screen_can_come_from_the_callers_own_json() -> None:
+    clean = raw(text="body")
+    nul = raw(text="body\x00", tags={"k\x00": "v"})
+    assert not json_may_hold_nul(canonical_json(clean))
+    assert json_may_hold_nul(canonical_json(nul))
+    assert parse_send_request(clean, may_hold_nul=False) == parse_send_request(clean)
+    with pytest.raises(ValidationFailed) as screened:
+        parse_send_request(nul, may_hold_nul=True)
+    with pytest.raises(ValidationFailed) as unscreened:
+        parse_send_request(nul)
+    assert screened.value.problems == unscreened.value.problems
+    assert {p.field for p in screened.value.problems} == {"text", "tags.k\\x00"}
+    assert request_hash(nul) == canonical_digest(canonical_json(nul))
 
 
 def test_nul_in_template_variables_is_refused() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from markupsafe import Markup
 
+from mailsvc.adapters.template_files import load_catalog
 from mailsvc.adapters.template_filters import paragraphs
 from mailsvc.adapters.templates import TemplateCatalog
 from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES, RenderTooLarge
@@ -49,6 +50,36 @@ def test_a_render_stops_as_soon_as_it_passes_the_limit(tmp_path: Path) -> None:
     assert info.value.reason == "render_too_large"
     assert "text body" in str(info.value)
     assert lines.pulled <= 64 + 2  # stopped right after the limit, not 100,000 lines later
+
+
+def test_only_locales_with_a_loop_or_a_macro_are_rendered_piece_by_piece(tmp_path: Path) -> None:
+    write_template(tmp_path, "t.loop", {"en": simple("S", "{% for line in lines %}{{ line }}{% endfor %}")},
+                   variables='variables = ["lines"]')  # fmt: skip
+    macro = "{% macro twice(x) %}{{ x }}{{ x }}{% endmacro %}{{ twice(name) }}"
+    write_template(tmp_path, "t.macro", {"en": simple("S", "B") | {"body.html": macro}})
+    write_template(tmp_path, "t.flat", {"en": simple("S {{ name }}", "B {{ name }}")})
+    templates, problems = load_catalog(tmp_path)
+    assert problems == []
+    assert {tid: template.locales["en"].repeats for tid, template in templates.items()} == {
+        "t.loop": True,
+        "t.macro": True,
+        "t.flat": False,
+    }
+    shipped_templates, _ = load_catalog(SHIPPED)  # the shipped ones render whole: no loop in any
+    assert not any(locale.repeats for t in shipped_templates.values() for locale in t.locales.values())
+    catalog = TemplateCatalog(templates)
+    assert catalog.render("t.macro", "en", {"name": "ab"}).html == "abab"
+    assert catalog.render("t.loop", "en", {"lines": ["a", "b"]}).text == "ab"
+
+
+def test_a_template_rendered_whole_is_held_to_the_same_limits(tmp_path: Path) -> None:
+    write_template(tmp_path, "t.flat", {"en": simple("Re: {{ name }}", "{{ name }}{{ name }}")})
+    catalog = TemplateCatalog.load(tmp_path)
+    assert catalog.render("t.flat", "en", {"name": "é" * 256}, max_bytes=1024).text == "é" * 512
+    with pytest.raises(RenderTooLarge, match="text body is longer than 1024 bytes"):
+        catalog.render("t.flat", "en", {"name": "é" * 257}, max_bytes=1024)  # 1,028 bytes, 514 characters
+    with pytest.raises(RenderTooLarge, match="subject is longer than 998 characters"):
+        catalog.render("t.flat", "en", {"name": "x" * 995})
 
 
 def test_a_body_at_the_limit_renders_and_one_byte_more_is_too_large(tmp_path: Path) -> None:

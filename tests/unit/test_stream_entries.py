@@ -35,6 +35,15 @@ def malformed(fields: dict[bytes, bytes]) -> MalformedCommand:
     return decoded
 
 
+def test_a_command_carries_the_nul_screen_of_the_json_its_digest_was_made_of() -> None:
+    clean = decode_entry(ENTRY, entry())
+    escaped = decode_entry(ENTRY, entry(payload=orjson.dumps({**PAYLOAD, "text": "a\x00b"})))
+    assert isinstance(clean, StreamCommand)
+    assert isinstance(escaped, StreamCommand)
+    assert (clean.may_hold_nul, escaped.may_hold_nul) == (False, True)
+    assert clean.request_hash == request_hash(PAYLOAD)
+
+
 def test_well_formed_entry_decodes_with_the_entry_id_as_default_key() -> None:
     decoded = decode_entry(ENTRY, entry())
     assert isinstance(decoded, StreamCommand)
