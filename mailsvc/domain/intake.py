@@ -10,6 +10,7 @@ from uuid import UUID
 
 from mailsvc.domain.commands import SendRequest, ValidationFailed
 from mailsvc.domain.events import Event
+from mailsvc.domain.mime import Span
 from mailsvc.domain.model import RenderedContent, Source, Status
 from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.stream import parse_id
@@ -32,6 +33,10 @@ class NewDelivery:
     message_id: str
     mime: bytes
     accepted_at: datetime
+    # where the bodies lie in `mime` when it holds them verbatim (`mime.BuiltMessage`): the store
+    # keeps the span instead of a second copy of the text; None: the text is stored
+    text_span: Span | None = None
+    html_span: Span | None = None
     resend_of: UUID | None = None
     stream_entry_id: str | None = None
     # a stream command's fields as Redis gave them, for the malformed row should it turn out to

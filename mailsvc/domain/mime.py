@@ -13,7 +13,10 @@ writes the few shapes we need directly, in tens of microseconds:
 - bodies are `text/plain` (and `text/html` inside `multipart/alternative`), UTF-8, `7bit` when
   plain ASCII with every line within RFC 5322's 998-octet limit (templates' long HTML lines are
   sent as written, not inflated by quoted-printable's `=3D` for every attribute), else
-  quoted-printable; line endings are normalised to CRLF.
+  quoted-printable; line endings are normalised to CRLF;
+- `build_message` also says where each body lies in the bytes when they hold it verbatim (7bit,
+  and the submitted text had no CR: the part is the text with each LF written as CRLF), so the
+  store can keep the message and not a second copy of the bodies (migration 0012).
 
 A CR or LF in any header input raises `ValueError`: header injection is impossible by design.
 """
@@ -24,6 +27,7 @@ import binascii
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from functools import lru_cache
@@ -33,7 +37,29 @@ import idna
 from mailsvc.domain.model import Address
 from mailsvc.domain.randomness import random_bytes
 
-__all__ = ["ascii_address", "build_mime", "make_message_id"]
+__all__ = ["BuiltMessage", "Span", "ascii_address", "body_of", "build_message", "build_mime", "make_message_id"]
+
+# byte offsets [start, end) of a body within the message bytes
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltMessage:
+    """A message's bytes and, for each body they hold verbatim, its span: `body_of(mime, span)` is
+    then exactly the text submitted. None where the part is encoded (quoted-printable) or the text
+    had a CR (normalised to CRLF, so not given back as submitted); `html_span` also without HTML."""
+
+    mime: bytes
+    text_span: Span | None
+    html_span: Span | None
+
+
+def body_of(mime: bytes, span: Span) -> str:
+    """The body a span of `BuiltMessage` names: its CRLF line endings back to LF (the same as the
+    SQL of `adapters/postgres/payload_bodies.py`)."""
+    start, end = span
+    return mime[start:end].replace(b"\r\n", b"\n").decode("ascii")
+
 
 _FOLD_AT = 78  # preferred maximum header line length (RFC 5322 §2.1.1)
 _MAX_PLAIN_WORD = 900  # a longer unbroken word is encoded (and so split) to stay under 998
@@ -196,14 +222,16 @@ def _address_header(name: str, addresses: Sequence[Address]) -> str:
     return _fold(name, tokens)
 
 
-def _body(content: str) -> tuple[str, bytes]:
-    """(transfer encoding, encoded CRLF body) for one text part."""
-    if "\r" in content:
+def _body(content: str) -> tuple[str, bytes, bool]:
+    """(transfer encoding, encoded CRLF body, whether the body is `content` with each LF as CRLF)
+    for one text part."""
+    verbatim = "\r" not in content
+    if not verbatim:
         content = content.replace("\r\n", "\n").replace("\r", "\n")
     if content.isascii() and "\x00" not in content and _lines_within(content, _MAX_7BIT_LINE):
-        return "7bit", content.replace("\n", "\r\n").encode("ascii")
+        return "7bit", content.replace("\n", "\r\n").encode("ascii"), verbatim
     encoded = binascii.b2a_qp(content.encode("utf-8"), istext=True)
-    return "quoted-printable", encoded.replace(b"\n", b"\r\n")
+    return "quoted-printable", encoded.replace(b"\n", b"\r\n"), False
 
 
 def _lines_within(content: str, limit: int) -> bool:
@@ -228,10 +256,12 @@ def _date_header(date: datetime) -> str:
     return format_datetime(date)
 
 
-def _part(subtype: str, content: str) -> bytes:
-    cte, body = _body(content)
-    head = f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
-    return head.encode("ascii") + body
+def _part(subtype: str, content: str, at: int) -> tuple[bytes, Span | None]:
+    """One text part, written at offset `at` of the message, and its body's span when verbatim."""
+    cte, body, verbatim = _body(content)
+    head = f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii")
+    start = at + len(head)
+    return head + body, (start, start + len(body)) if verbatim else None
 
 
 def build_mime(
@@ -247,8 +277,37 @@ def build_mime(
     message_id: str,
     date: datetime,
 ) -> bytes:
-    """The complete message as CRLF bytes, ready for `SMTP.sendmail`. Raises `ValueError` on a
-    line break in any header input, an unusable address, or an extra header not named `X-…`."""
+    """The bytes of `build_message`, for callers that need nothing else."""
+    return build_message(
+        from_addr=from_addr,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        subject=subject,
+        text=text,
+        html=html,
+        headers=headers,
+        message_id=message_id,
+        date=date,
+    ).mime
+
+
+def build_message(
+    *,
+    from_addr: Address,
+    to: Sequence[Address],
+    cc: Sequence[Address],
+    reply_to: Address | None,
+    subject: str,
+    text: str,
+    html: str | None,
+    headers: Mapping[str, str],
+    message_id: str,
+    date: datetime,
+) -> BuiltMessage:
+    """The complete message as CRLF bytes, ready for `SMTP.sendmail`, and where its bodies lie in
+    them. Raises `ValueError` on a line break in any header input, an unusable address, or an
+    extra header not named `X-…`."""
     _reject_line_breaks("message id", message_id)
     if not message_id.isascii() or " " in message_id:
         raise ValueError("message id must be ASCII without spaces")
@@ -270,24 +329,21 @@ def build_mime(
         if not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"extra header {name[:40]!r} is not an X- header")
         out.append(_unstructured(name, value))
+    html_span = None
     if html is None:
         head = "".join(out).encode("ascii")
-        message = head + _part("plain", text)
+        plain, text_span = _part("plain", text, len(head))
+        message = head + plain
     else:
         # "=_" cannot occur in quoted-printable text, and the random part in 7bit text
         boundary = "=_" + random_bytes(16).hex()
         out.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n')
+        head = "".join(out).encode("ascii")
         delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
-        message = b"".join(
-            (
-                "".join(out).encode("ascii"),
-                delimiter[2:],
-                _part("plain", text),
-                delimiter,
-                _part("html", html),
-                f"\r\n--{boundary}--\r\n".encode("ascii"),
-            )
-        )
+        at = len(head) + len(delimiter) - 2
+        plain, text_span = _part("plain", text, at)
+        rich, html_span = _part("html", html, at + len(plain) + len(delimiter))
+        message = b"".join((head, delimiter[2:], plain, delimiter, rich, f"\r\n--{boundary}--\r\n".encode("ascii")))
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
-    return message
+    return BuiltMessage(message, text_span, html_span)

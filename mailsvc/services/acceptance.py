@@ -31,7 +31,7 @@ from mailsvc.domain.commands import (
 )
 from mailsvc.domain.ids import uuid7
 from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
-from mailsvc.domain.mime import build_mime, make_message_id
+from mailsvc.domain.mime import build_message, make_message_id
 from mailsvc.domain.model import TERMINAL_STATUSES, Address, RenderedContent, Source
 from mailsvc.domain.stream_entries import CancelCommand, MalformedCommand, StreamCommand
 from mailsvc.domain.templates import DEFAULT_MAX_RENDERED_BYTES, MissingVariables, TemplateError
@@ -169,7 +169,7 @@ class AcceptanceService:
             # makes it invalid, so the store still answers a replay of the original with it (SPEC §1)
             replay_only = ValidationFailed([Problem("expires_at", "has already passed")])
         message_id = make_message_id(self.message_id_domain)
-        mime = build_mime(
+        built = build_message(
             from_addr=self.from_address,
             to=[r.address for r in request.recipients if r.kind == "to"],
             cc=[r.address for r in request.recipients if r.kind == "cc"],
@@ -191,7 +191,9 @@ class AcceptanceService:
             request=request,
             content=content,
             message_id=message_id,
-            mime=mime,
+            mime=built.mime,
+            text_span=built.text_span,
+            html_span=built.html_span,
             accepted_at=now,
             resend_of=resend_of,
             stream_entry_id=stream_entry_id,

@@ -19,6 +19,7 @@ from mailsvc.adapters.postgres.batch_rows import SHARED_FROM_ROWS
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import NewDelivery
+from mailsvc.domain.mime import body_of
 from mailsvc.services.acceptance import AcceptanceService
 from tests.support.acceptance import acceptance_service
 
@@ -92,6 +93,14 @@ def prepare(acceptance: AcceptanceService, n: int, payload: dict[str, Any]) -> N
     )
 
 
+def _span(stored: Any) -> tuple[int, int] | None:
+    return None if stored is None else (stored.lower, stored.upper)
+
+
+def _body(stored: str | None, span: Any, mime: bytes) -> str | None:
+    return stored if span is None else body_of(mime, (span.lower, span.upper))
+
+
 async def stored(pg_conn: Any, delivery: NewDelivery) -> dict[str, Any]:
     d = await pg_conn.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1", delivery.delivery_id)
     p = await pg_conn.fetchrow("SELECT * FROM delivery_payloads WHERE delivery_id = $1", delivery.delivery_id)
@@ -109,8 +118,9 @@ async def stored(pg_conn: Any, delivery: NewDelivery) -> dict[str, Any]:
         "delivery": {name: d[name] for name in DELIVERY_COLUMNS} | {"tags": orjson.loads(d["tags"])},
         "payload": {
             "subject": p["subject"],
-            "text": p["text_body"],
-            "html": p["html_body"],
+            "text": _body(p["text_body"], p["text_span"], bytes(p["mime"])),
+            "html": _body(p["html_body"], p["html_span"], bytes(p["mime"])),
+            "spans": (_span(p["text_span"]), _span(p["html_span"])),
             "reply_to": None if p["reply_to"] is None else orjson.loads(p["reply_to"]),
             "headers": orjson.loads(p["headers"]),
             "mime": bytes(p["mime"]),
@@ -155,6 +165,8 @@ def expected(delivery: NewDelivery) -> dict[str, Any]:
             "subject": content.subject,
             "text": content.text,
             "html": content.html,
+            # a body is stored as its span of the MIME message when it has a (non-empty) one
+            "spans": tuple(span if span and span[0] < span[1] else None for span in (d.text_span, d.html_span)),
             "reply_to": None
             if request.reply_to is None
             else {"email": request.reply_to.email, "name": request.reply_to.name},

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres import intake_store
 from mailsvc.adapters.postgres.intake_store import IntakeStore
+from mailsvc.adapters.postgres.payload_bodies import body_sql
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import NewDelivery, OffsetAdvance
 from mailsvc.domain.stream_entries import MalformedCommand
@@ -21,6 +22,7 @@ from tests.support.acceptance import acceptance_service
 
 TTL = timedelta(hours=24)
 STREAM = "large-batches"
+TEXT_BODY = body_sql("text_body", "text_span")  # as stored: text, or its span of the MIME message
 
 
 def large_deliveries(count: int) -> list[NewDelivery]:
@@ -56,7 +58,7 @@ async def test_a_batch_larger_than_a_statement_is_stored_whole_in_one_transactio
     )
     assert [o.kind for o in outcomes] == ["created"] * 20
     async with engine.connect() as conn:
-        stored = (await conn.execute(text("SELECT delivery_id, text_body, mime FROM delivery_payloads"))).all()
+        stored = (await conn.execute(text(f"SELECT delivery_id, {TEXT_BODY}, mime FROM delivery_payloads p"))).all()
         assert int((await conn.execute(text("SELECT count(*) FROM malformed_commands"))).scalar_one()) == 8
     by_id = {d.delivery_id: d for d in deliveries}
     assert len(stored) == 20

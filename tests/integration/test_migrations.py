@@ -10,6 +10,9 @@ import pytest
 
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.migrations import current_revision, downgrade, head_revision, upgrade
+from mailsvc.adapters.postgres.payload_bodies import body_sql
+from mailsvc.domain.mime import build_message
+from mailsvc.domain.model import Address
 
 TABLES = {
     "deliveries",
@@ -226,5 +229,69 @@ async def test_0011_keeps_what_the_dropped_indexes_found(empty_database_dsn: str
         indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'")
         names = {r["indexname"] for r in indexes}
         assert {"deliveries_status_created_idx", "deliveries_finished_idx", "deliveries_collapse_idx"} <= names
+    finally:
+        await conn.close()
+
+
+async def test_0012_stores_bodies_as_spans_and_a_downgrade_writes_them_back(empty_database_dsn: str) -> None:
+    """Rows written before 0012 keep their text and are read alike; a downgrade writes the sliced
+    bodies back as text from the MIME message, so the old invariant (a text body) holds again."""
+    text, html = "Hello,\n.dot line\n\ntab\there  \n", "<p>Hello</p>\n<p>there</p>"
+    built = build_message(
+        from_addr=Address("noreply@example.com"),
+        to=[Address("ann@example.org")],
+        cc=[],
+        reply_to=None,
+        subject="s",
+        text=text,
+        html=html,
+        headers={},
+        message_id="<m@example.com>",
+        date=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert built.text_span is not None
+    assert built.html_span is not None
+    bodies = f"{body_sql('text_body', 'text_span')} AS t, {body_sql('html_body', 'html_span')} AS h"
+    await upgrade(empty_database_dsn, "0011")
+    conn = await asyncpg.connect(empty_database_dsn)
+    try:
+        old = await _insert_delivery(conn)
+        await conn.execute(
+            "INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, mime) "
+            "VALUES ($1, 's', 'old\r\ntext', '<p>old</p>', '\\x00')",
+            old,
+        )
+        await conn.close()
+        await upgrade(empty_database_dsn)
+        conn = await asyncpg.connect(empty_database_dsn)
+        new = await _insert_delivery(conn)
+        await conn.execute(
+            "INSERT INTO delivery_payloads (delivery_id, subject, text_span, html_span, mime) "
+            "VALUES ($1, 's', $2, $3, $4)",
+            new,
+            asyncpg.Range(*built.text_span),
+            asyncpg.Range(*built.html_span),
+            built.mime,
+        )
+        expected = {old: ("old\r\ntext", "<p>old</p>"), new: (text, html)}
+        read = await conn.fetch(f"SELECT delivery_id, {bodies} FROM delivery_payloads p")
+        assert {r["delivery_id"]: (r["t"], r["h"]) for r in read} == expected
+        await conn.close()
+
+        await downgrade(empty_database_dsn, "0011")
+        conn = await asyncpg.connect(empty_database_dsn)
+        read = await conn.fetch("SELECT delivery_id, text_body AS t, html_body AS h FROM delivery_payloads")
+        assert {r["delivery_id"]: (r["t"], r["h"]) for r in read} == expected
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", "delivery_payloads"
+        )
+        assert not {r["column_name"] for r in columns} & {"text_span", "html_span"}
+        with pytest.raises(asyncpg.CheckViolationError, match="delivery_payloads_redaction_check"):
+            await conn.execute("UPDATE delivery_payloads SET text_body = NULL WHERE delivery_id = $1", new)
+        await conn.close()
+        await upgrade(empty_database_dsn)  # and up again, the text kept as text
+        conn = await asyncpg.connect(empty_database_dsn)
+        read = await conn.fetch(f"SELECT delivery_id, {bodies} FROM delivery_payloads p")
+        assert {r["delivery_id"]: (r["t"], r["h"]) for r in read} == expected
     finally:
         await conn.close()

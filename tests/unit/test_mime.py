@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from mailsvc.domain.mime import _lines_within, ascii_address, build_mime, make_message_id
+from mailsvc.domain.mime import (
+    BuiltMessage,
+    _lines_within,
+    ascii_address,
+    body_of,
+    build_message,
+    build_mime,
+    make_message_id,
+)
 from mailsvc.domain.model import Address
 
 DATE = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
@@ -326,3 +334,55 @@ def test_the_line_length_check_agrees_with_splitting_into_lines() -> None:
     for content in cases:
         for limit in (998, 10):
             assert _lines_within(content, limit) == (max(map(len, content.split("\n"))) <= limit), (content, limit)
+
+
+def build_spans(text: str, html: str | None) -> BuiltMessage:
+    return build_message(
+        from_addr=Address("noreply@example.com", "Example"),
+        to=[Address("ann@example.org", "Ann Lee")],
+        cc=[],
+        reply_to=None,
+        subject="Your code",
+        text=text,
+        html=html,
+        headers={"X-Campaign": "c"},
+        message_id=MESSAGE_ID,
+        date=DATE,
+    )
+
+
+@pytest.mark.parametrize("html", [None, "<p>Hi</p>\n<p>there</p>"])
+@pytest.mark.parametrize("text", ["Hello,\nyour code is 123456.\n", "no newline", "", "\n\n", "x" * 998 + "\n."])
+def test_a_body_sent_verbatim_has_the_span_where_the_message_holds_it(text: str, html: str | None) -> None:
+    built = build_spans(text, html)
+    assert built.text_span is not None
+    start, end = built.text_span
+    assert built.mime[start:end] == text.replace("\n", "\r\n").encode()
+    assert body_of(built.mime, built.text_span) == text
+    if html is None:
+        assert built.html_span is None
+    else:
+        assert built.html_span is not None
+        assert body_of(built.mime, built.html_span) == html
+        # each span is its part's body, nothing more, nothing less: the delimiters follow
+        assert built.mime[built.text_span[1] :].startswith(b"\r\n--=_")
+        assert built.mime[built.html_span[1] :].startswith(b"\r\n--=_")
+        plain, rich = parse(built.mime).iter_parts()
+        assert (decoded(plain), decoded(rich)) == (text, html)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Olá\n",  # non-ASCII: quoted-printable
+        "line\r\nends\r\n",  # CRLF: normalised, so not given back as submitted
+        "a\rb",  # bare CR
+        "x" * 999,  # a line past 998 octets: quoted-printable
+        "nul\x00",  # NUL: quoted-printable
+    ],
+)
+def test_a_body_not_sent_verbatim_has_no_span(text: str) -> None:
+    built = build_spans(text, text)
+    assert (built.text_span, built.html_span) == (None, None)
+    plain, rich = parse(built.mime).iter_parts()
+    assert decoded(plain) == decoded(rich) == text.replace("\r\n", "\n").replace("\r", "\n")

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mailsvc.adapters.postgres.batch_rows import BatchRows, Column
 from mailsvc.adapters.postgres.db import DriverConnection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.operator_actions import record_actions
+from mailsvc.adapters.postgres.payload_bodies import stored_body
 from mailsvc.adapters.postgres.redaction import redact, redact_sql
 from mailsvc.domain import transitions
 from mailsvc.domain.intake import CancelOutcome, KeyOutcome, NewDelivery, OffsetAdvance
@@ -212,14 +213,18 @@ _CANCEL_TARGETS = text(
 
 _INSERT_PAYLOADS = BatchRows(
     """
-    INSERT INTO delivery_payloads (delivery_id, subject, text_body, html_body, reply_to, headers, mime, sensitive)
-    SELECT id, s, t, h, r, CAST(hd AS jsonb), m, sn FROM ({rows}) AS p
+    INSERT INTO delivery_payloads (
+        delivery_id, subject, text_body, html_body, text_span, html_span, reply_to, headers, mime, sensitive)
+    SELECT id, s, t, h, ts, hs, r, CAST(hd AS jsonb), m, sn FROM ({rows}) AS p
     """,
     [
         Column("ids", "id", "uuid"),
         Column("subjects", "s", "text", shared=True),
+        # a body the MIME message holds verbatim is sent as its span only (`payload_bodies.py`)
         Column("texts", "t", "text", shared=True),
         Column("htmls", "h", "text", shared=True),
+        Column("text_spans", "ts", "int4range"),
+        Column("html_spans", "hs", "int4range"),
         Column("reply_tos", "r", "text", shared=True),
         Column("headers", "hd", "text", shared=True),
         Column("mimes", "m", "bytea"),
@@ -543,13 +548,17 @@ class IntakeStore:
             )
         )
         for chunk in _within(created, _content_bytes):
+            texts = [stored_body(d.content.text, d.text_span) for d in chunk]
+            htmls = [stored_body(d.content.html, d.html_span) for d in chunk]
             await conn.execute(
                 *_INSERT_PAYLOADS.bind(
                     {
                         "ids": [d.delivery_id for d in chunk],
                         "subjects": [d.content.subject for d in chunk],
-                        "texts": [d.content.text for d in chunk],
-                        "htmls": [d.content.html for d in chunk],
+                        "texts": [body for body, _ in texts],
+                        "htmls": [body for body, _ in htmls],
+                        "text_spans": [span for _, span in texts],
+                        "html_spans": [span for _, span in htmls],
                         "reply_tos": [_reply_to(d) for d in chunk],
                         "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
                         "mimes": [d.mime for d in chunk],
@@ -617,8 +626,11 @@ class IntakeStore:
 
 
 def _content_bytes(delivery: NewDelivery) -> int:
+    """What the payload row sends: the message, and the bodies it does not hold verbatim."""
     content = delivery.content
-    return len(delivery.mime) + len(content.text) + len(content.html or "")
+    text = 0 if delivery.text_span is not None else len(content.text)
+    html = 0 if delivery.html_span is not None else len(content.html or "")
+    return len(delivery.mime) + text + html
 
 
 def _within(items: Sequence[T], size: Callable[[T], int]) -> Iterator[Sequence[T]]:

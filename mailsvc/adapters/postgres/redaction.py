@@ -2,8 +2,9 @@
 
 When a `sensitive` delivery becomes terminal, the transaction that makes it so also removes its
 rendered subject, bodies and MIME bytes from `delivery_payloads`, keeping the SHA-256 of the MIME
-message, the sizes and `redacted_at` (migration 0010). Every path that ends a delivery must run
-this fragment in its own transaction:
+message, the sizes and `redacted_at` (migration 0010); the spans of the bodies go too (0012), the
+sizes being those of the bodies as submitted however they were stored (`payload_bodies.py`). Every
+path that ends a delivery must run this fragment in its own transaction:
 
 - a finished attempt (`sent`, `dead_lettered`; also recovered stale claims): a CTE of
   `queue_store._FINISH`, so the batch stays one statement — `redacted AS (redact_sql("SELECT
@@ -27,6 +28,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailsvc.adapters.postgres.db import DriverConnection
+from mailsvc.adapters.postgres.payload_bodies import body_sql
+
+# the sizes of the bodies as submitted, whether stored as text or as a span of the MIME message
+_TEXT = body_sql("text_body", "text_span")
+_HTML = body_sql("html_body", "html_span")
 
 
 def redact_sql(ids: str) -> str:
@@ -35,10 +41,10 @@ def redact_sql(ids: str) -> str:
     removed by the same row write."""
     return f"""
         UPDATE delivery_payloads p
-        SET subject = NULL, text_body = NULL, html_body = NULL, mime = NULL, redacted_at = now(),
-            mime_sha256 = sha256(p.mime), mime_bytes = octet_length(p.mime),
-            subject_bytes = octet_length(p.subject), text_bytes = octet_length(p.text_body),
-            html_bytes = octet_length(p.html_body)
+        SET subject = NULL, text_body = NULL, html_body = NULL, text_span = NULL, html_span = NULL, mime = NULL,
+            redacted_at = now(), mime_sha256 = sha256(p.mime), mime_bytes = octet_length(p.mime),
+            subject_bytes = octet_length(p.subject), text_bytes = octet_length({_TEXT}),
+            html_bytes = octet_length({_HTML})
         WHERE p.sensitive AND p.redacted_at IS NULL AND p.delivery_id IN ({ids})
     """
 
