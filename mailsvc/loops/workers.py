@@ -1,11 +1,8 @@
 """The bounded attempt worker pool, and the group-commit writer for attempt results.
 
-Workers only run already-claimed deliveries. A worker's slot is its SMTP attempt: it is free again
-as soon as the attempt has a result, while that result waits for the writer — results from many
-workers are written together in one statement (group commit) while the previous batch is in
-flight, and a slot held through that wait left its connection idle for the whole commit. No more
-results than there are slots may wait at once: a slow or failing database stops the claims instead
-of queueing results without bound.
+Workers only run already-claimed deliveries. A worker keeps its slot until its result is durably
+written (or can no longer be), so the scheduler never claims more than can run. Results from many
+workers are written together in one statement (group commit) while the previous batch is in flight.
 """
 
 from __future__ import annotations
@@ -200,40 +197,31 @@ class WorkerPool:
         self.writer = writer
         self.concurrency = concurrency
         self.on_slot_freed: Callable[[], None] = lambda: None  # the scheduler claims again
-        self._tasks: set[asyncio.Task[None]] = set()  # attempts, and results waiting to be written
-        self._sending: set[asyncio.Task[None]] = set()  # of those, the attempts still running
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._writer_stop = asyncio.Event()
         self.accepting = True
 
     @property
     def free_slots(self) -> int:
-        if not self.accepting:
-            return 0
-        return max(0, min(self.concurrency - len(self._sending), 2 * self.concurrency - len(self._tasks)))
+        return 0 if not self.accepting else self.concurrency - len(self._tasks)
 
     def submit(self, claim: ClaimedDelivery) -> bool:
-        """Start an attempt; False when the pool is stopping or full (the caller releases the claim)."""
-        if self.free_slots <= 0:
+        """Start an attempt; False when the pool is stopping (the caller releases the claim)."""
+        if not self.accepting or len(self._tasks) >= self.concurrency:
             return False
         task = asyncio.create_task(self._attempt(claim), name=f"attempt-{claim.delivery_id}")
         self._tasks.add(task)
-        self._sending.add(task)
         task.add_done_callback(self._done)
         return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._sending.discard(task)  # cancelled before it ran
-        self.on_slot_freed()  # a result written: room for one more to wait, when that was the bound
+        self.on_slot_freed()
 
     async def _attempt(self, claim: ClaimedDelivery) -> None:
         try:
-            try:
-                record = await self.execution.execute(claim)
-            finally:
-                self._sending.discard(asyncio.current_task())
-                self.on_slot_freed()
+            record = await self.execution.execute(claim)
             await self.writer.write(record)
         except asyncio.CancelledError:
             raise
