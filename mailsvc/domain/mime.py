@@ -37,7 +37,7 @@ import idna
 from mailsvc.domain.model import Address
 from mailsvc.domain.randomness import random_bytes
 
-__all__ = ["BuiltMessage", "Span", "ascii_address", "body_of", "build_message", "build_mime", "make_message_id"]
+__all__ = ["BuiltMessage", "Span", "ascii_address", "build_message", "make_message_id"]
 
 # byte offsets [start, end) of a body within the message bytes
 Span = tuple[int, int]
@@ -45,20 +45,14 @@ Span = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class BuiltMessage:
-    """A message's bytes and, for each body they hold verbatim, its span: `body_of(mime, span)` is
-    then exactly the text submitted. None where the part is encoded (quoted-printable) or the text
-    had a CR (normalised to CRLF, so not given back as submitted); `html_span` also without HTML."""
+    """A message's bytes and, for each body they hold verbatim, its span: that slice with CRLF back
+    to LF is exactly the text submitted (`adapters/postgres/payload_bodies.py`). None where the part
+    is encoded (quoted-printable) or the text had a CR (normalised to CRLF, so not given back as
+    submitted); `html_span` also without HTML."""
 
     mime: bytes
     text_span: Span | None
     html_span: Span | None
-
-
-def body_of(mime: bytes, span: Span) -> str:
-    """The body a span of `BuiltMessage` names: its CRLF line endings back to LF (the same as the
-    SQL of `adapters/postgres/payload_bodies.py`)."""
-    start, end = span
-    return mime[start:end].replace(b"\r\n", b"\n").decode("ascii")
 
 
 _FOLD_AT = 78  # preferred maximum header line length (RFC 5322 §2.1.1)
@@ -262,34 +256,6 @@ def _part(subtype: str, content: str, at: int) -> tuple[bytes, Span | None]:
     head = f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii")
     start = at + len(head)
     return head + body, (start, start + len(body)) if verbatim else None
-
-
-def build_mime(
-    *,
-    from_addr: Address,
-    to: Sequence[Address],
-    cc: Sequence[Address],
-    reply_to: Address | None,
-    subject: str,
-    text: str,
-    html: str | None,
-    headers: Mapping[str, str],
-    message_id: str,
-    date: datetime,
-) -> bytes:
-    """The bytes of `build_message`, for callers that need nothing else."""
-    return build_message(
-        from_addr=from_addr,
-        to=to,
-        cc=cc,
-        reply_to=reply_to,
-        subject=subject,
-        text=text,
-        html=html,
-        headers=headers,
-        message_id=message_id,
-        date=date,
-    ).mime
 
 
 def build_message(

@@ -19,7 +19,6 @@ from mailsvc.adapters.postgres.batch_rows import SHARED_FROM_ROWS
 from mailsvc.adapters.postgres.intake_store import IntakeStore
 from mailsvc.domain.commands import request_hash
 from mailsvc.domain.intake import NewDelivery
-from mailsvc.domain.mime import body_of
 from mailsvc.services.acceptance import AcceptanceService
 from tests.support.acceptance import acceptance_service
 
@@ -98,7 +97,8 @@ def _span(stored: Any) -> tuple[int, int] | None:
 
 
 def _body(stored: str | None, span: Any, mime: bytes) -> str | None:
-    return stored if span is None else body_of(mime, (span.lower, span.upper))
+    """The body as submitted: its text column, or its span of the message with CRLF back to LF."""
+    return stored if span is None else mime[span.lower : span.upper].replace(b"\r\n", b"\n").decode("ascii")
 
 
 async def stored(pg_conn: Any, delivery: NewDelivery) -> dict[str, Any]:

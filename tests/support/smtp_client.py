@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailsvc.adapters.smtp_provider import SmtpProvider
-from mailsvc.domain.mime import build_mime, make_message_id
+from mailsvc.domain.mime import build_message, make_message_id
 from mailsvc.domain.model import Address, OutgoingMessage, SendResult
 from mailsvc.settings import HostPort, SmtpSettings
 
@@ -21,7 +21,7 @@ ProviderFactory = Callable[..., SmtpProvider]
 
 def outgoing(*recipients: str, text: str = "Olá!\n.a line with a leading dot\n") -> OutgoingMessage:
     to = [Address(r) for r in recipients]
-    mime = build_mime(
+    mime = build_message(
         from_addr=Address(SENDER, "Example"),
         to=to,
         cc=[],
@@ -32,7 +32,7 @@ def outgoing(*recipients: str, text: str = "Olá!\n.a line with a leading dot\n"
         headers={},
         message_id=make_message_id("example.com"),
         date=datetime.now(UTC),
-    )
+    ).mime
     return OutgoingMessage(
         delivery_id=uuid.uuid4(),
         message_id="<m@example.com>",

@@ -16,17 +16,23 @@ import pytest
 
 from mailsvc.domain.mime import (
     BuiltMessage,
+    Span,
     _lines_within,
     ascii_address,
-    body_of,
     build_message,
-    build_mime,
     make_message_id,
 )
 from mailsvc.domain.model import Address
 
 DATE = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
 MESSAGE_ID = "<0123456789abcdef@mail.example.com>"
+
+
+def body_of(mime: bytes, span: Span) -> str:
+    """What a reader of the stored row gets from a span (`payload_bodies.body_sql`): the slice with
+    CRLF back to LF."""
+    start, end = span
+    return mime[start:end].replace(b"\r\n", b"\n").decode("ascii")
 
 
 def build(**overrides: Any) -> bytes:
@@ -43,7 +49,7 @@ def build(**overrides: Any) -> bytes:
         "date": DATE,
     }
     fields.update(overrides)
-    return build_mime(**fields)
+    return build_message(**fields).mime
 
 
 def parse(raw: bytes) -> EmailMessage:

@@ -2,7 +2,7 @@
 (`spamassassin -L -t`) score the message the service sends at most 0.0.
 
 The message is the one the acceptance path builds (the catalog's rendering, then
-`mailsvc.domain.mime.build_mime`). `spamassassin` comes from Debian's package, unpacked into
+`mailsvc.domain.mime.build_message`). `spamassassin` comes from Debian's package, unpacked into
 `.tools-cache/` when it is not installed (tests/support/debian_tools.py); where it cannot be had,
 the tests skip with one line. Loading the rules costs ~1.5 s of CPU, a message ~0.1 s: all the
 messages go through one `spamassassin` process, each found again in its output by its Message-ID.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailsvc.adapters.templates import TemplateCatalog
-from mailsvc.domain.mime import build_mime, make_message_id
+from mailsvc.domain.mime import build_message, make_message_id
 from mailsvc.domain.model import Address
 from tests.support.debian_tools import ToolUnavailable, spamassassin
 from tests.unit.test_templates import SAMPLES, SHIPPED
@@ -56,7 +56,7 @@ def case_ids() -> list[tuple[str, str, int]]:
 
 def message(catalog: TemplateCatalog, template_id: str, locale: str, variables: dict[str, object]) -> bytes:
     content = catalog.render(template_id, locale, variables)
-    return build_mime(
+    return build_message(
         from_addr=Address("no-reply@example.com", "Example"),
         to=[Address("ann@example.org")],
         cc=[],
@@ -67,7 +67,7 @@ def message(catalog: TemplateCatalog, template_id: str, locale: str, variables: 
         headers={},
         message_id=make_message_id("example.com"),
         date=datetime.now(UTC),
-    )
+    ).mime
 
 
 @pytest.fixture(scope="module")

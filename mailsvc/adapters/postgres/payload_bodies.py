@@ -4,8 +4,8 @@ A body the MIME message holds verbatim (`domain.mime.BuiltMessage`) is stored on
 `mime` it occupies (`text_span` / `html_span`, byte offsets `[start, end)`), its text column NULL;
 any other body is stored as text, no span. Readers (delivery detail with body, resend, redrive) and
 redaction (the sizes it keeps) read `body_sql`: the text, or the slice with CRLF back to LF — exactly
-the text submitted, as the builder gave a span only for text without CR (`domain.mime.body_of` is
-the same in Python). What the INSERT sends: `stored_body`.
+the text submitted, as the builder gave a span only for text without CR. What the INSERT sends:
+`stored_body`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from asyncpg import Range
 
 from mailsvc.domain.mime import Span
 
-__all__ = ["body_sql", "stored_body"]
+__all__ = ["HTML_BODY", "TEXT_BODY", "body_sql", "stored_body"]
 
 
 def body_sql(body: str, span: str, payload: str = "p") -> str:
@@ -24,6 +24,11 @@ def body_sql(body: str, span: str, payload: str = "p") -> str:
     at = f"{payload}.{span}"
     sliced = f"substring({payload}.mime FROM lower({at}) + 1 FOR upper({at}) - lower({at}))"
     return f"coalesce({payload}.{body}, replace(convert_from({sliced}, 'UTF8'), E'\\r\\n', E'\\n'))"
+
+
+# the bodies of the payload row aliased `p`, as submitted
+TEXT_BODY = body_sql("text_body", "text_span")
+HTML_BODY = body_sql("html_body", "html_span")
 
 
 def stored_body(content: str | None, span: Span | None) -> tuple[str | None, Range | None]:

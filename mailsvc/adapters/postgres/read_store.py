@@ -17,7 +17,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import unavailable_as_domain_error
-from mailsvc.adapters.postgres.payload_bodies import body_sql
+from mailsvc.adapters.postgres.payload_bodies import HTML_BODY, TEXT_BODY
 from mailsvc.domain.model import Address, Priority, Recipient, ResendSource
 from mailsvc.domain.operator_actions import OperatorAction
 from mailsvc.domain.operator_query import DeliveryFilter, Keyset, MalformedQuery, PageRequest
@@ -65,17 +65,14 @@ _LIST_DELIVERIES = """
     ORDER BY d.created_at DESC, d.delivery_id DESC
 """
 
-# the bodies as submitted: stored as text, or as spans of the MIME message (migration 0012)
-_TEXT = body_sql("text_body", "text_span")
-_HTML = body_sql("html_body", "html_span")
 
 DETAIL = text(
     f"""
     SELECT {_COLUMNS},
            p.subject, p.reply_to, p.headers, p.sensitive, p.redacted_at, p.mime_sha256, p.mime_bytes,
            p.subject_bytes, p.text_bytes, p.html_bytes,
-           CASE WHEN CAST(:body AS boolean) THEN {_TEXT} END AS text_body,
-           CASE WHEN CAST(:body AS boolean) THEN {_HTML} END AS html_body,
+           CASE WHEN CAST(:body AS boolean) THEN {TEXT_BODY} END AS text_body,
+           CASE WHEN CAST(:body AS boolean) THEN {HTML_BODY} END AS html_body,
            dl.reason AS dead_reason, dl.last_error AS dead_error, dl.created_at AS dead_at,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name, r.outcome, r.smtp_code, r.smtp_reply)
                  FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients,
@@ -123,7 +120,7 @@ _OPERATOR_ACTIONS = """
 
 # what a resend copies (a redrive reads the same, for many: `redrive_store.py`)
 RESEND_SOURCE_COLUMNS = f"""d.delivery_id, d.status, d.template, d.locale, d.template_digest, d.priority, d.tags,
-           p.subject, {_TEXT} AS text_body, {_HTML} AS html_body, p.reply_to, p.headers, p.redacted_at,
+           p.subject, {TEXT_BODY} AS text_body, {HTML_BODY} AS html_body, p.reply_to, p.headers, p.redacted_at,
            ARRAY(SELECT ROW(r.kind, r.address, r.display_name)
                  FROM delivery_recipients r WHERE r.delivery_id = d.delivery_id ORDER BY r.position) AS recipients"""
 _RESEND_SOURCE = text(

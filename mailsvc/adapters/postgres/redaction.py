@@ -28,11 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailsvc.adapters.postgres.db import DriverConnection
-from mailsvc.adapters.postgres.payload_bodies import body_sql
-
-# the sizes of the bodies as submitted, whether stored as text or as a span of the MIME message
-_TEXT = body_sql("text_body", "text_span")
-_HTML = body_sql("html_body", "html_span")
+from mailsvc.adapters.postgres.payload_bodies import HTML_BODY, TEXT_BODY
 
 
 def redact_sql(ids: str) -> str:
@@ -43,8 +39,8 @@ def redact_sql(ids: str) -> str:
         UPDATE delivery_payloads p
         SET subject = NULL, text_body = NULL, html_body = NULL, text_span = NULL, html_span = NULL, mime = NULL,
             redacted_at = now(), mime_sha256 = sha256(p.mime), mime_bytes = octet_length(p.mime),
-            subject_bytes = octet_length(p.subject), text_bytes = octet_length({_TEXT}),
-            html_bytes = octet_length({_HTML})
+            subject_bytes = octet_length(p.subject), text_bytes = octet_length({TEXT_BODY}),
+            html_bytes = octet_length({HTML_BODY})
         WHERE p.sensitive AND p.redacted_at IS NULL AND p.delivery_id IN ({ids})
     """
 
