@@ -225,6 +225,8 @@ def build_execution(
         samplers=[states.sample],
     )
     pool.on_slot_freed = scheduler.slot_freed
+    pool.writer.claims_wanted = scheduler.claims_for_results  # the next claims ride on the result write
+    pool.writer.on_claimed = scheduler.results_claimed
     return scheduler, pool, provider
 
 

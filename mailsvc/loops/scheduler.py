@@ -36,6 +36,9 @@ class Pool(Protocol):
     @property
     def free_slots(self) -> int: ...
 
+    @property
+    def accepting(self) -> bool: ...
+
     def submit(self, claim: ClaimedDelivery) -> bool: ...
 
 
@@ -124,6 +127,17 @@ class Scheduler:
             if self.instruments.tracing:
                 recovery_span(self.instruments.tracer, started, recovered)
         return recovered
+
+    def claims_for_results(self, results: int) -> int:
+        """How many claims a write of `results` attempt results takes for the workers it frees: one
+        each during a backlog, none otherwise (the freed slots then wait for this loop's claim)."""
+        return min(results, self.max_claim) if self.backlog_likely and self.pool.accepting else 0
+
+    def results_claimed(self, claims: Sequence[ClaimedDelivery], asked: int, started_ns: int) -> None:
+        """What a result write claimed for its workers (`claims_for_results`)."""
+        self.backlog_likely = len(claims) == asked
+        if claims and self.instruments.tracing:
+            claim_span(self.instruments.tracer, started_ns, claims, asked)
 
     async def claim_once(self) -> int:
         free = min(self.pool.free_slots, self.max_claim)

@@ -2,7 +2,9 @@
 
 Workers only run already-claimed deliveries. A worker keeps its slot until its result is durably
 written (or can no longer be), so the scheduler never claims more than can run. Results from many
-workers are written together in one statement (group commit) while the previous batch is in flight.
+workers are written together in one statement (group commit) while the previous batch is in flight;
+during a backlog that statement also claims the next delivery for each of those workers, which
+goes on with it in the same slot (`ResultWriter.claims_wanted`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -26,11 +29,19 @@ from mailsvc.waiting import wait_any
 
 log = logging.getLogger("mailsvc.workers")
 
-_Entry = tuple[AttemptRecord, asyncio.Future[bool]]  # a record, and the future its worker awaits
+# what a worker learns from its result's write: applied or not, and its next claim (or None)
+_Written = tuple[bool, ClaimedDelivery | None]
+_Entry = tuple[AttemptRecord, asyncio.Future[_Written]]  # a record, and the future its worker awaits
 
 
 class ResultStore(Protocol):
     async def finish(self, records: list[AttemptRecord]) -> set[UUID]: ...
+
+    async def finish_and_claim(
+        self, records: list[AttemptRecord], limit: int, lease: timedelta
+    ) -> tuple[set[UUID], list[ClaimedDelivery]]: ...
+
+    async def release(self, claims: list[ClaimedDelivery]) -> None: ...
 
     async def expire_claims(self, records: list[AttemptRecord]) -> None: ...
 
@@ -65,20 +76,58 @@ class ResultWriter:
         self._pending: list[_Entry] = []
         self._ready = asyncio.Event()
         self.on_written: Callable[[AttemptRecord, bool], None] = lambda record, applied: None
+        # how many claims a batch of this many results takes for its workers (the scheduler's
+        # call: none outside a backlog), and what it took — claims, asked, started (ns)
+        self.claims_wanted: Callable[[int], int] = lambda results: 0
+        self.on_claimed: Callable[[list[ClaimedDelivery], int, int], None] = lambda claims, asked, started: None
+        self._releases: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Records waiting for their batch."""
+        return len(self._pending)
 
     async def write(self, record: AttemptRecord) -> bool:
         """True when the result was applied, False when it was not: the claim had been lost (a late
         worker), or the result could not be written before the claim's deadline."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        applied, next_claim = await self.write_and_take(record)
+        if next_claim is not None:
+            await self.release([next_claim])
+        return applied
+
+    async def write_and_take(self, record: AttemptRecord) -> _Written:
+        """`write`, and the claim the same statement took for this worker's next attempt, if any.
+        A claim handed to a worker cancelled meanwhile is given back (its attempt never started)."""
+        future: asyncio.Future[_Written] = asyncio.get_running_loop().create_future()
         self._pending.append((record, future))
         self._ready.set()
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, future: asyncio.Future[_Written]) -> None:
+        claim = None if future.cancelled() else future.result()[1]
+        if claim is not None:
+            task = asyncio.create_task(self.release([claim]))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def release(self, claims: list[ClaimedDelivery]) -> None:
+        """Give back claims whose attempt never started."""
+        try:
+            await self.store.release(claims)
+        except Exception as exc:  # the claim deadline still hands it to stale recovery
+            log.warning("claim_release_failed", extra={"error_class": type(exc).__name__})
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Flush until `stopping` is set and nothing is pending."""
         while True:
             if not self._pending:
                 if stopping.is_set():
+                    if self._releases:
+                        await asyncio.gather(*self._releases, return_exceptions=True)
                     return
                 self._ready.clear()
                 await wait_any(self._ready, stopping)
@@ -88,8 +137,14 @@ class ResultWriter:
 
     async def _write(self, batch: list[_Entry]) -> None:
         """Settle every entry of `batch`, or put it back to be retried (connection failures only)."""
+        records = [record for record, _ in batch]
+        asked = self.claims_wanted(len(batch))
+        started = time.time_ns()
         try:
-            applied = await self.store.finish([record for record, _ in batch])
+            if asked > 0:
+                applied, claims = await self.store.finish_and_claim(records, asked, self.lease)
+            else:
+                applied, claims = await self.store.finish(records), []
         except StoreUnavailable as exc:
             log.warning("result_write_failed", extra={"error_class": type(exc).__name__, "pending": len(batch)})
             if self._retry_later(batch):
@@ -105,14 +160,17 @@ class ResultWriter:
             await self._write(batch[:middle])
             await self._write(batch[middle:])
             return
-        for record, future in batch:
+        if asked > 0:
+            self.on_claimed(claims, asked, started)
+        next_claims: list[ClaimedDelivery | None] = [*claims, *[None] * (len(batch) - len(claims))]
+        for (record, future), next_claim in zip(batch, next_claims, strict=True):
             ok = record.delivery_id in applied
             if not ok:
                 log.warning(
                     "late_result_discarded",
                     extra={"delivery_id": str(record.delivery_id), "attempt": record.attempt_number},
                 )
-            self._settle(record, future, ok)
+            self._settle(record, future, ok, next_claim)
 
     def _retry_later(self, batch: list[_Entry]) -> bool:
         """Queue `batch` again in front (keeping its order), except records whose claim deadline
@@ -168,14 +226,20 @@ class ResultWriter:
             log.exception("claim_expiry_failed", extra=extra)  # recovery still takes it at the deadline
         self._settle(record, future, False)
 
-    def _settle(self, record: AttemptRecord, future: asyncio.Future[bool], applied: bool) -> None:
+    def _settle(
+        self,
+        record: AttemptRecord,
+        future: asyncio.Future[_Written],
+        applied: bool,
+        next_claim: ClaimedDelivery | None = None,
+    ) -> None:
         if applied and record.status in TERMINAL_STATUSES:  # counted once durable, never for a late worker
             self.instruments.deliveries_finished.add(1, {"status": record.status})
         if applied and record.suppressions:
             self.instruments.suppressions_added.add(len(record.suppressions), {"reason": "hard_bounce"})
         self.on_written(record, applied)
         if not future.done():
-            future.set_result(applied)
+            future.set_result((applied, next_claim))
 
 
 def _without_server_text(record: AttemptRecord) -> AttemptRecord:
@@ -220,14 +284,21 @@ class WorkerPool:
         self.on_slot_freed()
 
     async def _attempt(self, claim: ClaimedDelivery) -> None:
-        try:
-            record = await self.execution.execute(claim)
-            await self.writer.write(record)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # the claim stays; stale-claim recovery will return it to the queue
-            log.exception("attempt_crashed", extra={"delivery_id": str(claim.delivery_id)})
+        """Attempt `claim`, then each next claim its result's write took for this slot."""
+        next_claim: ClaimedDelivery | None = claim
+        while next_claim is not None:
+            claim, next_claim = next_claim, None
+            try:
+                record = await self.execution.execute(claim)
+                _, next_claim = await self.writer.write_and_take(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # the claim stays; stale-claim recovery will return it to the queue
+                log.exception("attempt_crashed", extra={"delivery_id": str(claim.delivery_id)})
+            if next_claim is not None and not self.accepting:  # stopping: no new attempt starts
+                await self.writer.release([next_claim])
+                return
 
     def stop(self) -> None:
         self.accepting = False
