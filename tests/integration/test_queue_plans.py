@@ -77,3 +77,43 @@ async def test_the_queue_engine_never_scans_the_queue_whole(quiet_queue: str) ->
 
 async def test_a_default_engine_caches_plans_that_scan_it(quiet_queue: str) -> None:
     assert await scans_while_working(quiet_queue, create_engine) > 0
+
+
+async def flushed_claims_index_scans(engine: AsyncEngine, dsn: str, *, deleted: int) -> int:
+    """Scans of the claims index once the statistics show `deleted` queue rows deleted (the backend
+    that deleted them has reported its counters, the index's among them)."""
+    async with driver_connection(engine) as conn:  # most likely the connection that ran them
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    deadline = time.monotonic() + 30
+    while (stats := await queue_stats(dsn))[1] < deleted:
+        assert time.monotonic() < deadline, f"the statistics never showed the deletes: {stats}"
+        await asyncio.sleep(0.1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'delivery_queue_claims_idx'"
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
+
+
+async def test_a_result_write_finds_its_rows_by_key_not_among_all_claims(quiet_queue: str) -> None:
+    """The claims index lists every claimed row — and, until a vacuum, every row claimed since and
+    deleted: a bitmap scan of it (which never marks dead entries) read thousands per result write."""
+    engine = create_queue_engine(quiet_queue)
+    try:
+        async with open_queue(quiet_queue) as queue:
+            store = QueueStore(engine)
+            for _ in range(3):  # dead entries in the claims index, as a backlog leaves them
+                for _ in range(40):
+                    await queue.accept()
+                claims = await store.claim(40, LEASE)
+                assert len(await store.finish([sent(claim) for claim in claims])) == len(claims) == 40
+            before = await flushed_claims_index_scans(engine, quiet_queue, deleted=120)
+            for _ in range(CYCLES):
+                for _ in range(4):
+                    await queue.accept()
+                claims = await store.claim(4, LEASE)
+                assert len(await store.finish([sent(claim) for claim in claims])) == 4
+            assert await flushed_claims_index_scans(engine, quiet_queue, deleted=120 + 4 * CYCLES) == before
+    finally:
+        await engine.dispose()

@@ -18,8 +18,12 @@ CLIENT_DEADLINE_MARGIN_S = 1.0
 # after five runs while `delivery_queue` goes from a few rows to a backlog of millions: a plan made
 # while the queue was small scans it whole (seen in a bench: every result write of ~7 deliveries
 # read 17,000 queue rows, 2.3 ms instead of 0.3, until an autovacuum ANALYZE happened to replan
-# it). Their own connections therefore never plan a sequential scan where an index serves.
-QUEUE_PLANNER = {"enable_seqscan": "off"}
+# it). Their own connections therefore never plan a sequential scan where an index serves — nor a
+# bitmap scan: the result write's delete chose one over the claims index (every claimed row, and
+# every row claimed and deleted since the last vacuum: a bitmap scan never marks an index entry
+# dead), reading ~7,000 entries and ~100 heap pages a write, a third of its time in a bench, where
+# the primary key finds each row.
+QUEUE_PLANNER = {"enable_seqscan": "off", "enable_bitmapscan": "off"}
 QUEUE_POOL_SIZE = 2  # the scheduler's pass and the writer's batch; releases and expiries overflow
 QUEUE_POOL_OVERFLOW = 2
 
