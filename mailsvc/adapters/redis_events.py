@@ -40,7 +40,7 @@ class RedisEventWriter:
             return
         head = self._head
         # hiredis' stub types the argument as a 1-tuple: it takes any tuple of str/bytes/numbers
-        packed = b"".join([hiredis.pack_command((*head, *_flat(e.stream_fields()))) for e in events])  # type: ignore[arg-type]
+        packed = b"".join([hiredis.pack_command((*head, *e.stream_args())) for e in events])  # type: ignore[arg-type]
         pool = self.redis.connection_pool
         try:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -65,10 +65,3 @@ class RedisEventWriter:
             await pool.release(connection)
         if refusal is not None:
             raise StreamUnavailable(refusal, refused=True)
-
-
-def _flat(fields: dict[str, str]) -> list[str]:
-    flat: list[str] = []
-    for name, value in fields.items():
-        flat += (name, value)
-    return flat

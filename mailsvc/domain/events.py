@@ -110,21 +110,29 @@ class StoredEvent:
     def stream_fields(self) -> dict[str, str]:
         """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
         `traceparent` left out when the delivery has no trace)."""
-        fields = self._attributes()
-        fields["data"], fields["tags"] = self.data_json, self.tags_json
-        if self.traceparent:
-            fields["traceparent"] = self.traceparent
-        return fields
+        args = self.stream_args()
+        return dict(zip(args[::2], args[1::2], strict=True))
+
+    def stream_args(self) -> tuple[str, ...]:
+        """`stream_fields` as XADD takes them: name, value, name, value… (the publisher packs one
+        per event: no dict to build and flatten again)."""
+        args = (*self._attribute_pairs(), "data", self.data_json, "tags", self.tags_json)
+        return (*args, "traceparent", self.traceparent) if self.traceparent else args
 
     def _attributes(self) -> dict[str, str]:
-        return {
-            "specversion": "1.0",
-            "id": str(self.event_id),
-            "source": "mailsvc",
-            "type": self.type,
-            "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "subject": str(self.delivery_id),
-            "datacontenttype": "application/json",
-            "deliverysource": self.source,
-            "idempotencykey": self.idempotency_key,
-        }
+        pairs = self._attribute_pairs()
+        return dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+    def _attribute_pairs(self) -> tuple[str, ...]:
+        time = self.time if self.time.tzinfo is UTC else self.time.astimezone(UTC)
+        return (
+            "specversion", "1.0",
+            "id", str(self.event_id),
+            "source", "mailsvc",
+            "type", self.type,
+            "time", time.isoformat()[:-6] + "Z",  # a UTC time's isoformat ends in +00:00
+            "subject", str(self.delivery_id),
+            "datacontenttype", "application/json",
+            "deliverysource", self.source,
+            "idempotencykey", self.idempotency_key,
+        )  # fmt: skip

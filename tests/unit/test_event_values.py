@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -55,6 +56,14 @@ def test_stream_fields_are_one_cloudevents_attribute_each() -> None:
     assert json.loads(fields["tags"]) == {"tenant": "acme"}
     assert "traceparent" not in stored().stream_fields()  # no trace: no attribute
     assert stored().cloud_event()["traceparent"] is None
+
+
+def test_a_utc_time_keeps_its_microseconds_and_ends_in_z() -> None:
+    utc = replace(stored(), time=datetime(2026, 12, 1, 10, 0, 0, 120, tzinfo=UTC))
+    assert utc.stream_fields()["time"] == "2026-12-01T10:00:00.000120Z"
+    assert utc.cloud_event()["time"] == "2026-12-01T10:00:00.000120Z"
+    args = utc.stream_args()  # what XADD gets: the fields in pairs, in one order
+    assert list(zip(args[::2], args[1::2], strict=True)) == list(utc.stream_fields().items())
 
 
 def test_event_query_defaults_and_every_problem_at_once() -> None:
