@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +30,20 @@ def pg() -> Iterator[PostgresServer]:
 def redis_addr() -> Iterator[str]:
     with redis_server() as addr:
         yield addr
+        delete_session_keys(addr)
+
+
+def delete_session_keys(addr: str) -> None:
+    """The streams this session's tests named (`unique_name` carries the pid), on a shared Redis:
+    services under test create them, and a test that fails or is killed cannot always delete its own."""
+    host, port = redis_host_port(addr)
+    client = SyncRedis(host=host, port=port)
+    try:
+        keys = list(client.scan_iter(match=f"mailsvc-test:*_{os.getpid()}_*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ def operator_env(dsn: str, redis_addr: str, **overrides: str) -> dict[str, str]:
         "MAIL_REDIS_PASSWORD": "",
         "MAIL_POSTGRES_PRIMARY_DSN": dsn,
         "MAIL_REDIS_COMMAND_STREAM": f"mailsvc-test:{unique_name('op')}:commands",
+        # its own event stream too: the default (`mail:events`) is what a real service publishes to
+        "MAIL_REDIS_EVENT_STREAM": f"mailsvc-test:{unique_name('op')}:events",
         "MAIL_INTERNAL_HTTP_ADDR": "127.0.0.1:0",
         "MAIL_TEMPLATE_DIR": os.path.abspath(REPO_TEMPLATES),
         "MAIL_SHUTDOWN_TIMEOUT": "10s",
