@@ -110,8 +110,7 @@ class StoredEvent:
     def stream_fields(self) -> dict[str, str]:
         """The same event as Redis stream fields, one attribute per field (`data`, `tags` as JSON;
         `traceparent` left out when the delivery has no trace)."""
-        args = self.stream_args()
-        return dict(zip(args[::2], args[1::2], strict=True))
+        return _as_dict(self.stream_args())
 
     def stream_args(self) -> tuple[str, ...]:
         """`stream_fields` as XADD takes them: name, value, name, value… (the publisher packs one
@@ -120,8 +119,7 @@ class StoredEvent:
         return (*args, "traceparent", self.traceparent) if self.traceparent else args
 
     def _attributes(self) -> dict[str, str]:
-        pairs = self._attribute_pairs()
-        return dict(zip(pairs[::2], pairs[1::2], strict=True))
+        return _as_dict(self._attribute_pairs())
 
     def _attribute_pairs(self) -> tuple[str, ...]:
         time = self.time if self.time.tzinfo is UTC else self.time.astimezone(UTC)
@@ -136,3 +134,8 @@ class StoredEvent:
             "deliverysource", self.source,
             "idempotencykey", self.idempotency_key,
         )  # fmt: skip
+
+
+def _as_dict(pairs: tuple[str, ...]) -> dict[str, str]:
+    """name, value, name, value… → {name: value}"""
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -26,16 +27,38 @@ CYCLES = 8  # more than the five custom plans PostgreSQL makes before it caches 
 LEASE = timedelta(seconds=30)
 
 
-async def queue_stats(dsn: str) -> tuple[int, int]:
-    """(sequential scans, rows deleted) of `delivery_queue`, as the statistics show them now."""
+class QueueStats(NamedTuple):
+    seq_scans: int  # of `delivery_queue`
+    deleted: int  # rows deleted from it
+    claims_index_scans: int  # of `delivery_queue_claims_idx`
+
+
+async def queue_stats(dsn: str) -> QueueStats:
+    """The queue's counters, as the statistics show them now."""
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
-            "SELECT seq_scan, n_tup_del FROM pg_stat_user_tables WHERE relname = 'delivery_queue'"
+            """
+            SELECT t.seq_scan, t.n_tup_del, i.idx_scan
+            FROM pg_stat_user_tables t JOIN pg_stat_user_indexes i ON i.relid = t.relid
+            WHERE t.relname = 'delivery_queue' AND i.indexrelname = 'delivery_queue_claims_idx'
+            """
         )
-        return int(row["seq_scan"]), int(row["n_tup_del"])
+        return QueueStats(int(row["seq_scan"]), int(row["n_tup_del"]), int(row["idx_scan"]))
     finally:
         await conn.close()
+
+
+async def stats_after(engine: AsyncEngine, dsn: str, *, deleted: int) -> QueueStats:
+    """The counters once they show `deleted` queue rows deleted: the backend that deleted them has
+    reported all of its counters by then."""
+    async with driver_connection(engine) as conn:  # most likely the connection that ran them
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    deadline = time.monotonic() + 30
+    while (stats := await queue_stats(dsn)).deleted < deleted:
+        assert time.monotonic() < deadline, f"the statistics never showed the deletes: {stats}"
+        await asyncio.sleep(0.1)
+    return stats
 
 
 async def scans_while_working(database_dsn: str, make_engine: Callable[[str], AsyncEngine]) -> int:
@@ -44,18 +67,13 @@ async def scans_while_working(database_dsn: str, make_engine: Callable[[str], As
     try:
         async with open_queue(database_dsn) as queue:
             store = QueueStore(engine)
-            before, _ = await queue_stats(database_dsn)
+            before = await queue_stats(database_dsn)
             for _ in range(CYCLES):
                 await queue.accept()
                 [claim] = await store.claim(4, LEASE)
                 assert await store.finish([sent(claim)]) == {claim.delivery_id}
-            async with driver_connection(engine) as conn:  # the connection that ran them
-                await conn.execute("SELECT pg_stat_force_next_flush()")
-            deadline = time.monotonic() + 30
-            while (stats := await queue_stats(database_dsn))[1] < CYCLES:
-                assert time.monotonic() < deadline, f"the statistics never showed the deletes: {stats}"
-                await asyncio.sleep(0.1)
-            return stats[0] - before
+            after = await stats_after(engine, database_dsn, deleted=CYCLES)
+            return after.seq_scans - before.seq_scans
     finally:
         await engine.dispose()
 
@@ -79,23 +97,6 @@ async def test_a_default_engine_caches_plans_that_scan_it(quiet_queue: str) -> N
     assert await scans_while_working(quiet_queue, create_engine) > 0
 
 
-async def flushed_claims_index_scans(engine: AsyncEngine, dsn: str, *, deleted: int) -> int:
-    """Scans of the claims index once the statistics show `deleted` queue rows deleted (the backend
-    that deleted them has reported its counters, the index's among them)."""
-    async with driver_connection(engine) as conn:  # most likely the connection that ran them
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-    deadline = time.monotonic() + 30
-    while (stats := await queue_stats(dsn))[1] < deleted:
-        assert time.monotonic() < deadline, f"the statistics never showed the deletes: {stats}"
-        await asyncio.sleep(0.1)
-    conn = await asyncpg.connect(dsn)
-    try:
-        query = "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'delivery_queue_claims_idx'"
-        return int(await conn.fetchval(query))
-    finally:
-        await conn.close()
-
-
 async def test_a_result_write_finds_its_rows_by_key_not_among_all_claims(quiet_queue: str) -> None:
     """The claims index lists every claimed row — and, until a vacuum, every row claimed since and
     deleted: a bitmap scan of it (which never marks dead entries) read thousands per result write."""
@@ -108,12 +109,13 @@ async def test_a_result_write_finds_its_rows_by_key_not_among_all_claims(quiet_q
                     await queue.accept()
                 claims = await store.claim(40, LEASE)
                 assert len(await store.finish([sent(claim) for claim in claims])) == len(claims) == 40
-            before = await flushed_claims_index_scans(engine, quiet_queue, deleted=120)
+            before = await stats_after(engine, quiet_queue, deleted=120)
             for _ in range(CYCLES):
                 for _ in range(4):
                     await queue.accept()
                 claims = await store.claim(4, LEASE)
                 assert len(await store.finish([sent(claim) for claim in claims])) == 4
-            assert await flushed_claims_index_scans(engine, quiet_queue, deleted=120 + 4 * CYCLES) == before
+            after = await stats_after(engine, quiet_queue, deleted=120 + 4 * CYCLES)
+            assert after.claims_index_scans == before.claims_index_scans
     finally:
         await engine.dispose()
