@@ -17,6 +17,7 @@ from mailsvc.domain.commands import (
     canonical_digest,
     canonical_json,
     json_may_hold_nul,
+    keyed_digest,
     parse_send_request,
     request_hash,
     valid_idempotency_key,
@@ -471,6 +472,22 @@ def test_request_hash_sees_every_value_difference() -> None:
     assert request_hash(raw(to=["a@example.com", "b@example.com"])) != request_hash(
         raw(to=["b@example.com", "a@example.com"])
     )
+
+
+def test_keyed_digest_is_hmac_sha256_under_each_key_of_its_own() -> None:
+    """What is stored of a request is HMAC-SHA256 of its digest (a key's HMAC state is reused):
+    each key gives its own, the same digest twice gives the same value, and no key the digest."""
+    import hashlib
+    import hmac
+
+    digest = hashlib.sha256(b"request").digest()
+    first, second = b"k" * 32, b"another deployment's key"
+    assert keyed_digest(digest, first) == hmac.digest(first, digest, "sha256")
+    assert keyed_digest(digest, second) == hmac.digest(second, digest, "sha256")
+    other = hashlib.sha256(b"other").digest()
+    assert keyed_digest(other, first) == hmac.digest(first, other, "sha256")
+    assert keyed_digest(digest, first) == hmac.digest(first, digest, "sha256")  # nothing left in the state
+    assert keyed_digest(digest, b"") == digest
 
 
 def test_request_hash_refuses_a_payload_nested_too_deeply() -> None:
