@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailsvc.adapters.postgres.db import driver_connection, unavailable_as_domain_error
+from mailsvc.adapters.postgres.db import driver_connection, driver_transaction, unavailable_as_domain_error
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.errors import DataRefused, StoreUnavailable
 from tests.support.deliveries import Ledger
@@ -59,6 +59,27 @@ async def test_refused_data_is_data_refused_and_keeps_the_pooled_connection(
     assert "\x00" not in str(refused.value)
     assert "ller" not in str(refused.value)  # the refused value is never quoted (logs, HTTP bodies)
     assert await backend_pid(engine) == before  # not invalidated: the same server session
+
+
+async def test_rows_a_copy_cannot_encode_are_data_refused_on_a_connection_not_reused(
+    engine: AsyncEngine, db: Ledger
+) -> None:
+    """A COPY asyncpg aborts (it cannot encode a value) leaves a cancel request on its way to the
+    server, which could cancel whatever runs next there: the data is refused like a parameter
+    asyncpg cannot encode, and the session goes. The rows before it are not written either."""
+    before = await backend_pid(engine)
+    columns = ("stream_key", "kind", "from_offset", "to_offset", "detail")
+    rows = [("s", "gap", "1-0", "2-0", "fine"), ("s", "gap", "2-0", "3-0", "M\udcfcller")]
+    with pytest.raises(DataRefused) as refused:
+        async with unavailable_as_domain_error(), driver_transaction(engine) as conn:
+            await conn.copy("stream_events", columns, rows)
+    assert refused.value.sqlstate == "22000"
+    assert "ller" not in str(refused.value)
+    assert await backend_pid(engine) != before
+    assert await db.conn.fetchval("SELECT count(*) FROM stream_events") == 0
+    async with driver_transaction(engine) as conn:  # rows it can encode go in
+        await conn.copy("stream_events", columns, rows[:1])
+    assert await db.conn.fetchval("SELECT count(*) FROM stream_events") == 1
 
 
 async def test_refused_data_through_sqlalchemy_is_data_refused_too(engine: AsyncEngine) -> None:

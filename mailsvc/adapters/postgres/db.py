@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import asyncpg
@@ -119,6 +119,14 @@ class DriverStatement:
         return [params[name] for name in self.names]
 
 
+class CopyAborted(asyncpg_base.DataError):  # type: ignore[misc]
+    """A row `DriverConnection.copy` could not encode: its data is refused like a statement's
+    parameter (`classify_error`: data), and the connection is not reused — asyncpg aborted the COPY
+    with a cancel request that may still reach the server during a later statement."""
+
+    sqlstate = "22000"  # data_exception: what asyncpg reports for a parameter it cannot encode
+
+
 @contextlib.asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled connection's own asyncpg connection, for the hot statements (claims, results):
@@ -131,7 +139,11 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
             yield fairy.driver_connection
         except BaseException as exc:
             kind = classify_error(exc)
-            if kind == "unavailable" or (kind == "other" and not isinstance(exc, asyncpg.PostgresError | MailsvcError)):
+            if (
+                kind == "unavailable"
+                or isinstance(exc, CopyAborted)
+                or (kind == "other" and not isinstance(exc, asyncpg.PostgresError | MailsvcError))
+            ):
                 await conn.invalidate()
             raise
 
@@ -172,6 +184,18 @@ class DriverConnection:
             return DriverResult(rows, len(rows))
         status = await self.raw.execute(statement.sql, *args)  # e.g. "UPDATE 1", "INSERT 0 3"
         return DriverResult([], int(status.rsplit(" ", 1)[-1]))
+
+    async def copy(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+        """Insert `rows` with `COPY … FROM STDIN` (binary), the cheapest way in for plain rows: no
+        arrays to encode and unnest, one executor for all of them, several rows to a WAL record —
+        a third less PostgreSQL CPU and half the driver's than `INSERT … SELECT FROM unnest(…)` for
+        a batch's recipients and payloads. Defaults, constraints and foreign keys apply as for an
+        INSERT (no triggers of our own exist on the tables it fills). Raises `CopyAborted` when the
+        driver cannot encode a value (its type or content), PostgreSQL's errors as they are."""
+        try:
+            await self.raw.copy_records_to_table(table, columns=list(columns), records=rows)
+        except (TypeError, ValueError, OverflowError) as exc:  # asyncpg's encoders, e.g. a lone surrogate
+            raise CopyAborted(f"a row for {table} could not be encoded ({type(exc).__name__})") from exc
 
 
 @contextlib.asynccontextmanager

@@ -31,7 +31,7 @@ from mailsvc.errors import NotFound, OffsetMoved
 
 T = TypeVar("T")
 WORK_CHANNEL = "mailsvc_work"
-# bytes of content per statement: the driver encodes a statement's parameters in one go on the
+# bytes of content per statement: the driver encodes a statement's parameters (a COPY's rows) in one go on the
 # event loop, so a batch of 500 large commands (hundreds of MB) is sent as several statements
 STATEMENT_BYTES = 4 * 1024 * 1024
 _MICROSECOND = timedelta(microseconds=1)
@@ -108,20 +108,8 @@ _INSERT_DELIVERIES = BatchRows(
     ],
 )
 
-_INSERT_RECIPIENTS = BatchRows(
-    """
-    INSERT INTO delivery_recipients (delivery_id, position, kind, address, display_name, outcome)
-    SELECT id, pos, kind, addr, dn, outcome FROM ({rows}) AS r
-    """,
-    [
-        Column("ids", "id", "uuid"),
-        Column("positions", "pos", "smallint", shared=True),
-        Column("kinds", "kind", "text", shared=True),
-        Column("addresses", "addr", "text"),
-        Column("names", "dn", "text", shared=True),
-        Column("outcomes", "outcome", "text", shared=True),
-    ],
-)
+# plain rows, copied in (`DriverConnection.copy`): what each tuple holds, in this order
+_RECIPIENT_COLUMNS = ("delivery_id", "position", "kind", "address", "display_name", "outcome")
 
 # the suppression list at acceptance (SPEC §12): one statement for every recipient of a batch
 _SUPPRESSED = text(
@@ -211,26 +199,11 @@ _CANCEL_TARGETS = text(
     """
 )
 
-_INSERT_PAYLOADS = BatchRows(
-    """
-    INSERT INTO delivery_payloads (
-        delivery_id, subject, text_body, html_body, text_span, html_span, reply_to, headers, mime, sensitive)
-    SELECT id, s, t, h, ts, hs, r, CAST(hd AS jsonb), m, sn FROM ({rows}) AS p
-    """,
-    [
-        Column("ids", "id", "uuid"),
-        Column("subjects", "s", "text", shared=True),
-        # a body the MIME message holds verbatim is sent as its span only (`payload_bodies.py`)
-        Column("texts", "t", "text", shared=True),
-        Column("htmls", "h", "text", shared=True),
-        Column("text_spans", "ts", "int4range"),
-        Column("html_spans", "hs", "int4range"),
-        Column("reply_tos", "r", "text", shared=True),
-        Column("headers", "hd", "text", shared=True),
-        Column("mimes", "m", "bytea"),
-        Column("sensitive", "sn", "boolean", shared=True),
-    ],
-)
+# a body the MIME message holds verbatim is sent as its span only (`payload_bodies.py`)
+_PAYLOAD_COLUMNS = (
+    "delivery_id", "subject", "text_body", "html_body", "text_span", "html_span", "reply_to", "headers", "mime",
+    "sensitive",
+)  # fmt: skip
 
 _INSERT_MALFORMED = text(
     """
@@ -525,47 +498,24 @@ class IntakeStore:
                 raise
             # retention deleted the original between the resend reading it and this insert
             raise NotFound("the delivery to resend was deleted (retention) while it was being resent") from exc
-        ids, positions, kinds, addresses, names = [], [], [], [], []
-        outcomes: list[str | None] = []
-        for d in created:
-            for position, recipient in enumerate(d.request.recipients):
-                ids.append(d.delivery_id)
-                positions.append(position)
-                kinds.append(recipient.kind)
-                addresses.append(recipient.address.email)
-                names.append(recipient.address.name)
-                outcomes.append("suppressed" if position in d.suppressed else None)
-        await conn.execute(
-            *_INSERT_RECIPIENTS.bind(
-                {
-                    "ids": ids,
-                    "positions": positions,
-                    "kinds": kinds,
-                    "addresses": addresses,
-                    "names": names,
-                    "outcomes": outcomes,
-                }
-            )
+        await conn.copy(
+            "delivery_recipients",
+            _RECIPIENT_COLUMNS,
+            [
+                (
+                    d.delivery_id,
+                    position,
+                    recipient.kind,
+                    recipient.address.email,
+                    recipient.address.name,
+                    "suppressed" if position in d.suppressed else None,
+                )
+                for d in created
+                for position, recipient in enumerate(d.request.recipients)
+            ],
         )
         for chunk in _within(created, _content_bytes):
-            texts = [stored_body(d.content.text, d.text_span) for d in chunk]
-            htmls = [stored_body(d.content.html, d.html_span) for d in chunk]
-            await conn.execute(
-                *_INSERT_PAYLOADS.bind(
-                    {
-                        "ids": [d.delivery_id for d in chunk],
-                        "subjects": [d.content.subject for d in chunk],
-                        "texts": [body for body, _ in texts],
-                        "htmls": [body for body, _ in htmls],
-                        "text_spans": [span for _, span in texts],
-                        "html_spans": [span for _, span in htmls],
-                        "reply_tos": [_reply_to(d) for d in chunk],
-                        "headers": [orjson.dumps(d.request.headers).decode() for d in chunk],
-                        "mimes": [d.mime for d in chunk],
-                        "sensitive": [d.content.sensitive for d in chunk],
-                    }
-                )
-            )
+            await conn.copy("delivery_payloads", _PAYLOAD_COLUMNS, [_payload_row(d) for d in chunk])
 
     async def _insert_malformed(
         self, conn: DriverConnection, stream_key: str, records: Sequence[MalformedCommand]
@@ -668,6 +618,16 @@ def _cancel_malformed(command: CancelCommand, outcome: CancelOutcome) -> Malform
     else:
         message = f"the send_email with idempotency key {command.target_key!r} is no longer queued"
     return MalformedCommand(command.entry_id, outcome.kind, message, command.raw_fields, command.idempotency_key)
+
+
+def _payload_row(delivery: NewDelivery) -> tuple[Any, ...]:
+    """`_PAYLOAD_COLUMNS` of one delivery."""
+    content = delivery.content
+    text, text_span = stored_body(content.text, delivery.text_span)
+    html, html_span = stored_body(content.html, delivery.html_span)
+    headers = orjson.dumps(delivery.request.headers).decode()
+    return (delivery.delivery_id, content.subject, text, html, text_span, html_span, _reply_to(delivery), headers,
+            delivery.mime, content.sensitive)  # fmt: skip
 
 
 def _reply_to(delivery: NewDelivery) -> str | None:
