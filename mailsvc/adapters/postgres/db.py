@@ -189,9 +189,9 @@ class DriverConnection:
         """Insert `rows` with `COPY … FROM STDIN` (binary), the cheapest way in for plain rows: no
         arrays to encode and unnest, one executor for all of them, several rows to a WAL record —
         a third less PostgreSQL CPU and half the driver's than `INSERT … SELECT FROM unnest(…)` for
-        a batch's recipients and payloads. Defaults, constraints and foreign keys apply as for an
-        INSERT (no triggers of our own exist on the tables it fills). Raises `CopyAborted` when the
-        driver cannot encode a value (its type or content), PostgreSQL's errors as they are."""
+        a batch's recipients and payloads. Defaults, constraints, foreign keys and row triggers apply
+        as for an INSERT. Raises `CopyAborted` when the driver cannot encode a value (its type or
+        content), PostgreSQL's errors as they are."""
         try:
             await self.raw.copy_records_to_table(table, columns=list(columns), records=rows)
         except (TypeError, ValueError, OverflowError) as exc:  # asyncpg's encoders, e.g. a lone surrogate
