@@ -187,13 +187,12 @@ class DriverConnection:
 
     async def copy(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
         """Insert `rows` with `COPY … FROM STDIN` (binary), the cheapest way in for plain rows: no
-        arrays to encode and unnest, one executor for all of them, several rows to a WAL record —
-        a third less PostgreSQL CPU and half the driver's than `INSERT … SELECT FROM unnest(…)` for
-        a batch's recipients and payloads. Defaults, constraints, foreign keys and row triggers apply
-        as for an INSERT. Raises `CopyAborted` when the driver cannot encode a value (its type or
-        content), PostgreSQL's errors as they are."""
+        arrays to encode and unnest, one executor for all of them, several rows to a WAL record
+        (README, "Plain rows are copied in", for what it saves). Defaults, constraints, foreign keys
+        and row triggers apply as for an INSERT. Raises `CopyAborted` when the driver cannot encode a
+        value (its type or content), PostgreSQL's errors as they are."""
         try:
-            await self.raw.copy_records_to_table(table, columns=list(columns), records=rows)
+            await self.raw.copy_records_to_table(table, columns=columns, records=rows)
         except (TypeError, ValueError, OverflowError) as exc:  # asyncpg's encoders, e.g. a lone surrogate
             raise CopyAborted(f"a row for {table} could not be encoded ({type(exc).__name__})") from exc
 
