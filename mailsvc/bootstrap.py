@@ -207,11 +207,17 @@ def build_execution(
         instruments=instruments,
         suppression_ttl=settings.retention.suppression_ttl,
     )
-    lease = smtp_timeout + timedelta(seconds=30)  # the claim deadline: how long a result can be applied
+    # the claim deadline: how long a result can be applied — a wait to send (`start_within`, 10 s),
+    # one attempt (the timeout and its 5 s net) and 15 s to write the result
+    lease = smtp_timeout + timedelta(seconds=30)
     pool = WorkerPool(
         execution=execution,
         writer=ResultWriter(queue, lease=lease, instruments=instruments),
         concurrency=settings.workers.concurrency,
+        # a second claim per sender keeps each connection busy while the first one's result is
+        # written (measured: -19 % CPU per delivery, +29 % deliveries/s with 16 connections)
+        slots=2 * settings.workers.concurrency,
+        start_within=10.0,
     )
     scheduler = Scheduler(
         store=queue,
@@ -219,7 +225,7 @@ def build_execution(
         wakeup=wakeup,
         lease=lease,
         max_attempts=settings.retry.max_attempts,
-        # a quarter of the slots: claims and result writes of ~4 (16 slots) instead of ~1 each
+        # a quarter of the senders: claims and result writes of ~4 (16 senders) instead of ~1 each
         claim_batch=settings.workers.concurrency // 4,
         instruments=instruments,
         samplers=[states.sample],

@@ -5,6 +5,11 @@ written (or can no longer be), so the scheduler never claims more than can run. 
 workers are written together in one statement (group commit) while the previous batch is in flight;
 during a backlog that statement also claims the next delivery for each of those workers, which
 goes on with it in the same slot (`ResultWriter.claims_wanted`).
+
+Slots and senders are counted apart: at most `concurrency` attempts send at once (the SMTP pool's
+size), while a pool may hold more slots (`slots`), so a connection whose attempt's result is being
+written goes on with another claim instead of idling for the write. A claim that cannot start
+sending within `start_within` is given back unattempted: the wait never eats into the lease.
 """
 
 from __future__ import annotations
@@ -256,10 +261,23 @@ def _without_server_text(record: AttemptRecord) -> AttemptRecord:
 class WorkerPool:
     name = "workers"
 
-    def __init__(self, *, execution: ExecutionService, writer: ResultWriter, concurrency: int) -> None:
+    def __init__(
+        self,
+        *,
+        execution: ExecutionService,
+        writer: ResultWriter,
+        concurrency: int,
+        slots: int | None = None,
+        start_within: float = 10.0,
+    ) -> None:
         self.execution = execution
         self.writer = writer
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # attempts sending at once
+        self.slots = concurrency if slots is None else max(slots, concurrency)  # claims held at once
+        # how long a claim may wait to send: the lease allows one attempt's timeout plus a margin,
+        # and this wait must fit in the margin (`bootstrap` sizes both)
+        self.start_within = start_within
+        self._senders = asyncio.Semaphore(concurrency)
         self.on_slot_freed: Callable[[], None] = lambda: None  # the scheduler claims again
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -268,11 +286,11 @@ class WorkerPool:
 
     @property
     def free_slots(self) -> int:
-        return 0 if not self.accepting else self.concurrency - len(self._tasks)
+        return 0 if not self.accepting else self.slots - len(self._tasks)
 
     def submit(self, claim: ClaimedDelivery) -> bool:
         """Start an attempt; False when the pool is stopping (the caller releases the claim)."""
-        if not self.accepting or len(self._tasks) >= self.concurrency:
+        if not self.accepting or len(self._tasks) >= self.slots:
             return False
         task = asyncio.create_task(self._attempt(claim), name=f"attempt-{claim.delivery_id}")
         self._tasks.add(task)
@@ -288,8 +306,13 @@ class WorkerPool:
         next_claim: ClaimedDelivery | None = claim
         while next_claim is not None:
             claim, next_claim = next_claim, None
+            if not await self._start(claim):
+                return
             try:
-                record = await self.execution.execute(claim)
+                try:
+                    record = await self.execution.execute(claim)
+                finally:
+                    self._senders.release()  # the connection goes on while this result is written
                 _, next_claim = await self.writer.write_and_take(record)
             except asyncio.CancelledError:
                 raise
@@ -299,6 +322,23 @@ class WorkerPool:
             if next_claim is not None and not self.accepting:  # stopping: no new attempt starts
                 await self.writer.release([next_claim])
                 return
+
+    async def _start(self, claim: ClaimedDelivery) -> bool:
+        """Take a sender for `claim`; False (the claim given back, never attempted) when none came
+        within `start_within` or the pool began stopping meanwhile."""
+        try:
+            async with asyncio.timeout(self.start_within):
+                await self._senders.acquire()
+        except TimeoutError:
+            extra = {"delivery_id": str(claim.delivery_id), "waited_s": self.start_within}
+            log.warning("attempt_not_started", extra=extra)
+            await self.writer.release([claim])
+            return False
+        if not self.accepting:
+            self._senders.release()
+            await self.writer.release([claim])
+            return False
+        return True
 
     def stop(self) -> None:
         self.accepting = False

@@ -82,7 +82,13 @@ class WorkerSettings:
     """Attempt workers."""
 
     concurrency: int = setting(
-        "MAIL_ATTEMPT_WORKER_CONCURRENCY", int_in(1, 1024), default=16, doc="Attempts running at once in this process."
+        "MAIL_ATTEMPT_WORKER_CONCURRENCY",
+        int_in(1, 1024),
+        default=16,
+        doc=(
+            "Attempts sending at once in this process (the SMTP connection pool's size). Twice as many"
+            " claims are held, so a connection goes on with the next one while a result is written."
+        ),
     )
 
 

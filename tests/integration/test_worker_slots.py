@@ -1,0 +1,175 @@
+"""A pool holds more claims (`slots`) than it sends at once (`concurrency`, the SMTP pool's size):
+a sender goes on with its next claim while the previous result is written. A claim that cannot
+start sending in time, or whose pool stops meanwhile, is given back unattempted — the wait never
+costs an attempt or eats into the lease."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from mailsvc.adapters.stub_provider import StubProvider
+from mailsvc.domain.model import ClaimedDelivery, OutgoingMessage, ProviderName, SendResult
+from mailsvc.domain.transitions import AttemptRecord
+from mailsvc.loops.scheduler import Scheduler
+from mailsvc.loops.wakeup import Wakeup
+from mailsvc.loops.workers import ResultWriter, WorkerPool
+from mailsvc.services.execution import ExecutionService
+from tests.support.deliveries import FROM_EMAIL, condition
+from tests.support.infra import wait_until
+from tests.support.queue import POLICY, Queue, open_queue
+
+LEASE = timedelta(seconds=30)
+GIVEN_BACK = "status = 'queued' AND attempt_count = 0 AND claim_token IS NULL"
+
+
+@pytest.fixture
+async def queue(database_dsn: str) -> AsyncIterator[Queue]:
+    async with open_queue(database_dsn) as opened:
+        yield opened
+
+
+class GatedProvider:
+    """The stub provider behind a gate, counting the sends in progress at once."""
+
+    name: ProviderName = "stub"
+
+    def __init__(self) -> None:
+        self.inner = StubProvider()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.sending = 0
+        self.most_at_once = 0
+        self.sent = 0
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        self.sending += 1
+        self.most_at_once = max(self.most_at_once, self.sending)
+        try:
+            await self.gate.wait()
+            return await self.inner.send(message)
+        finally:
+            self.sending -= 1
+            self.sent += 1
+
+    async def close(self) -> None:
+        return None
+
+
+class HeldWrites:
+    """The real queue store, whose result writes wait until `open` is set."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.store = queue.store
+        self.open = asyncio.Event()
+
+    async def finish(self, records: list[AttemptRecord]) -> set[UUID]:
+        await self.open.wait()
+        return await self.store.finish(records)
+
+    async def finish_and_claim(
+        self, records: list[AttemptRecord], limit: int, lease: timedelta
+    ) -> tuple[set[UUID], list[ClaimedDelivery]]:
+        await self.open.wait()
+        return await self.store.finish_and_claim(records, limit, lease)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def pool_for(
+    queue: Queue, provider: GatedProvider, store: Any, *, start_within: float = 10.0
+) -> tuple[WorkerPool, Scheduler]:
+    execution = ExecutionService(
+        provider=provider,
+        policy=POLICY,
+        envelope_from=FROM_EMAIL,
+        attempt_timeout=10,
+        clock=lambda: datetime.now(UTC),
+    )
+    writer = ResultWriter(store, lease=LEASE)
+    pool = WorkerPool(execution=execution, writer=writer, concurrency=1, slots=2, start_within=start_within)
+    scheduler = Scheduler(store=queue.store, pool=pool, wakeup=Wakeup(), lease=LEASE, max_attempts=10)
+    return pool, scheduler
+
+
+async def accepted(queue: Queue, count: int) -> None:
+    for i in range(count):
+        await queue.accept(f"u{i}@example.org")
+
+
+async def test_a_sender_goes_on_with_its_next_claim_while_the_previous_result_is_written(queue: Queue) -> None:
+    await accepted(queue, 2)
+    provider = GatedProvider()
+    writes = HeldWrites(queue)
+    pool, scheduler = pool_for(queue, provider, writes)
+    running = asyncio.create_task(pool.run())
+    try:
+        assert await scheduler.claim_once() == 2  # two slots for one sender
+        # the first result's write is held: the second attempt sends meanwhile, on the freed sender
+        await wait_until(condition(lambda: provider.sent == 2), what="both sent before any result was written")
+        assert await queue.db.count("status = 'sent'") == 0
+        writes.open.set()
+
+        async def both_written() -> bool:
+            return await queue.db.count("status = 'sent'") == 2
+
+        await wait_until(both_written, what="both results written")
+    finally:
+        writes.open.set()
+        pool.stop()
+        await asyncio.wait_for(running, 10)
+    assert provider.most_at_once == 1  # never more sends at once than `concurrency`
+
+
+async def test_a_claim_that_cannot_start_sending_in_time_is_given_back_unattempted(queue: Queue) -> None:
+    await accepted(queue, 2)
+    provider = GatedProvider()
+    provider.gate.clear()  # the first send hangs: the second claim waits for the only sender
+    pool, scheduler = pool_for(queue, provider, queue.store, start_within=0.2)
+    running = asyncio.create_task(pool.run())
+    try:
+        assert await scheduler.claim_once() == 2
+
+        async def given_back() -> bool:
+            return await queue.db.count(GIVEN_BACK) == 1
+
+        await wait_until(given_back, what="the waiting claim given back")
+        assert pool.free_slots == 1
+        provider.gate.set()
+
+        async def first_sent() -> bool:
+            return await queue.db.count("status = 'sent'") == 1
+
+        await wait_until(first_sent, what="the first delivery sent")
+    finally:
+        provider.gate.set()
+        pool.stop()
+        await asyncio.wait_for(running, 10)
+    assert provider.sent == 1
+    assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1  # the wait cost no attempt
+
+
+async def test_a_stopping_pool_gives_back_the_claim_still_waiting_to_send(queue: Queue) -> None:
+    await accepted(queue, 2)
+    provider = GatedProvider()
+    provider.gate.clear()
+    pool, scheduler = pool_for(queue, provider, queue.store)
+    running = asyncio.create_task(pool.run())
+    try:
+        assert await scheduler.claim_once() == 2
+        await wait_until(condition(lambda: provider.sending == 1), what="the first attempt sending")
+        pool.stop()  # the second claim is still waiting for the sender
+        provider.gate.set()
+    finally:
+        provider.gate.set()
+        await asyncio.wait_for(running, 10)
+    assert provider.sent == 1
+    assert await queue.db.count("status = 'sent'") == 1
+    assert await queue.db.count(GIVEN_BACK) == 1
+    assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1
