@@ -118,6 +118,8 @@ class ReplyTap(asyncio.Protocol):
         self._owed = 0  # replies owed for commands sent, not yet taken by `reply()`
         self._error: SMTPException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # asked once: on Python 3.11 every `get_running_loop()` is a getpid() system call
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     def attach(cls, inner: SMTPProtocol) -> ReplyTap:
@@ -150,7 +152,7 @@ class ReplyTap(asyncio.Protocol):
         while not replies:
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:

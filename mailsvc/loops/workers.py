@@ -8,8 +8,8 @@ goes on with it in the same slot (`ResultWriter.claims_wanted`).
 
 Slots and senders are counted apart: at most `concurrency` attempts send at once (the SMTP pool's
 size), while a pool may hold more slots (`slots`), so a connection whose attempt's result is being
-written goes on with another claim instead of idling for the write. A claim that cannot start
-sending within `start_within` is given back unattempted: the wait never eats into the lease.
+written goes on with another claim instead of idling for the write. A claim that waited longer
+than `start_within` to start sending is given back unattempted: the wait never eats into the lease.
 """
 
 from __future__ import annotations
@@ -274,8 +274,8 @@ class WorkerPool:
         self.writer = writer
         self.concurrency = concurrency  # attempts sending at once
         self.slots = concurrency if slots is None else max(slots, concurrency)  # claims held at once
-        # how long a claim may wait to send: the lease allows one attempt's timeout plus a margin,
-        # and this wait must fit in the margin (`bootstrap` sizes both)
+        # how long a claim may wait to send and still be attempted: the lease allows one attempt's
+        # timeout plus a margin, and this wait must fit in the margin (`bootstrap` sizes both)
         self.start_within = start_within
         self._senders = asyncio.Semaphore(concurrency)
         self.on_slot_freed: Callable[[], None] = lambda: None  # the scheduler claims again
@@ -324,21 +324,24 @@ class WorkerPool:
                 return
 
     async def _start(self, claim: ClaimedDelivery) -> bool:
-        """Take a sender for `claim`; False (the claim given back, never attempted) when none came
-        within `start_within` or the pool began stopping meanwhile."""
-        try:
-            async with asyncio.timeout(self.start_within):
-                await self._senders.acquire()
-        except TimeoutError:
-            extra = {"delivery_id": str(claim.delivery_id), "waited_s": self.start_within}
+        """Take a sender for `claim`; False (the claim given back, never attempted) when the wait for
+        one took longer than `start_within` or the pool began stopping meanwhile. The wait needs no
+        timer of its own: a sender frees when an attempt ends, and every attempt is bounded."""
+        if self._senders.locked():
+            waiting_since = time.monotonic()
+            await self._senders.acquire()
+            waited = time.monotonic() - waiting_since
+        else:
+            await self._senders.acquire()  # free: returns at once
+            waited = 0.0
+        if self.accepting and waited <= self.start_within:
+            return True
+        self._senders.release()
+        if self.accepting:
+            extra = {"delivery_id": str(claim.delivery_id), "waited_s": round(waited, 3)}
             log.warning("attempt_not_started", extra=extra)
-            await self.writer.release([claim])
-            return False
-        if not self.accepting:
-            self._senders.release()
-            await self.writer.release([claim])
-            return False
-        return True
+        await self.writer.release([claim])
+        return False
 
     def stop(self) -> None:
         self.accepting = False

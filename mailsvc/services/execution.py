@@ -43,7 +43,7 @@ class ExecutionService:
         provider: Provider,
         policy: RetryPolicy,
         envelope_from: str,
-        attempt_timeout: float,
+        attempt_timeout: float | None,
         clock: Callable[[], datetime],
         jitter: Callable[[], float] = random.random,
         instruments: Instruments = NO_INSTRUMENTS,
@@ -105,8 +105,11 @@ class ExecutionService:
         return record
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
-        """The provider bounds the attempt itself; this outer bound is a safety net for bugs."""
+        """`attempt_timeout` is a safety net for a provider that does not bound its attempts itself
+        (None: it does, and no second timer is armed per attempt)."""
         try:
+            if self.attempt_timeout is None:
+                return await self.provider.send(message)
             async with asyncio.timeout(self.attempt_timeout):
                 return await self.provider.send(message)
         except TimeoutError:
