@@ -216,7 +216,7 @@ def build_execution(
         writer=ResultWriter(queue, lease=lease, instruments=instruments),
         concurrency=settings.workers.concurrency,
         # a second claim per sender keeps each connection busy while the first one's result is
-        # written (measured: -19 % CPU per delivery, +29 % deliveries/s with 16 connections)
+        # written: result writes of ~15 results instead of ~8 (README, fifth round)
         slots=2 * settings.workers.concurrency,
         start_within=10.0,
     )
