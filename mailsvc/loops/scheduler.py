@@ -130,8 +130,11 @@ class Scheduler:
 
     def claims_for_results(self, results: int) -> int:
         """How many claims a write of `results` attempt results takes for the workers it frees: one
-        each during a backlog, none otherwise (the freed slots then wait for this loop's claim)."""
-        return min(results, self.max_claim) if self.backlog_likely and self.pool.accepting else 0
+        each during a backlog (fewer while the pool holds more than it wants: negative free slots),
+        none otherwise (the freed slots then wait for this loop's claim)."""
+        if not (self.backlog_likely and self.pool.accepting):
+            return 0
+        return max(0, min(results, self.max_claim) + min(0, self.pool.free_slots))
 
     def results_claimed(self, claims: Sequence[ClaimedDelivery], asked: int, started_ns: int) -> None:
         """What a result write claimed for its workers (`claims_for_results`)."""

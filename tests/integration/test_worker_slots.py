@@ -83,7 +83,7 @@ class HeldWrites:
 
 
 def pool_for(
-    queue: Queue, provider: GatedProvider, store: Any, *, start_within: float = 10.0
+    queue: Queue, provider: GatedProvider, store: Any, *, start_within: float = 10.0, spare_up_to: int = 64 * 1024
 ) -> tuple[WorkerPool, Scheduler]:
     execution = ExecutionService(
         provider=provider,
@@ -93,7 +93,9 @@ def pool_for(
         clock=lambda: datetime.now(UTC),
     )
     writer = ResultWriter(store, lease=LEASE)
-    pool = WorkerPool(execution=execution, writer=writer, concurrency=1, slots=2, start_within=start_within)
+    pool = WorkerPool(
+        execution=execution, writer=writer, concurrency=1, slots=2, start_within=start_within, spare_up_to=spare_up_to
+    )
     scheduler = Scheduler(store=queue.store, pool=pool, wakeup=Wakeup(), lease=LEASE, max_attempts=10)
     return pool, scheduler
 
@@ -168,3 +170,40 @@ async def test_a_stopping_pool_gives_back_the_claim_still_waiting_to_send(queue:
     assert await queue.db.count("status = 'sent'") == 1
     assert await queue.db.count(GIVEN_BACK) == 1
     assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1
+
+
+@pytest.mark.parametrize(("spare_up_to", "first_ask"), [(64 * 1024, 2), (0, 1)])
+async def test_the_spare_slots_are_given_up_once_the_messages_are_large(
+    queue: Queue, spare_up_to: int, first_ask: int
+) -> None:
+    await accepted(queue, 4)
+    provider = GatedProvider()
+    writes = HeldWrites(queue)
+    pool, scheduler = pool_for(queue, provider, writes, spare_up_to=spare_up_to)
+    asks: list[tuple[int, int]] = []
+
+    def claims_wanted(results: int) -> int:
+        asked = scheduler.claims_for_results(results)
+        asks.append((results, asked))
+        return asked
+
+    pool.writer.claims_wanted = claims_wanted
+    pool.writer.on_claimed = scheduler.results_claimed
+    running = asyncio.create_task(pool.run())
+    try:
+        assert await scheduler.claim_once() == 2  # nothing started yet: both slots
+        await wait_until(condition(lambda: provider.sent == 2), what="both attempts made")
+        writes.open.set()  # both results in one write
+
+        async def all_sent() -> bool:
+            return await queue.db.count("status = 'sent'") == 4
+
+        await wait_until(all_sent, what="the backlog sent")
+    finally:
+        writes.open.set()
+        pool.stop()
+        await asyncio.wait_for(running, 10)
+    # a message larger than `spare_up_to` (every one, at 0): the write takes one claim fewer, and
+    # one slot per sender is what is left
+    assert asks[0] == (2, first_ask)
+    assert provider.most_at_once == 1
