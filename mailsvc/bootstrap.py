@@ -208,7 +208,7 @@ def build_execution(
         instruments=instruments,
         suppression_ttl=settings.retention.suppression_ttl,
     )
-    # the claim deadline: how long a result can be applied — a wait to send (`start_within`, 10 s),
+    # the claim deadline: how long a result can be applied — a wait to send (`WorkerPool.start_within`, 10 s),
     # one attempt (MAIL_SMTP_TIMEOUT, or the stub's 5 s more) and 15 s to write the result
     lease = smtp_timeout + timedelta(seconds=30)
     pool = WorkerPool(
@@ -218,7 +218,6 @@ def build_execution(
         # a second claim per sender keeps each connection busy while the first one's result is
         # written: result writes of ~15 results instead of ~8 (README, fifth round)
         slots=2 * settings.workers.concurrency,
-        start_within=10.0,
     )
     scheduler = Scheduler(
         store=queue,

@@ -343,13 +343,9 @@ class WorkerPool:
         """Take a sender for `claim`; False (the claim given back, never attempted) when the wait for
         one took longer than `start_within` or the pool began stopping meanwhile. The wait needs no
         timer of its own: a sender frees when an attempt ends, and every attempt is bounded."""
-        if self._senders.locked():
-            waiting_since = time.monotonic()
-            await self._senders.acquire()
-            waited = time.monotonic() - waiting_since
-        else:
-            await self._senders.acquire()  # free: returns at once
-            waited = 0.0
+        waiting_since = time.monotonic() if self._senders.locked() else None  # free: no wait at all
+        await self._senders.acquire()
+        waited = 0.0 if waiting_since is None else time.monotonic() - waiting_since
         if self.accepting and waited <= self.start_within:
             return True
         self._senders.release()

@@ -20,10 +20,9 @@ from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.services.execution import ExecutionService
 from tests.support.deliveries import FROM_EMAIL, condition
 from tests.support.infra import wait_until
-from tests.support.queue import POLICY, Queue, open_queue, sent
+from tests.support.queue import GIVEN_BACK, POLICY, Queue, open_queue, sent
 
 LEASE = timedelta(seconds=30)
-GIVEN_BACK = "status = 'queued' AND attempt_count = 0 AND claim_token IS NULL"
 
 
 @pytest.fixture

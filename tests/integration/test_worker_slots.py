@@ -6,6 +6,7 @@ given back unattempted — the wait never costs an attempt or eats into the leas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,10 +23,9 @@ from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.services.execution import ExecutionService
 from tests.support.deliveries import FROM_EMAIL, condition
 from tests.support.infra import wait_until
-from tests.support.queue import POLICY, Queue, open_queue
+from tests.support.queue import GIVEN_BACK, POLICY, Queue, open_queue
 
 LEASE = timedelta(seconds=30)
-GIVEN_BACK = "status = 'queued' AND attempt_count = 0 AND claim_token IS NULL"
 
 
 @pytest.fixture
@@ -100,6 +100,19 @@ def pool_for(
     return pool, scheduler
 
 
+@contextlib.asynccontextmanager
+async def running(pool: WorkerPool, *gates: asyncio.Event) -> AsyncIterator[None]:
+    """`pool` running; on the way out every gate opens and the pool stops and drains."""
+    task = asyncio.create_task(pool.run())
+    try:
+        yield
+    finally:
+        for gate in gates:
+            gate.set()
+        pool.stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def accepted(queue: Queue, count: int) -> None:
     for i in range(count):
         await queue.accept(f"u{i}@example.org")
@@ -110,8 +123,7 @@ async def test_a_sender_goes_on_with_its_next_claim_while_the_previous_result_is
     provider = GatedProvider()
     writes = HeldWrites(queue)
     pool, scheduler = pool_for(queue, provider, writes)
-    running = asyncio.create_task(pool.run())
-    try:
+    async with running(pool, writes.open):
         assert await scheduler.claim_once() == 2  # two slots for one sender
         # the first result's write is held: the second attempt sends meanwhile, on the freed sender
         await wait_until(condition(lambda: provider.sent == 2), what="both sent before any result was written")
@@ -122,10 +134,6 @@ async def test_a_sender_goes_on_with_its_next_claim_while_the_previous_result_is
             return await queue.db.count("status = 'sent'") == 2
 
         await wait_until(both_written, what="both results written")
-    finally:
-        writes.open.set()
-        pool.stop()
-        await asyncio.wait_for(running, 10)
     assert provider.most_at_once == 1  # never more sends at once than `concurrency`
 
 
@@ -134,8 +142,7 @@ async def test_a_claim_that_waited_too_long_to_start_sending_is_given_back_unatt
     provider = GatedProvider()
     provider.gate.clear()  # the first send holds the only sender: the second claim waits for it
     pool, scheduler = pool_for(queue, provider, queue.store, start_within=0.0)
-    running = asyncio.create_task(pool.run())
-    try:
+    async with running(pool, provider.gate):
         assert await scheduler.claim_once() == 2
         await wait_until(condition(lambda: provider.sending == 1), what="the first attempt sending")
         provider.gate.set()
@@ -144,10 +151,6 @@ async def test_a_claim_that_waited_too_long_to_start_sending_is_given_back_unatt
             return await queue.db.count("status = 'sent'") == 1 and await queue.db.count(GIVEN_BACK) == 1
 
         await wait_until(settled, what="the first sent, the waiting claim given back")
-    finally:
-        provider.gate.set()
-        pool.stop()
-        await asyncio.wait_for(running, 10)
     assert provider.sent == 1
     assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1  # the wait cost no attempt
 
@@ -157,15 +160,11 @@ async def test_a_stopping_pool_gives_back_the_claim_still_waiting_to_send(queue:
     provider = GatedProvider()
     provider.gate.clear()
     pool, scheduler = pool_for(queue, provider, queue.store)
-    running = asyncio.create_task(pool.run())
-    try:
+    async with running(pool, provider.gate):
         assert await scheduler.claim_once() == 2
         await wait_until(condition(lambda: provider.sending == 1), what="the first attempt sending")
         pool.stop()  # the second claim is still waiting for the sender
         provider.gate.set()
-    finally:
-        provider.gate.set()
-        await asyncio.wait_for(running, 10)
     assert provider.sent == 1
     assert await queue.db.count("status = 'sent'") == 1
     assert await queue.db.count(GIVEN_BACK) == 1
@@ -189,8 +188,7 @@ async def test_the_spare_slots_are_given_up_once_the_messages_are_large(
 
     pool.writer.claims_wanted = claims_wanted
     pool.writer.on_claimed = scheduler.results_claimed
-    running = asyncio.create_task(pool.run())
-    try:
+    async with running(pool, writes.open):
         assert await scheduler.claim_once() == 2  # nothing started yet: both slots
         await wait_until(condition(lambda: provider.sent == 2), what="both attempts made")
         writes.open.set()  # both results in one write
@@ -199,10 +197,6 @@ async def test_the_spare_slots_are_given_up_once_the_messages_are_large(
             return await queue.db.count("status = 'sent'") == 4
 
         await wait_until(all_sent, what="the backlog sent")
-    finally:
-        writes.open.set()
-        pool.stop()
-        await asyncio.wait_for(running, 10)
     # a message larger than `spare_up_to` (every one, at 0): the write takes one claim fewer, and
     # one slot per sender is what is left
     assert asks[0] == (2, first_ask)

@@ -62,6 +62,8 @@ async def open_queue(database_dsn: str) -> AsyncIterator[Queue]:
         await engine.dispose()
 
 
+# a claim released without an attempt: back in the queue, as if never claimed
+GIVEN_BACK = "status = 'queued' AND attempt_count = 0 AND claim_token IS NULL"
 POLICY = RetryPolicy(timedelta(hours=1), timedelta(hours=2), max_attempts=10)
 
 

@@ -147,17 +147,3 @@ async def test_refused_recipients_of_a_sent_attempt_are_kept_for_the_record() ->
     assert record.recipient_outcomes == result.recipients
     outcomes = {r["address"]: r["outcome"] for r in record.event.data["recipients"]}
     assert outcomes == {"ann@example.org": "accepted", "bob@example.org": "refused"}
-
-
-async def test_a_provider_bounding_its_own_attempts_is_called_without_a_second_timer() -> None:
-    provider = FakeProvider(SendResult("sent", smtp_code=250))
-    execution = ExecutionService(
-        provider=provider,
-        policy=POLICY,
-        envelope_from="bounces@mail.example.com",
-        attempt_timeout=None,
-        clock=lambda: NOW,
-    )
-    record = await execution.execute(claim())
-    assert (record.status, record.outcome) == ("sent", "sent")
-    assert len(provider.sent) == 1
