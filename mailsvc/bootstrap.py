@@ -215,9 +215,10 @@ def build_execution(
         execution=execution,
         writer=ResultWriter(queue, lease=lease, instruments=instruments),
         concurrency=settings.workers.concurrency,
-        # a second claim per sender keeps each connection busy while the first one's result is
-        # written: result writes of ~15 results instead of ~8 (README, fifth round)
-        slots=2 * settings.workers.concurrency,
+        # one claim per sender for now: spare slots (`slots=2 * concurrency`, result writes of ~15
+        # instead of ~8, README fifth round) let claims that waited for a sender attempt after the
+        # provider paused (tests/integration/test_provider_pause.py: 12 attempts in 0.7 s of pause);
+        # they come back once a waiting claim is given back on a pause
     )
     scheduler = Scheduler(
         store=queue,
