@@ -85,9 +85,7 @@ class WorkerSettings:
         "MAIL_ATTEMPT_WORKER_CONCURRENCY",
         int_in(1, 1024),
         default=16,
-        doc=(
-            "Attempts sending at once in this process (the SMTP connection pool's size)."
-        ),
+        doc="Attempts sending at once in this process (the SMTP connection pool's size).",
     )
 
 
