@@ -215,11 +215,11 @@ def build_execution(
         execution=execution,
         writer=ResultWriter(queue, lease=lease, instruments=instruments),
         concurrency=settings.workers.concurrency,
-        # one claim per sender for now: spare slots (`slots=2 * concurrency`, result writes of ~15
-        # instead of ~8, README fifth round) let claims that waited for a sender attempt after the
-        # provider paused (tests/integration/test_provider_pause.py: 12 attempts in 0.7 s of pause);
-        # they come back once a waiting claim is given back on a pause
+        # a claim waiting for each sender while its result is written: result writes of ~15 instead
+        # of ~8 results each (README, fifth round)
+        slots=2 * settings.workers.concurrency,
     )
+    states.on_change = pool.provider_changed  # a claim that waited across a pause is given back
     scheduler = Scheduler(
         store=queue,
         pool=pool,

@@ -10,6 +10,9 @@ Slots and senders are counted apart: at most `concurrency` attempts send at once
 size), while a pool may hold more slots (`slots`), so a connection whose attempt's result is being
 written goes on with another claim instead of idling for the write. A claim that waited longer
 than `start_within` to start sending is given back unattempted: the wait never eats into the lease.
+Nor does a claim start into a pause: no attempt starts while the result of an attempt the provider
+failed is unwritten (its write may pause the provider), and a claim that waited across a pause this
+process recorded is given back.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from uuid import UUID
 
 from mailsvc.domain.clock import Clock, utc_now
 from mailsvc.domain.model import TERMINAL_STATUSES, ClaimedDelivery
+from mailsvc.domain.provider import ProviderChange
 from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.errors import DataRefused, StoreUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
@@ -286,6 +290,12 @@ class WorkerPool:
         self._mean_mime = 0.0  # bytes, a moving mean over the claims started
         self._senders = asyncio.Semaphore(concurrency)
         self.on_slot_freed: Callable[[], None] = lambda: None  # the scheduler claims again
+        # no attempt starts while a provider fault's result is unwritten, nor one that waited across
+        # a pause this process recorded (`_start`)
+        self._faults_unwritten = 0
+        self._faults_written = asyncio.Event()
+        self._paused = False
+        self._pauses = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._writer_stop = asyncio.Event()
@@ -325,11 +335,7 @@ class WorkerPool:
             if not await self._start(claim):
                 return
             try:
-                try:
-                    record = await self.execution.execute(claim)
-                finally:
-                    self._senders.release()  # the connection goes on while this result is written
-                _, next_claim = await self.writer.write_and_take(record)
+                _, next_claim = await self._send_and_write(claim)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -339,21 +345,60 @@ class WorkerPool:
                 await self.writer.release([next_claim])
                 return
 
+    async def _send_and_write(self, claim: ClaimedDelivery) -> tuple[bool, ClaimedDelivery | None]:
+        """Attempt `claim` on the sender `_start` took, and write its result; the sender goes on
+        while the result is written. Until a provider fault's result is written — the write that
+        may record a pause — no other attempt starts (`_start`)."""
+        faulted = False
+        try:
+            record = await self.execution.execute(claim)
+            if record.result is not None and record.result.fault is not None:
+                faulted = True
+                self._faults_unwritten += 1
+                self._faults_written.clear()
+        finally:
+            self._senders.release()
+        try:
+            return await self.writer.write_and_take(record)
+        finally:
+            if faulted:
+                self._faults_unwritten -= 1
+                if not self._faults_unwritten:
+                    self._faults_written.set()
+
     async def _start(self, claim: ClaimedDelivery) -> bool:
         """Take a sender for `claim`; False (the claim given back, never attempted) when the wait for
-        one took longer than `start_within` or the pool began stopping meanwhile. The wait needs no
-        timer of its own: a sender frees when an attempt ends, and every attempt is bounded."""
-        waiting_since = time.monotonic() if self._senders.locked() else None  # free: no wait at all
+        one took longer than `start_within`, this process recorded a pause of the provider meanwhile,
+        or the pool began stopping. The wait needs no timer of its own: a sender frees when an
+        attempt ends, a fault's result is written when its write ends, and both are bounded."""
+        pauses = self._pauses
+        waiting_since = time.monotonic() if self._senders.locked() or self._faults_unwritten else None
         await self._senders.acquire()
+        while self._faults_unwritten:  # the pause their write may record must be known first
+            await self._faults_written.wait()
         waited = 0.0 if waiting_since is None else time.monotonic() - waiting_since
-        if self.accepting and waited <= self.start_within:
+        late = waited > self.start_within
+        # paused while this claim waited: it was claimed for a provider that was sending (a probe,
+        # claimed while paused, finds the count unchanged and goes)
+        overtaken = self._paused and self._pauses != pauses
+        if self.accepting and not late and not overtaken:
             return True
         self._senders.release()
         if self.accepting:
             extra = {"delivery_id": str(claim.delivery_id), "waited_s": round(waited, 3)}
-            log.warning("attempt_not_started", extra=extra)
+            if late:
+                log.warning("attempt_not_started", extra=extra | {"reason": "waited_too_long"})
+            else:
+                log.info("attempt_not_started", extra=extra | {"reason": "provider_paused"})
         await self.writer.release([claim])
         return False
+
+    def provider_changed(self, change: ProviderChange) -> None:
+        """A change of the provider's state that this process wrote (`QueueStore.on_provider_change`)
+        or an operator's resume through it."""
+        self._paused = change.state == "paused"
+        if self._paused:
+            self._pauses += 1
 
     def stop(self) -> None:
         self.accepting = False

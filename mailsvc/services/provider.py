@@ -9,6 +9,7 @@ this service hears of the changes this process wrote (`changed`), samples the st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,12 +54,14 @@ class ProviderService:
         self.mode = mode
         self.policy = policy
         self.paused: int | None = None  # the gauge's value, sampled (its callback must not query)
+        self.on_change: Callable[[ProviderChange], None] = lambda change: None  # the worker pool hears of it
         if instruments.metering:
             instruments.watch("provider_paused", lambda: self.paused)
 
     def changed(self, change: ProviderChange) -> None:
         """A state change this process wrote: logged once, at `error` (SPEC §12)."""
         self.paused = 1 if change.state == "paused" else 0
+        self.on_change(change)
         event = "provider_paused" if change.state == "paused" else "provider_resumed"
         log.error(event, extra={"state": change.state, "reason": change.reason, "by": change.by})
 

@@ -85,7 +85,11 @@ class WorkerSettings:
         "MAIL_ATTEMPT_WORKER_CONCURRENCY",
         int_in(1, 1024),
         default=16,
-        doc="Attempts sending at once in this process (the SMTP connection pool's size).",
+        doc=(
+            "Attempts sending at once in this process (the SMTP connection pool's size). While messages"
+            " are small, twice as many claims are held, so a connection goes on with the next one while"
+            " a result is written."
+        ),
     )
 
 

@@ -144,6 +144,10 @@ async def test_higher_priority_is_claimed_first(
         async with in_process_service(env):
             blocker = await xadd(redis_client, stream_key, raw_payload("blocker@example.org"))
             await wait_until(condition(lambda: gate.waiting == 1), what="the only worker busy in DATA")
+            # the pool's second slot (a claim waiting for the only sender) is taken by one more
+            # blocker, so the backlog below is claimed by priority once the gate opens
+            second = await xadd(redis_client, stream_key, raw_payload("second@example.org"))
+            await wait_until(lambda: _sending(db, 2), what="both slots claimed")
             keys = {}
             for priority in ("low", "normal", "high", "low", "normal", "high"):
                 recipient = f"{priority}-{len(keys)}@example.org"
@@ -152,9 +156,9 @@ async def test_higher_priority_is_claimed_first(
                 )
             await wait_until(lambda: _queued(db, 6), what="the backlog accepted")
             gate.open()
-            for key in [blocker, *keys.values()]:
+            for key in [blocker, second, *keys.values()]:
                 assert (await db.wait_status(key))["status"] == "sent"
-        order = [r.rcpt_tos[0].split("-")[0] for r in server.handler.received[1:]]
+        order = [r.rcpt_tos[0].split("-")[0] for r in server.handler.received[2:]]
     assert order == ["high", "high", "normal", "normal", "low", "low"]
 
 
@@ -172,7 +176,7 @@ async def test_a_delivery_expired_while_waiting_is_dead_lettered_without_sending
                 "late@example.org", send_at=rfc3339(now), expires_at=rfc3339(now + timedelta(seconds=1))
             )
             key = await xadd(redis_client, stream_key, payload)
-            await db.wait_status(key, "queued")
+            await db.wait_status(key, "queued", "sending")  # queued, or claimed waiting for the sender
             await wait_until(
                 lambda: db.conn.fetchval("SELECT now() > expires_at FROM deliveries WHERE idempotency_key = $1", key),
                 what="the expiry passing while the delivery waits",
@@ -270,7 +274,9 @@ async def test_sigterm_drains_attempts_in_flight_and_leaves_no_claim_behind(
         async with running_service(env) as service:
             keys = [await xadd(redis_client, stream_key, raw_payload(f"u{i}@example.org")) for i in range(8)]
             await wait_until(condition(lambda: gate.waiting == 3), what="three attempts waiting for the DATA reply")
-            await wait_until(lambda: _queued(db, 5), what="the rest accepted and queued")
+            # three more claimed, waiting for a sender (the pool holds twice as many claims)
+            await wait_until(lambda: _sending(db, 6), what="six claimed")
+            await wait_until(lambda: _queued(db, 2), what="the rest accepted and queued")
             service.send_signal(signal.SIGTERM)
             await service.wait_for_event("workers_draining")
             gate.open()
@@ -290,3 +296,7 @@ async def test_sigterm_drains_attempts_in_flight_and_leaves_no_claim_behind(
 
 async def _queued(db: Ledger, count: int) -> bool:
     return await db.count("status = 'queued'") == count
+
+
+async def _sending(db: Ledger, count: int) -> bool:
+    return await db.count("status = 'sending'") == count

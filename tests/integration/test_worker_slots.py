@@ -1,7 +1,9 @@
 """A pool holds more claims (`slots`) than it sends at once (`concurrency`, the SMTP pool's size):
 a sender goes on with its next claim while the previous result is written. A claim that cannot
 start sending in time (it waited longer than `start_within`), or whose pool stops meanwhile, is
-given back unattempted — the wait never costs an attempt or eats into the lease."""
+given back unattempted — the wait never costs an attempt or eats into the lease. Nor does a claim
+start into a pause: no attempt starts while a provider fault's result is unwritten, and a claim
+that waited across a pause is given back."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 from mailsvc.adapters.stub_provider import StubProvider
 from mailsvc.domain.model import ClaimedDelivery, OutgoingMessage, ProviderName, SendResult
+from mailsvc.domain.provider import ProviderChange
 from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.loops.scheduler import Scheduler
 from mailsvc.loops.wakeup import Wakeup
@@ -169,6 +172,60 @@ async def test_a_stopping_pool_gives_back_the_claim_still_waiting_to_send(queue:
     assert await queue.db.count("status = 'sent'") == 1
     assert await queue.db.count(GIVEN_BACK) == 1
     assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1
+
+
+class PausingProvider(GatedProvider):
+    """Refuses the first message as the provider's fault (530 to MAIL FROM pauses); sends the rest."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        if self.sent == 0:
+            self.sent += 1
+            return SendResult("transient_failure", 530, "5.7.0 Authentication required", fault="pause")
+        return await super().send(message)
+
+
+async def test_a_claim_waiting_behind_an_attempt_that_paused_the_provider_is_given_back_unattempted(
+    queue: Queue,
+) -> None:
+    await accepted(queue, 2)
+    provider = PausingProvider()
+    writes = HeldWrites(queue)
+    pool, scheduler = pool_for(queue, provider, writes)
+    changes: list[ProviderChange] = []
+
+    def provider_changed(change: ProviderChange) -> None:
+        changes.append(change)
+        pool.provider_changed(change)
+
+    queue.store.on_provider_change = provider_changed
+    async with running(pool, writes.open):
+        assert await scheduler.claim_once() == 2
+        # the refusal's result is held unwritten: the second claim, which has the sender, waits for it
+        await wait_until(condition(lambda: provider.sent == 1), what="the first attempt refused")
+        writes.open.set()
+
+        async def settled() -> bool:
+            return await queue.db.count(GIVEN_BACK) == 1 and await queue.db.count("attempt_count = 1") == 1
+
+        await wait_until(settled, what="the pause written, the waiting claim given back")
+    assert [change.state for change in changes] == ["paused"]
+    assert provider.sent == 1
+    assert await queue.db.conn.fetchval("SELECT count(*) FROM attempts") == 1  # nothing sent into the pause
+
+
+async def test_a_claim_made_while_the_provider_is_known_paused_is_attempted(queue: Queue) -> None:
+    """The probe: claimed while paused, it has waited across no new pause."""
+    await accepted(queue, 1)
+    provider = GatedProvider()
+    pool, scheduler = pool_for(queue, provider, queue.store)
+    pool.provider_changed(ProviderChange("paused", "sender_refused 530", by="attempt"))
+    async with running(pool):
+        assert await scheduler.claim_once() == 1
+
+        async def sent() -> bool:
+            return await queue.db.count("status = 'sent'") == 1
+
+        await wait_until(sent, what="the probe sent")
 
 
 @pytest.mark.parametrize(("spare_up_to", "first_ask"), [(64 * 1024, 2), (0, 1)])
