@@ -374,8 +374,12 @@ class WorkerPool:
         pauses = self._pauses
         waiting_since = time.monotonic() if self._senders.locked() or self._faults_unwritten else None
         await self._senders.acquire()
-        while self._faults_unwritten:  # the pause their write may record must be known first
-            await self._faults_written.wait()
+        try:
+            while self._faults_unwritten:  # the pause their write may record must be known first
+                await self._faults_written.wait()
+        except BaseException:  # cancelled (the shutdown deadline): the sender goes back
+            self._senders.release()
+            raise
         waited = 0.0 if waiting_since is None else time.monotonic() - waiting_since
         late = waited > self.start_within
         # paused while this claim waited: it was claimed for a provider that was sending (a probe,
