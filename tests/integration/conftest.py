@@ -1,4 +1,4 @@
-"""Fixtures shared by the SMTP provider's test modules."""
+"""Fixtures shared by the integration test modules: SMTP providers, the delivery queue."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.queue import Queue, open_queue
 from tests.support.smtp_client import ProviderFactory, Providers
 
 
@@ -15,3 +16,10 @@ async def provider_for() -> AsyncIterator[ProviderFactory]:
     providers = Providers()
     yield providers.make
     await providers.close()
+
+
+@pytest.fixture
+async def queue(database_dsn: str) -> AsyncIterator[Queue]:
+    """The delivery queue on this test's own database."""
+    async with open_queue(database_dsn) as opened:
+        yield opened

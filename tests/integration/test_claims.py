@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from mailsvc.adapters.postgres.engine import create_engine
@@ -23,16 +21,10 @@ from tests.support.deliveries import Ledger, condition, smtp_env
 from tests.support.infra import wait_until
 from tests.support.payloads import raw_payload
 from tests.support.process import running_service
-from tests.support.queue import Queue, open_queue, sent
+from tests.support.queue import Queue, sent
 from tests.support.stream import xadd
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 async def test_a_late_result_from_an_old_claim_cannot_overwrite_the_new_claim(queue: Queue) -> None:

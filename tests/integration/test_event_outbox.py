@@ -4,22 +4,13 @@ result that is not applied (a late worker) writes none."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from mailsvc.domain.model import RecipientResult, SendResult
 from mailsvc.domain.transitions import expired
-from tests.support.queue import Queue, attempted, open_queue, sent
+from tests.support.queue import Queue, attempted, sent
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 async def test_acceptance_writes_delivery_queued_with_its_schedule(queue: Queue) -> None:

@@ -25,16 +25,10 @@ from tests.support.events import (
     wait_published,
 )
 from tests.support.infra import closed_port, redis_host_port, unique_name, wait_until
-from tests.support.queue import Queue, attempted, open_queue, sent
+from tests.support.queue import Queue, attempted, sent
 from tests.support.tcp_proxy import TcpProxy
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ on real PostgreSQL: what it claims, what it never claims, and the gates it share
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -13,18 +12,12 @@ import pytest
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.domain.model import SendResult
 from mailsvc.domain.provider import ProviderPolicy
-from tests.support.queue import Queue, attempted, open_queue, sent
+from tests.support.queue import Queue, attempted, sent
 
 LEASE = timedelta(seconds=30)
 BUSY = SendResult("transient_failure", 451, "4.3.0 try later")
 AUTH = SendResult("transient_failure", 535, "5.7.8 no", error_class="auth_failed", fault="pause")
 CONNECT = SendResult("transient_failure", error_class="connect_failed", fault="connect")
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 async def test_a_result_write_claims_due_work_but_not_what_it_ends_or_requeues(queue: Queue) -> None:

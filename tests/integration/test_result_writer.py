@@ -13,8 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import pytest
-
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.queue_store import QueueStore
 from mailsvc.domain.model import ClaimedDelivery, RecipientResult, SendResult
@@ -22,16 +20,10 @@ from mailsvc.domain.transitions import AttemptRecord
 from mailsvc.loops.workers import ResultWriter
 from tests.support.deliveries import condition
 from tests.support.infra import PostgresServer, wait_until
-from tests.support.queue import Queue, attempted, open_queue, sent
+from tests.support.queue import Queue, attempted, sent
 from tests.support.tcp_proxy import TcpProxy
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from mailsvc.adapters.stub_provider import StubProvider
 from mailsvc.domain.model import ClaimedDelivery
 from mailsvc.loops.scheduler import Scheduler
@@ -20,15 +18,9 @@ from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.services.execution import ExecutionService
 from tests.support.deliveries import FROM_EMAIL, condition
 from tests.support.infra import wait_until
-from tests.support.queue import GIVEN_BACK, POLICY, Queue, open_queue, sent
+from tests.support.queue import GIVEN_BACK, POLICY, Queue, sent
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 @contextlib.asynccontextmanager

@@ -26,15 +26,9 @@ from mailsvc.loops.workers import ResultWriter, WorkerPool
 from mailsvc.services.execution import ExecutionService
 from tests.support.deliveries import FROM_EMAIL, condition
 from tests.support.infra import wait_until
-from tests.support.queue import GIVEN_BACK, POLICY, Queue, open_queue
+from tests.support.queue import GIVEN_BACK, POLICY, Queue
 
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def queue(database_dsn: str) -> AsyncIterator[Queue]:
-    async with open_queue(database_dsn) as opened:
-        yield opened
 
 
 class GatedProvider:
