@@ -221,8 +221,9 @@ TRACE = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
 async def test_the_publisher_reads_each_event_as_the_stream_fields_the_feed_row_makes(
     queue: Queue, database_dsn: str
 ) -> None:
-    """The publisher's SELECT builds the XADD fields itself: they are `StoredEvent.stream_args` of
-    the same event read from the feed, field for field — a time with microseconds (trailing zeros
+    """The publisher reads each event's XADD fields without a `StoredEvent` (its SELECT formats the
+    values as text): they are `StoredEvent.stream_args` of the same event read from the feed, field
+    for field — a time with microseconds (trailing zeros
     kept) and one on a whole second (no fraction, like `isoformat`), a trace and none, tags."""
     traced, plain = await queue.accept(), await queue.accept()
     conn = queue.db.conn

@@ -31,9 +31,9 @@ _FEED = """
     ORDER BY e.xid, e.seq
     LIMIT :limit
 """
-# What the publisher reads: each event's XADD fields, built here — what `StoredEvent.stream_args`
-# builds from a feed row, in the same order (a test holds the two together): `time` in UTC with
-# microseconds only when there are any (Python's `isoformat`), `traceparent` only when set.
+# What the publisher reads: each event's values as the stream takes them, as text — the XADD fields
+# are `_stream_args`, which must equal `StoredEvent.stream_args` of the feed's row (a test holds the
+# two together): `time` in UTC with microseconds only when there are any (Python's `isoformat`).
 _UTC = "e.created_at AT TIME ZONE 'UTC'"
 _TIME = (
     f"""to_char({_UTC}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
@@ -43,13 +43,9 @@ _TIME = (
 _UNPUBLISHED = DriverStatement(
     text(
         f"""
-    SELECT CAST(e.xid AS text) AS xid, e.seq, ARRAY[
-        'specversion', '1.0', 'id', CAST(e.event_id AS text), 'source', 'mailsvc', 'type', e.type,
-        'time', {_TIME}, 'subject', CAST(e.delivery_id AS text), 'datacontenttype', 'application/json',
-        'deliverysource', d.source, 'idempotencykey', d.idempotency_key,
-        'data', CAST(e.data AS text), 'tags', CAST(d.tags AS text)]
-        || CASE WHEN COALESCE(d.traceparent, '') = '' THEN CAST(ARRAY[] AS text[])
-                ELSE ARRAY['traceparent', d.traceparent] END AS fields
+    SELECT CAST(e.xid AS text) AS xid, e.seq, CAST(e.event_id AS text) AS id, e.type, {_TIME} AS time,
+           CAST(e.delivery_id AS text) AS subject, d.source, d.idempotency_key, CAST(e.data AS text) AS data,
+           CAST(d.tags AS text) AS tags, d.traceparent
     FROM delivery_events e JOIN deliveries d ON d.delivery_id = e.delivery_id
     WHERE {_AFTER} AND {_HORIZON}
     ORDER BY e.xid, e.seq
@@ -57,6 +53,7 @@ _UNPUBLISHED = DriverStatement(
     """
     )
 )
+
 
 # the first event not yet published, committed but perhaps not yet below the horizon
 _OLDEST_UNPUBLISHED = text(
@@ -103,7 +100,7 @@ class EventStore:
             rows = await conn.fetch(_UNPUBLISHED.sql, *_UNPUBLISHED.args(params))
         if not rows:
             return EventBatch((), after)
-        return EventBatch([row[2] for row in rows], EventPosition(int(rows[-1][0]), rows[-1][1]))
+        return EventBatch([_stream_args(row) for row in rows], EventPosition(int(rows[-1][0]), rows[-1][1]))
 
     async def feed(
         self, after: EventPosition, *, delivery_id: UUID | None, types: Sequence[EventType], limit: int
@@ -147,6 +144,16 @@ class EventStore:
             moved = int(status.rsplit(" ", 1)[-1])
         if moved != 1:
             raise OffsetMoved(f"event cursor of {stream_key} moved")
+
+
+def _stream_args(row: Any) -> tuple[str, ...]:
+    """`_UNPUBLISHED`'s row as XADD takes it (by position: the hot path's row)."""
+    args = (
+        "specversion", "1.0", "id", row[2], "source", "mailsvc", "type", row[3], "time", row[4],
+        "subject", row[5], "datacontenttype", "application/json", "deliverysource", row[6],
+        "idempotencykey", row[7], "data", row[8], "tags", row[9],
+    )  # fmt: skip
+    return (*args, "traceparent", row[10]) if row[10] else args
 
 
 def _stored(row: Any) -> StoredEvent:
