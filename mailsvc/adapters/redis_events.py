@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 
 import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from mailsvc.domain.events import StoredEvent
+from mailsvc.domain.events import EventBatch
 from mailsvc.errors import StreamUnavailable
 
 
@@ -32,15 +31,16 @@ class RedisEventWriter:
         timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._reply_timeout = float(timeout) if timeout else None
 
-    async def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Append `events` in order, one round trip. Raises `StreamUnavailable` (`refused` when Redis
-        answered with an error) — some of them may have been appended: the caller publishes them
-        again, with the same `id`s."""
-        if not events:
+    async def publish(self, batch: EventBatch) -> None:
+        """Append the batch's events in order, one round trip. Raises `StreamUnavailable` (`refused`
+        when Redis answered with an error) — some of them may have been appended: the caller
+        publishes them again, with the same `id`s."""
+        if not batch:
             return
+        events = batch.fields
         head = self._head
         # hiredis' stub types the argument as a 1-tuple: it takes any tuple of str/bytes/numbers
-        packed = b"".join([hiredis.pack_command((*head, *e.stream_args())) for e in events])  # type: ignore[arg-type]
+        packed = b"".join([hiredis.pack_command((*head, *fields)) for fields in events])  # type: ignore[arg-type]
         pool = self.redis.connection_pool
         try:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]

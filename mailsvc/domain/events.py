@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -134,6 +134,23 @@ class StoredEvent:
             "deliverysource", self.source,
             "idempotencykey", self.idempotency_key,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events ready for the stream, in feed order: each one's XADD fields (`StoredEvent.stream_args`)
+    and the position of the last. The publisher needs no more, so its store builds no `StoredEvent`s
+    (their UUIDs, times and dataclass were a quarter of its CPU)."""
+
+    fields: Sequence[Sequence[str]]
+    last: EventPosition  # the cursor's next value: the last event's (empty: where the read began)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    @classmethod
+    def of(cls, events: Sequence[StoredEvent], after: EventPosition = FEED_START) -> EventBatch:
+        return cls([event.stream_args() for event in events], events[-1].position if events else after)
 
 
 def _as_dict(pairs: tuple[str, ...]) -> dict[str, str]:

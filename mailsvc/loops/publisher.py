@@ -15,10 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from typing import Protocol
 
-from mailsvc.domain.events import FEED_START, EventPosition, StoredEvent
+from mailsvc.domain.events import FEED_START, EventBatch, EventPosition
 from mailsvc.errors import OffsetMoved, StoreUnavailable, StreamUnavailable
 from mailsvc.instruments import NO_INSTRUMENTS, Instruments
 from mailsvc.loops.leadership import LeaderLock, lead_or_stand_by
@@ -32,7 +31,7 @@ AGE_SAMPLE_INTERVAL_S = 1.0
 class EventSource(Protocol):
     async def load_cursor(self, stream_key: str) -> EventPosition | None: ...
 
-    async def unpublished(self, after: EventPosition, limit: int) -> list[StoredEvent]: ...
+    async def unpublished(self, after: EventPosition, limit: int) -> EventBatch: ...
 
     async def advance_cursor(self, stream_key: str, expected: EventPosition | None, new: EventPosition) -> None: ...
 
@@ -40,8 +39,8 @@ class EventSource(Protocol):
 
 
 class EventSink(Protocol):
-    async def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Append `events` in order; raise `StreamUnavailable`."""
+    async def publish(self, batch: EventBatch) -> None:
+        """Append the batch's events in order; raise `StreamUnavailable`."""
         ...
 
 
@@ -125,7 +124,7 @@ class EventPublisher:
                     await self.sink.publish(batch)
                     if not self.lock.held:  # published, but the cursor moves only under a proven lock
                         return
-                    new = batch[-1].position
+                    new = batch.last
                     await self.source.advance_cursor(self.stream_key, cursor, new)
                     cursor = position = new
                     self.published += len(batch)

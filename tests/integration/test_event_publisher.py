@@ -13,8 +13,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from mailsvc.adapters.postgres.engine import create_engine
+from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.redis_events import RedisEventWriter
-from mailsvc.domain.events import EventPosition, StoredEvent
+from mailsvc.domain.events import FEED_START, EventBatch, EventPosition, StoredEvent
 from mailsvc.domain.model import SendResult
 from mailsvc.errors import StreamUnavailable
 from tests.support.events import (
@@ -209,19 +211,58 @@ def _event(n: int) -> StoredEvent:
     )
 
 
+def _batch(*numbers: int) -> EventBatch:
+    return EventBatch.of([_event(n) for n in numbers])
+
+
+TRACE = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+
+
+async def test_the_publisher_reads_each_event_as_the_stream_fields_the_feed_row_makes(
+    queue: Queue, database_dsn: str
+) -> None:
+    """The publisher reads each event's XADD fields without a `StoredEvent` (its SELECT formats the
+    values as text): they are `StoredEvent.stream_args` of the same event read from the feed, field
+    for field — a time with microseconds (trailing zeros
+    kept) and one on a whole second (no fraction, like `isoformat`), a trace and none, tags."""
+    traced, plain = await queue.accept(), await queue.accept()
+    conn = queue.db.conn
+    await conn.execute(
+        """UPDATE deliveries SET traceparent = $1, tags = '{"tenant": "acme", "n": 1}' WHERE delivery_id = $2""",
+        TRACE,
+        traced,
+    )
+    at = "UPDATE delivery_events SET created_at = CAST(CAST($1 AS text) AS timestamptz) WHERE delivery_id = $2"
+    await conn.execute(at, "2026-12-04 10:00:00.000120+02", traced)
+    await conn.execute(at, "2026-12-04 10:00:01+00", plain)
+    engine = create_engine(database_dsn)
+    try:
+        store = EventStore([engine])
+        batch = await store.unpublished(FEED_START, 100)
+        feed = await store.feed(FEED_START, delivery_id=None, types=(), limit=100)
+    finally:
+        await engine.dispose()
+    assert [tuple(fields) for fields in batch.fields] == [event.stream_args() for event in feed]
+    assert batch.last == feed[-1].position
+    times = {event.delivery_id: event.stream_fields()["time"] for event in feed}
+    assert times == {traced: "2026-12-04T08:00:00.000120Z", plain: "2026-12-04T10:00:01Z"}
+    assert [event.traceparent for event in feed] == [TRACE, None]
+    assert await store.unpublished(batch.last, 100) == EventBatch((), batch.last)  # nothing after it
+
+
 async def test_an_error_reply_is_a_refusal_and_leaves_the_connection_in_step(redis: Redis, events_key: str) -> None:
     """Every XADD of a batch goes out in one write: an error reply for them (here WRONGTYPE) is
     `refused`, every reply is still read, so the same connection carries the next batch in step."""
     writer = RedisEventWriter(redis, events_key, maxlen=1000)
     await redis.set(events_key, "not a stream")
     with pytest.raises(StreamUnavailable) as refused:
-        await writer.publish([_event(1), _event(2), _event(3)])
+        await writer.publish(_batch(1, 2, 3))
     assert refused.value.refused
     assert "WRONGTYPE" in str(refused.value)
     await redis.delete(events_key)
-    batch = [_event(4), _event(5)]
-    await writer.publish(batch)
-    assert [e["id"] for e in await stream_events(redis, events_key)] == [str(e.event_id) for e in batch]
+    events = [_event(4), _event(5)]
+    await writer.publish(EventBatch.of(events))
+    assert [e["id"] for e in await stream_events(redis, events_key)] == [str(e.event_id) for e in events]
     assert await redis.ping()  # a reply left unread would answer this PING instead
 
 
@@ -229,7 +270,7 @@ async def test_an_unreachable_redis_is_unavailable_not_refused() -> None:
     gone = Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
     try:
         with pytest.raises(StreamUnavailable) as unavailable:
-            await RedisEventWriter(gone, "nowhere", maxlen=10).publish([_event(1)])
+            await RedisEventWriter(gone, "nowhere", maxlen=10).publish(_batch(1))
         assert not unavailable.value.refused
     finally:
         await gone.aclose()
@@ -244,10 +285,10 @@ async def test_a_redis_that_stops_answering_is_unavailable_within_the_socket_tim
     through = Redis(host="127.0.0.1", port=await proxy.start(), socket_timeout=0.5)
     writer = RedisEventWriter(through, events_key, maxlen=10)
     try:
-        await writer.publish([_event(1)])  # the pooled connection is open and in use
+        await writer.publish(_batch(1))  # the pooled connection is open and in use
         proxy.blackhole()
         with pytest.raises(StreamUnavailable) as unavailable:
-            await asyncio.wait_for(writer.publish([_event(2), _event(3)]), 10)
+            await asyncio.wait_for(writer.publish(_batch(2, 3)), 10)
         assert not unavailable.value.refused
     finally:
         await through.aclose()

@@ -16,7 +16,7 @@ from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.redis_events import RedisEventWriter
-from mailsvc.domain.events import EventPosition, StoredEvent
+from mailsvc.domain.events import EventBatch, EventPosition
 from mailsvc.loops.publisher import EventPublisher
 from tests.support.infra import wait_until
 
@@ -26,7 +26,7 @@ class CountingStore(EventStore):
 
     reads = 0
 
-    async def unpublished(self, after: EventPosition, limit: int) -> list[StoredEvent]:
+    async def unpublished(self, after: EventPosition, limit: int) -> EventBatch:
         found = await super().unpublished(after, limit)
         self.reads += 1
         return found

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverStatement, driver_connection, unavailable_as_domain_error
-from mailsvc.domain.events import EventPosition, EventType, StoredEvent
+from mailsvc.domain.events import EventBatch, EventPosition, EventType, StoredEvent
 from mailsvc.errors import OffsetMoved
 
 _HORIZON = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
@@ -31,7 +31,29 @@ _FEED = """
     ORDER BY e.xid, e.seq
     LIMIT :limit
 """
-_UNPUBLISHED = DriverStatement(text(_FEED.format(where=f"{_AFTER} AND {_HORIZON}")))
+# What the publisher reads: each event's values as the stream takes them, as text — the XADD fields
+# are `_stream_args`, which must equal `StoredEvent.stream_args` of the feed's row (a test holds the
+# two together): `time` in UTC with microseconds only when there are any (Python's `isoformat`).
+_UTC = "e.created_at AT TIME ZONE 'UTC'"
+_TIME = (
+    f"""to_char({_UTC}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    f" || CASE WHEN extract(microseconds FROM e.created_at) % 1000000 = 0 THEN '' ELSE to_char({_UTC}, '.US') END"
+    " || 'Z'"
+)
+_UNPUBLISHED = DriverStatement(
+    text(
+        f"""
+    SELECT CAST(e.xid AS text) AS xid, e.seq, CAST(e.event_id AS text) AS id, e.type, {_TIME} AS time,
+           CAST(e.delivery_id AS text) AS subject, d.source, d.idempotency_key, CAST(e.data AS text) AS data,
+           CAST(d.tags AS text) AS tags, d.traceparent
+    FROM delivery_events e JOIN deliveries d ON d.delivery_id = e.delivery_id
+    WHERE {_AFTER} AND {_HORIZON}
+    ORDER BY e.xid, e.seq
+    LIMIT :limit
+    """
+    )
+)
+
 
 # the first event not yet published, committed but perhaps not yet below the horizon
 _OLDEST_UNPUBLISHED = text(
@@ -70,12 +92,15 @@ class EventStore:
         self.single = self.primary.execution_options(isolation_level="AUTOCOMMIT")
         self._engines = itertools.cycle(engines)
 
-    async def unpublished(self, after: EventPosition, limit: int) -> list[StoredEvent]:
-        """Up to `limit` events after `after`, below the horizon, in feed order (from the primary)."""
+    async def unpublished(self, after: EventPosition, limit: int) -> EventBatch:
+        """Up to `limit` events after `after`, below the horizon, in feed order (from the primary),
+        as the stream takes them."""
         params = {"xid": str(after.xid), "seq": after.seq, "limit": limit}
         async with unavailable_as_domain_error(), driver_connection(self.single) as conn:
             rows = await conn.fetch(_UNPUBLISHED.sql, *_UNPUBLISHED.args(params))
-        return [_stored(row) for row in rows]
+        if not rows:
+            return EventBatch((), after)
+        return EventBatch([_stream_args(row) for row in rows], EventPosition(int(rows[-1][0]), rows[-1][1]))
 
     async def feed(
         self, after: EventPosition, *, delivery_id: UUID | None, types: Sequence[EventType], limit: int
@@ -119,6 +144,16 @@ class EventStore:
             moved = int(status.rsplit(" ", 1)[-1])
         if moved != 1:
             raise OffsetMoved(f"event cursor of {stream_key} moved")
+
+
+def _stream_args(row: Any) -> tuple[str, ...]:
+    """`_UNPUBLISHED`'s row as XADD takes it (by position: the hot path's row)."""
+    args = (
+        "specversion", "1.0", "id", row[2], "source", "mailsvc", "type", row[3], "time", row[4],
+        "subject", row[5], "datacontenttype", "application/json", "deliverysource", row[6],
+        "idempotencykey", row[7], "data", row[8], "tags", row[9],
+    )  # fmt: skip
+    return (*args, "traceparent", row[10]) if row[10] else args
 
 
 def _stored(row: Any) -> StoredEvent:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-from mailsvc.domain.events import EventPosition, StoredEvent
+from mailsvc.domain.events import EventBatch, EventPosition, StoredEvent
 from mailsvc.errors import OffsetMoved, StreamUnavailable
 from mailsvc.loops.publisher import EventPublisher
 from tests.support.infra import wait_until
@@ -59,9 +59,9 @@ class FakeSource:
     async def load_cursor(self, stream_key: str) -> EventPosition | None:
         return self.cursor
 
-    async def unpublished(self, after: EventPosition, limit: int) -> list[StoredEvent]:
+    async def unpublished(self, after: EventPosition, limit: int) -> EventBatch:
         key = (after.xid, after.seq)
-        return [e for e in self.events if (e.position.xid, e.position.seq) > key][:limit]
+        return EventBatch.of([e for e in self.events if (e.position.xid, e.position.seq) > key][:limit], after)
 
     async def advance_cursor(self, stream_key: str, expected: EventPosition | None, new: EventPosition) -> None:
         if self.cursor != expected:
@@ -78,12 +78,12 @@ class FakeSink:
         self.failures = failures  # the first `failures` publishes raise StreamUnavailable
         self.refused = 0
 
-    async def publish(self, events: Sequence[StoredEvent]) -> None:
+    async def publish(self, batch: EventBatch) -> None:
         await asyncio.sleep(0)  # like any I/O: let the test's task run
         if self.refused < self.failures:
             self.refused += 1
             raise StreamUnavailable(ConnectionError("redis down"), refused=False)
-        self.batches.append([e.idempotency_key for e in events])
+        self.batches.append([dict(zip(f[::2], f[1::2], strict=True))["idempotencykey"] for f in batch.fields])
 
 
 @contextlib.asynccontextmanager
@@ -144,8 +144,8 @@ async def test_a_publisher_that_lost_the_lock_while_publishing_does_not_move_the
     source, lock = FakeSource([event(1)]), FakeLock()
 
     class LosingSink(FakeSink):
-        async def publish(self, events: Sequence[StoredEvent]) -> None:
-            await super().publish(events)
+        async def publish(self, batch: EventBatch) -> None:
+            await super().publish(batch)
             lock.held = False  # another replica took over meanwhile
 
     sink = LosingSink()
@@ -163,8 +163,8 @@ async def test_when_another_replica_moved_the_cursor_it_resumes_from_the_stored_
     source, lock = FakeSource([event(1), event(2), event(3)]), FakeLock()
 
     class RacedSink(FakeSink):
-        async def publish(self, events: Sequence[StoredEvent]) -> None:
-            await super().publish(events)
+        async def publish(self, batch: EventBatch) -> None:
+            await super().publish(batch)
             if len(self.batches) == 1:
                 source.cursor = EventPosition(2, 0)  # a former holder published event 2 meanwhile
 
