@@ -115,25 +115,56 @@ class StoredEvent:
     def stream_args(self) -> tuple[str, ...]:
         """`stream_fields` as XADD takes them: name, value, name, value… (the publisher packs one
         per event: no dict to build and flatten again)."""
-        args = (*self._attribute_pairs(), "data", self.data_json, "tags", self.tags_json)
-        return (*args, "traceparent", self.traceparent) if self.traceparent else args
+        time = self.time if self.time.tzinfo is UTC else self.time.astimezone(UTC)
+        return stream_args(
+            event_id=str(self.event_id),
+            type=self.type,
+            time=time.isoformat()[:-6] + "Z",  # a UTC time's isoformat ends in +00:00
+            subject=str(self.delivery_id),
+            source=self.source,
+            idempotency_key=self.idempotency_key,
+            data_json=self.data_json,
+            tags_json=self.tags_json,
+            traceparent=self.traceparent,
+        )
 
     def _attributes(self) -> dict[str, str]:
-        return _as_dict(self._attribute_pairs())
+        return _as_dict(self.stream_args()[:_ATTRIBUTE_ARGS])
 
-    def _attribute_pairs(self) -> tuple[str, ...]:
-        time = self.time if self.time.tzinfo is UTC else self.time.astimezone(UTC)
-        return (
-            "specversion", "1.0",
-            "id", str(self.event_id),
-            "source", "mailsvc",
-            "type", self.type,
-            "time", time.isoformat()[:-6] + "Z",  # a UTC time's isoformat ends in +00:00
-            "subject", str(self.delivery_id),
-            "datacontenttype", "application/json",
-            "deliverysource", self.source,
-            "idempotencykey", self.idempotency_key,
-        )  # fmt: skip
+
+def stream_args(
+    *,
+    event_id: str,
+    type: str,
+    time: str,
+    subject: str,
+    source: str,
+    idempotency_key: str,
+    data_json: str,
+    tags_json: str,
+    traceparent: str | None,
+) -> tuple[str, ...]:
+    """An event's Redis stream fields as XADD takes them, from its values as text: its CloudEvents
+    attributes first (`_ATTRIBUTE_ARGS` items), then `data` and `tags` as JSON, then `traceparent`
+    only when the delivery has a trace. The one layout of both `StoredEvent` and the publisher's
+    store, which formats the values in SQL."""
+    args = (
+        "specversion", "1.0",
+        "id", event_id,
+        "source", "mailsvc",
+        "type", type,
+        "time", time,
+        "subject", subject,
+        "datacontenttype", "application/json",
+        "deliverysource", source,
+        "idempotencykey", idempotency_key,
+        "data", data_json,
+        "tags", tags_json,
+    )  # fmt: skip
+    return (*args, "traceparent", traceparent) if traceparent else args
+
+
+_ATTRIBUTE_ARGS = 18  # the nine CloudEvents attributes' names and values, ahead of `data`
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +178,6 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.fields)
-
-    @classmethod
-    def of(cls, events: Sequence[StoredEvent], after: EventPosition = FEED_START) -> EventBatch:
-        return cls([event.stream_args() for event in events], events[-1].position if events else after)
 
 
 def _as_dict(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from mailsvc.domain.model import SendResult
 from mailsvc.errors import StreamUnavailable
 from tests.support.events import (
     assert_duplicates_are_identical,
+    batch_of,
     per_delivery,
     running_publisher,
     stream_events,
@@ -212,7 +213,7 @@ def _event(n: int) -> StoredEvent:
 
 
 def _batch(*numbers: int) -> EventBatch:
-    return EventBatch.of([_event(n) for n in numbers])
+    return batch_of([_event(n) for n in numbers])
 
 
 TRACE = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
@@ -261,7 +262,7 @@ async def test_an_error_reply_is_a_refusal_and_leaves_the_connection_in_step(red
     assert "WRONGTYPE" in str(refused.value)
     await redis.delete(events_key)
     events = [_event(4), _event(5)]
-    await writer.publish(EventBatch.of(events))
+    await writer.publish(batch_of(events))
     assert [e["id"] for e in await stream_events(redis, events_key)] == [str(e.event_id) for e in events]
     assert await redis.ping()  # a reply left unread would answer this PING instead
 

@@ -16,9 +16,14 @@ from mailsvc.adapters.postgres.advisory_lock import AdvisoryLock
 from mailsvc.adapters.postgres.engine import create_engine
 from mailsvc.adapters.postgres.event_store import EventStore
 from mailsvc.adapters.redis_events import RedisEventWriter
-from mailsvc.domain.events import EventBatch, EventPosition
+from mailsvc.domain.events import FEED_START, EventBatch, EventPosition, StoredEvent
 from mailsvc.loops.publisher import EventPublisher
 from tests.support.infra import wait_until
+
+
+def batch_of(events: Sequence[StoredEvent], after: EventPosition = FEED_START) -> EventBatch:
+    """`events` as the publisher's store returns them."""
+    return EventBatch([event.stream_args() for event in events], events[-1].position if events else after)
 
 
 class CountingStore(EventStore):

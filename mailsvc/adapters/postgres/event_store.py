@@ -18,22 +18,27 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailsvc.adapters.postgres.db import DriverStatement, driver_connection, unavailable_as_domain_error
-from mailsvc.domain.events import EventBatch, EventPosition, EventType, StoredEvent
+from mailsvc.domain.events import EventBatch, EventPosition, EventType, StoredEvent, stream_args
 from mailsvc.errors import OffsetMoved
 
 _HORIZON = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
 _AFTER = "(e.xid, e.seq) > (CAST(CAST(:xid AS text) AS xid8), :seq)"
-_FEED = """
-    SELECT CAST(e.xid AS text) AS xid, e.seq, e.event_id, e.delivery_id, e.type, CAST(e.data AS text) AS data,
-           e.created_at, d.source, d.idempotency_key, CAST(d.tags AS text) AS tags, d.traceparent
+# a read of the feed: {columns} of each event (and its delivery) after a position, in feed order
+_READ = """
+    SELECT CAST(e.xid AS text) AS xid, e.seq, {columns}
     FROM delivery_events e JOIN deliveries d ON d.delivery_id = e.delivery_id
     WHERE {where}
     ORDER BY e.xid, e.seq
     LIMIT :limit
 """
-# What the publisher reads: each event's values as the stream takes them, as text — the XADD fields
-# are `_stream_args`, which must equal `StoredEvent.stream_args` of the feed's row (a test holds the
-# two together): `time` in UTC with microseconds only when there are any (Python's `isoformat`).
+_FEED = _READ.format(
+    columns="""e.event_id, e.delivery_id, e.type, CAST(e.data AS text) AS data, e.created_at, d.source,
+           d.idempotency_key, CAST(d.tags AS text) AS tags, d.traceparent""",
+    where="{where}",
+)
+# What the publisher reads: each event's values as text, in `stream_args`' order (a test holds the
+# result to `StoredEvent.stream_args`): `time` in UTC with microseconds only when there are any
+# (Python's `isoformat`).
 _UTC = "e.created_at AT TIME ZONE 'UTC'"
 _TIME = (
     f"""to_char({_UTC}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
@@ -42,15 +47,11 @@ _TIME = (
 )
 _UNPUBLISHED = DriverStatement(
     text(
-        f"""
-    SELECT CAST(e.xid AS text) AS xid, e.seq, CAST(e.event_id AS text) AS id, e.type, {_TIME} AS time,
-           CAST(e.delivery_id AS text) AS subject, d.source, d.idempotency_key, CAST(e.data AS text) AS data,
-           CAST(d.tags AS text) AS tags, d.traceparent
-    FROM delivery_events e JOIN deliveries d ON d.delivery_id = e.delivery_id
-    WHERE {_AFTER} AND {_HORIZON}
-    ORDER BY e.xid, e.seq
-    LIMIT :limit
-    """
+        _READ.format(
+            columns=f"""CAST(e.event_id AS text), e.type, {_TIME}, CAST(e.delivery_id AS text), d.source,
+           d.idempotency_key, CAST(e.data AS text), CAST(d.tags AS text), d.traceparent""",
+            where=f"{_AFTER} AND {_HORIZON}",
+        )
     )
 )
 
@@ -100,7 +101,21 @@ class EventStore:
             rows = await conn.fetch(_UNPUBLISHED.sql, *_UNPUBLISHED.args(params))
         if not rows:
             return EventBatch((), after)
-        return EventBatch([_stream_args(row) for row in rows], EventPosition(int(rows[-1][0]), rows[-1][1]))
+        fields = [
+            stream_args(
+                event_id=r[2],
+                type=r[3],
+                time=r[4],
+                subject=r[5],
+                source=r[6],
+                idempotency_key=r[7],
+                data_json=r[8],
+                tags_json=r[9],
+                traceparent=r[10],
+            )
+            for r in rows
+        ]
+        return EventBatch(fields, EventPosition(int(rows[-1][0]), rows[-1][1]))
 
     async def feed(
         self, after: EventPosition, *, delivery_id: UUID | None, types: Sequence[EventType], limit: int
@@ -144,16 +159,6 @@ class EventStore:
             moved = int(status.rsplit(" ", 1)[-1])
         if moved != 1:
             raise OffsetMoved(f"event cursor of {stream_key} moved")
-
-
-def _stream_args(row: Any) -> tuple[str, ...]:
-    """`_UNPUBLISHED`'s row as XADD takes it (by position: the hot path's row)."""
-    args = (
-        "specversion", "1.0", "id", row[2], "source", "mailsvc", "type", row[3], "time", row[4],
-        "subject", row[5], "datacontenttype", "application/json", "deliverysource", row[6],
-        "idempotencykey", row[7], "data", row[8], "tags", row[9],
-    )  # fmt: skip
-    return (*args, "traceparent", row[10]) if row[10] else args
 
 
 def _stored(row: Any) -> StoredEvent:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from mailsvc.domain.events import EventBatch, EventPosition, StoredEvent
 from mailsvc.errors import OffsetMoved, StreamUnavailable
 from mailsvc.loops.publisher import EventPublisher
+from tests.support.events import batch_of
 from tests.support.infra import wait_until
 
 
@@ -61,7 +62,7 @@ class FakeSource:
 
     async def unpublished(self, after: EventPosition, limit: int) -> EventBatch:
         key = (after.xid, after.seq)
-        return EventBatch.of([e for e in self.events if (e.position.xid, e.position.seq) > key][:limit], after)
+        return batch_of([e for e in self.events if (e.position.xid, e.position.seq) > key][:limit], after)
 
     async def advance_cursor(self, stream_key: str, expected: EventPosition | None, new: EventPosition) -> None:
         if self.cursor != expected:
